@@ -1,0 +1,1 @@
+"""Numpy-only science: no torch, no Qt."""

@@ -1,0 +1,1 @@
+"""Torch engine: networks, losses, training, prediction, checkpoints. No Qt."""

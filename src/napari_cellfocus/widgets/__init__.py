@@ -1,0 +1,1 @@
+"""napari dock widgets: thin wrappers around core and engine."""
