@@ -59,9 +59,7 @@ def check_labels(
             )
         arr = arr.astype(np.int64)
     if arr.size and arr.min() < 0:
-        raise ValueError(
-            f"{name}: labels must be >= 0 (0 = background), got minimum {arr.min()}."
-        )
+        raise ValueError(f"{name}: labels must be >= 0 (0 = background), got minimum {arr.min()}.")
     if arr.dtype.kind == "u" and arr.dtype.itemsize >= 8:
         arr = arr.astype(np.int64)
     return arr
@@ -161,6 +159,5 @@ def check_same_shape(
     """Raise ``ValueError`` unless ``a`` and ``b`` have the same shape."""
     if np.shape(a) != np.shape(b):
         raise ValueError(
-            f"{name_a} and {name_b} must have the same shape, "
-            f"got {np.shape(a)} and {np.shape(b)}."
+            f"{name_a} and {name_b} must have the same shape, got {np.shape(a)} and {np.shape(b)}."
         )

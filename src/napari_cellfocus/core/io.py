@@ -1,0 +1,86 @@
+"""Reading and writing TIFF images with messages that name the file.
+
+Only ``tifffile`` and numpy are used. Folders are expanded to their ``.tif`` /
+``.tiff`` files in sorted order so that images and label files pair up by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one TIFF file into a numpy array (dtype and shape as stored).
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        The file exists but is not a readable TIFF image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file.")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, expected a TIFF file.")
+    try:
+        return tifffile.imread(path)
+    except Exception as err:  # tifffile raises many error types for broken files
+        raise ValueError(f"{path}: cannot be read as a TIFF image ({err}).") from err
+
+
+def write_image(path: str | Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Write ``array`` as a TIFF file, creating parent folders; returns the path.
+
+    The file is written to a temporary name first and renamed, so an
+    interrupted write never leaves a half-written file under ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tifffile.imwrite(tmp, np.asarray(array), compression="zlib" if compress else None)
+    tmp.replace(path)
+    return path
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand folders into their TIFF files (sorted by name); keep files as given.
+
+    Raises ``FileNotFoundError`` for a path that does not exist and
+    ``ValueError`` for a folder holding no TIFF file.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES)
+            if not files:
+                raise ValueError(f"{p}: folder holds no .tif/.tiff file.")
+            out.extend(files)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder.")
+    return out
+
+
+def output_paths(inputs: Sequence[Path], out: str | Path, suffix: str = "_labels") -> list[Path]:
+    """Where to write one result per input.
+
+    With one input and ``out`` ending in ``.tif``/``.tiff``, ``out`` is the file.
+    Otherwise ``out`` is a folder and each result is ``<stem><suffix>.tif`` in it.
+    """
+    out = Path(out)
+    if len(inputs) == 1 and out.suffix.lower() in TIFF_SUFFIXES:
+        return [out]
+    if out.suffix.lower() in TIFF_SUFFIXES:
+        raise ValueError(
+            f"--out {out}: {len(inputs)} inputs need a folder for their results, not one file."
+        )
+    return [out / f"{p.stem}{suffix}.tif" for p in inputs]

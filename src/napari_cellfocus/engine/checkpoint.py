@@ -1,0 +1,184 @@
+"""Model checkpoints: one file holding the weights and everything needed to use them.
+
+A checkpoint is a plain dictionary saved with :func:`torch.save` and loadable with
+``torch.load(path, weights_only=True)`` (only tensors, numbers, strings, lists and
+dicts inside)::
+
+    {
+      "format": "napari-cellfocus-model",
+      "format_version": 1,
+      "package_version": "0.1.0",
+      "task": "segmentation" | "fusion",
+      "network": {...},           # network config, see engine.networks.build_network
+      "classes": ["background", "cell", "touching"(, "gap")],
+      "normalization": {...},     # see core.normalize
+      "history": [{"step": .., "loss": .., ...}, ...],
+      "training": {...},          # data, loss, seed, steps, device, time
+      "state_dict": {...},        # torch tensors
+    }
+
+Files are written to ``<name>.part`` and renamed, so a crash never leaves a
+half-written model under the final name. Every way of failing to load (missing file,
+not a torch file, a torch file that is not ours, a newer format, weights that do not
+fit the architecture) raises :class:`CheckpointError` with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_cellfocus import __version__
+from napari_cellfocus.core.normalize import PercentileNormalization
+
+FORMAT = "napari-cellfocus-model"
+FORMAT_VERSION = 1
+CLASS_NAMES = ("background", "cell", "touching", "gap")
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used, with a message naming the file."""
+
+
+@dataclass
+class ModelInfo:
+    """Everything a checkpoint stores besides the weights."""
+
+    network: dict[str, Any]
+    task: str = "segmentation"
+    classes: list[str] = field(default_factory=lambda: list(CLASS_NAMES[:3]))
+    normalization: dict[str, Any] = field(
+        default_factory=lambda: PercentileNormalization().to_dict()
+    )
+    history: list[dict[str, Any]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    package_version: str = __version__
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def normalizer(self) -> PercentileNormalization:
+        return PercentileNormalization.from_dict(self.normalization)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, info: ModelInfo) -> Path:
+    """Write ``model``'s weights and ``info`` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": info.package_version,
+        "task": info.task,
+        "network": dict(info.network),
+        "classes": list(info.classes),
+        "normalization": dict(info.normalization),
+        "history": list(info.history),
+        "training": dict(info.training),
+        "state_dict": state,
+    }
+    tmp = path.with_name(path.name + ".part")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelInfo]:
+    """Read and check a checkpoint file without building the network.
+
+    Returns ``(state_dict, info)``. Raises :class:`CheckpointError`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: model file not found.")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, expected a model file (.pt).")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: not a napari-cellfocus model (cannot be read by torch: {reason[:160]})."
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: a torch file, but not a napari-cellfocus model "
+            "(no 'format: napari-cellfocus-model' entry)."
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: model format version {version!r} was written by napari-cellfocus "
+            f"{payload.get('package_version', '?')}; this is {__version__}, which reads "
+            f"versions up to {FORMAT_VERSION}. Update napari-cellfocus."
+        )
+    missing = [k for k in ("network", "state_dict", "classes") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: damaged model file, missing {', '.join(missing)}.")
+    info = ModelInfo(
+        network=payload["network"],
+        task=payload.get("task", "segmentation"),
+        classes=list(payload["classes"]),
+        normalization=payload.get("normalization", PercentileNormalization().to_dict()),
+        history=list(payload.get("history", [])),
+        training=dict(payload.get("training", {})),
+        package_version=payload.get("package_version", "?"),
+    )
+    return payload["state_dict"], info
+
+
+def load_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu", task: str | None = None
+) -> tuple[torch.nn.Module, ModelInfo]:
+    """Build the network stored in ``path``, load its weights, move it to ``device``.
+
+    Parameters
+    ----------
+    path : path to a ``.pt`` file written by :func:`save_checkpoint`.
+    device : where to put the model.
+    task : if given (``"segmentation"`` or ``"fusion"``), the checkpoint must be of that task.
+
+    Returns
+    -------
+    (model in eval mode, ModelInfo)
+    """
+    from napari_cellfocus.engine.networks import build_network
+
+    state, info = read_checkpoint(path)
+    if task is not None and info.task != task:
+        raise CheckpointError(
+            f"{path}: this is a {info.task} model; a {task} model is needed here."
+        )
+    try:
+        model = build_network(info.network)
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: unknown or invalid network description {info.network!r} ({err})."
+        ) from err
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored architecture ({first[:160]})."
+        ) from err
+    model.to(device).eval()
+    return model, info
+
+
+def default_model_path() -> Path:
+    """The built-in default segmentation model shipped inside the package."""
+    return Path(__file__).resolve().parents[1] / "data" / "default_model.pt"
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """``None`` or ``"default"`` -> the built-in model; anything else -> that path."""
+    if model is None or str(model).lower() == "default":
+        return default_model_path()
+    return Path(model)

@@ -1,0 +1,128 @@
+"""Tile layout and blending weights for tiled prediction (numpy only).
+
+Along each axis of length ``L`` the image is covered by windows of ``W`` pixels.
+Each window has a *halo* of ``h`` pixels at every side that is not an image border:
+the network sees those pixels as context but its output there is discarded
+(weight 0), because it is affected by the window's edge. Inside the kept part the
+weight rises over ``r`` pixels (``blend``) with a raised-cosine ramp and is 1 in the
+middle, so neighbouring tiles cross-fade and no seam shows.
+
+The weights are separable: tile weight ``w(y, x) = wy(y) * wx(x)`` and, because
+the windows form a grid, the total weight at a pixel is ``Wy(y) * Wx(x)`` with
+``W* = sum over windows of w*``. Each tile's output can thus be normalised as
+soon as it is computed and added straight into the result: no full-size weight
+array is ever held, and the result is complete once the last tile is added.
+
+Where the halo is at least the network's reach (half its receptive field), every
+kept pixel equals the whole-image prediction, so tiled and untiled outputs agree
+to floating-point precision.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AxisTiling:
+    """Windows along one axis: ``starts[k]`` .. ``starts[k] + window`` and their weights.
+
+    ``weights`` has shape (n_windows, window) and is already divided by the total
+    weight of every pixel, so the normalised weights of the windows covering a pixel
+    sum to one.
+    """
+
+    length: int
+    window: int
+    starts: np.ndarray
+    weights: np.ndarray
+
+
+def _ramp(n: int) -> np.ndarray:
+    """Raised-cosine ramp of ``n`` values strictly inside (0, 1], increasing."""
+    if n <= 0:
+        return np.zeros(0, np.float64)
+    t = (np.arange(n, dtype=np.float64) + 1.0) / (n + 1.0)
+    return 0.5 - 0.5 * np.cos(np.pi * t)
+
+
+def axis_tiling(length: int, window: int, halo: int, blend: int) -> AxisTiling:
+    """Lay out windows along one axis.
+
+    Parameters
+    ----------
+    length : pixels along the axis.
+    window : window size in pixels (clamped to ``length``).
+    halo : context pixels discarded at inner window edges.
+    blend : width in pixels of the cross-fade between neighbouring windows.
+
+    Raises
+    ------
+    ValueError
+        If the window leaves no kept pixels (``window <= 2 * halo + blend``) while
+        more than one window is needed.
+    """
+    if length <= 0:
+        raise ValueError(f"axis length must be positive, got {length}.")
+    window = min(int(window), int(length))
+    halo, blend = max(int(halo), 0), max(int(blend), 0)
+    if window == length:
+        starts = np.array([0])
+    else:
+        stride = window - 2 * halo - blend
+        if stride <= 0:
+            raise ValueError(
+                f"tile size {window} is too small for a halo of {halo} px on both sides and "
+                f"a blend of {blend} px: use tiles larger than {2 * halo + blend} px."
+            )
+        n = int(np.ceil((length - window) / stride)) + 1
+        starts = np.round(np.linspace(0, length - window, n)).astype(int)
+    raw = np.zeros((len(starts), window), np.float64)
+    for k, s in enumerate(starts):
+        lo = 0 if s == 0 else halo  # halo only at inner edges
+        hi = window if s + window == length else window - halo
+        w = np.ones(hi - lo)
+        r = min(blend, (hi - lo) // 2)
+        if s != 0 and r:
+            w[:r] = _ramp(r)
+        if s + window != length and r:
+            w[hi - lo - r :] = _ramp(r)[::-1]
+        raw[k, lo:hi] = w
+    total = np.zeros(length, np.float64)
+    for s, w in zip(starts, raw, strict=True):
+        total[s : s + window] += w
+    if np.any(total <= 0):  # cannot happen with the stride above; kept as a guard
+        raise ValueError("tiling leaves pixels uncovered; use a larger tile or a smaller halo.")
+    norm = np.stack([w / total[s : s + window] for s, w in zip(starts, raw, strict=True)])
+    return AxisTiling(length, window, starts, norm.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One n-dimensional tile: where to read, and its normalised weight (window shape)."""
+
+    index: int
+    slices: tuple[slice, ...]
+    weight: np.ndarray
+
+
+def grid_tiles(
+    shape: tuple[int, ...], window: int | tuple[int, ...], halo: int, blend: int
+) -> list[Tile]:
+    """All tiles covering an n-dimensional ``shape`` in raster order."""
+    windows = (window,) * len(shape) if isinstance(window, int) else tuple(window)
+    axes = [axis_tiling(n, w, halo, blend) for n, w in zip(shape, windows, strict=True)]
+    tiles = []
+    for index, ks in enumerate(itertools.product(*(range(len(a.starts)) for a in axes))):
+        slices = tuple(
+            slice(int(a.starts[k]), int(a.starts[k]) + a.window)
+            for a, k in zip(axes, ks, strict=True)
+        )
+        weight = axes[0].weights[ks[0]]
+        for a, k in zip(axes[1:], ks[1:], strict=True):
+            weight = np.multiply.outer(weight, a.weights[k])
+        tiles.append(Tile(index, slices, weight.astype(np.float32)))
+    return tiles
