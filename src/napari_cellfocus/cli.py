@@ -106,6 +106,223 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_simulate)
 
 
+# --------------------------------------------------------------------------- progress
+class ProgressBar:
+    """A one-line terminal progress bar on stderr (no dependency)."""
+
+    def __init__(self, total: int, label: str, width: int = 30) -> None:
+        self.total, self.label, self.width = max(1, total), label, width
+        self.tty = sys.stderr.isatty()
+        self._last_pct = -1
+
+    def update(self, done: int, extra: str = "") -> None:
+        pct = int(100 * done / self.total)
+        if not self.tty and pct // 10 == self._last_pct // 10 and done != self.total:
+            return  # in logs, print every 10 % only
+        self._last_pct = pct
+        filled = int(self.width * done / self.total)
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"{self.label} [{bar}] {done}/{self.total} {extra}"
+        if self.tty:
+            print("\r" + line, end="" if done < self.total else "\n", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# --------------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> int:
+    from napari_cellfocus.core.io import expand_paths, read_image
+    from napari_cellfocus.engine.train import TrainConfig, Trainer, quick_finetune_config
+
+    images = expand_paths(args.images)
+    labels = expand_paths(args.labels)
+    if len(images) != len(labels):
+        raise CliError(
+            f"{len(images)} image file(s) but {len(labels)} label file(s): give one label "
+            "image per image, in the same order."
+        )
+    base = quick_finetune_config(weak=args.weak) if args.init else TrainConfig(weak=args.weak)
+    overrides = {
+        "n_classes": args.classes,
+        "loss": args.loss,
+        "weights": args.weights,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "crop_size": args.crop_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "val_every": args.val_every,
+    }
+    fields = {k: v for k, v in vars(base).items()}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    config = TrainConfig(**fields)
+    trainer = Trainer(
+        [read_image(p) for p in images],
+        [read_image(p) for p in labels],
+        config,
+        init=args.init,
+        device=args.device,
+        out=args.out,
+        names=[str(p) for p in images],
+    )
+    print(
+        f"training on {trainer.device} ({len(trainer.train_samples)} image(s), "
+        f"{config.steps} steps, loss {config.loss}"
+        f"{', weak labels (W3)' if config.weak else ''}"
+        f"{', from ' + str(args.init) if args.init else ''})",
+        file=sys.stderr,
+    )
+    bar = ProgressBar(config.steps, "train")
+    trainer.run(
+        on_step=lambda p: bar.update(
+            p.step,
+            f"loss {p.loss:.4f} eta {_format_seconds(p.eta_s)}"
+            + "".join(f" {k} {v:.3f}" for k, v in p.metrics.items()),
+        )
+    )
+    trainer.release()
+    print(f"model written to {args.out}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a segmentation model",
+        description="Train a model on images and instance label images (TIFF files or folders). "
+        "With --from default --weak and nothing else it runs the same quick fine-tune as the "
+        "plugin's one-click button: only the annotated cells teach.",
+    )
+    p.add_argument("images", nargs="+", type=Path, help="image TIFFs or folders of them")
+    p.add_argument("--labels", nargs="+", required=True, type=Path, help="label TIFFs/folders")
+    p.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
+    p.add_argument(
+        "--from", dest="init", default=None, help="fine-tune from 'default' or a model file"
+    )
+    p.add_argument("--weak", action="store_true", help="labels are incomplete (only some cells)")
+    p.add_argument("--classes", type=int, choices=(3, 4), default=None, help="3 or 4 classes")
+    p.add_argument("--loss", choices=("wce", "j3", "j4", "jaccard"), default=None)
+    p.add_argument(
+        "--weights",
+        choices=("saw", "dwm", "unet", "balance", "overcrowding", "none"),
+        default=None,
+        help="weight map for the loss (ignored with --weak, which uses W3)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--crop-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    p.add_argument("--val-fraction", type=float, default=None)
+    p.add_argument("--val-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_cmd_train)
+
+
+# --------------------------------------------------------------------------- predict
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from napari_cellfocus.core.io import expand_paths, output_paths, read_image, write_image
+    from napari_cellfocus.engine.segment import Segmenter
+
+    images = expand_paths(args.images)
+    outs = output_paths(images, args.out, "_labels")
+    probs_out = output_paths(images, args.probs, "_probs") if args.probs else [None] * len(images)
+    seg = Segmenter(args.model, device=args.device)
+    print(f"model {seg.source} on {seg.device_name}", file=sys.stderr)
+    for path, out, pout in zip(images, outs, probs_out, strict=True):
+        image = read_image(path)
+        if args.channel is not None:
+            if image.ndim < 3:
+                raise CliError(f"{path}: --channel given but the image has no channel axis.")
+            image = image[..., args.channel] if args.channel_last else image[args.channel]
+        bar = ProgressBar(1, f"predict {path.name}")
+        result = seg.segment(
+            image,
+            method=args.post,
+            tile_size=args.tile_size,
+            on_tile=lambda u, bar=bar: (setattr(bar, "total", u.total), bar.update(u.done)),
+        )
+        write_image(out, result.labels)
+        if pout is not None:
+            write_image(pout, result.probs)
+        print(f"{path}: {result.count} cells -> {out}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment images with a model (the built-in default if none is given)",
+        description="Segment images (TIFF files or folders): writes instance labels as TIFF and "
+        "prints the cell count of each image.",
+    )
+    p.add_argument("images", nargs="+", type=Path, help="image TIFFs or folders of them")
+    p.add_argument("--out", required=True, type=Path, help="labels TIFF (one image) or folder")
+    p.add_argument("--model", default="default", help="model file, or 'default' (built-in)")
+    p.add_argument("--post", choices=("map", "th", "wt"), default="th", help="post-processing")
+    p.add_argument("--probs", type=Path, default=None, help="also write probabilities (C,Y,X)")
+    p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (512)")
+    p.add_argument("--channel", type=int, default=None, help="channel to segment")
+    p.add_argument(
+        "--channel-last", action="store_true", help="the channel axis is the last one (Y,X,C)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_cmd_predict)
+
+
+# --------------------------------------------------------------------------- demo
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+    from skimage import io as skio
+    from skimage.segmentation import find_boundaries
+
+    from napari_cellfocus._sample_data import sample_cells
+    from napari_cellfocus.core.io import write_image
+    from napari_cellfocus.core.metrics import evaluate
+    from napari_cellfocus.engine.segment import Segmenter
+
+    (image, _, _), (truth, _, _) = sample_cells()
+    seg = Segmenter("default", device=args.device)
+    print(f"built-in default model on {seg.device_name}", file=sys.stderr)
+    result = seg.segment(image, method="th")
+    out = Path(args.out)
+    write_image(out / "sample_image.tif", image)
+    write_image(out / "sample_labels.tif", result.labels)
+    write_image(out / "sample_probabilities.tif", result.probs)
+    grey = image.astype(np.float32)
+    grey = (grey - grey.min()) / max(1e-6, float(np.ptp(grey)))
+    rgb = np.stack([grey] * 3, axis=-1)
+    rgb[find_boundaries(result.labels, mode="inner")] = (1.0, 0.8, 0.0)
+    out.mkdir(parents=True, exist_ok=True)
+    skio.imsave(out / "sample_overlay.png", (rgb * 255).astype(np.uint8), check_contrast=False)
+    metrics = evaluate(truth, result.labels)
+    print(f"cells found: {result.count} (ground truth: {metrics['n_true']})")
+    print(
+        f"F1 {metrics['f1']:.3f}  PQ {metrics['pq']:.3f}  precision {metrics['precision']:.3f}  "
+        f"recall {metrics['recall']:.3f}"
+    )
+    print(f"results written to {out}/ (labels, probabilities, overlay PNG)")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="segment the built-in sample with the built-in model and score it",
+        description="Segment the plugin's sample image (simulated crowded nuclei) with the "
+        "built-in default model, write the results and print the count and accuracy.",
+    )
+    p.add_argument("--out", type=Path, default=Path("out"), help="output folder (out/)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_cmd_demo)
+
+
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -116,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_demo(sub)
+    _add_predict(sub)
+    _add_train(sub)
     _add_simulate(sub)
     _add_evaluate(sub)
     return parser
@@ -126,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, ValueError, FileNotFoundError) as err:
+    except (CliError, ValueError, FileNotFoundError, MemoryError, FloatingPointError) as err:
         print(f"cellfocus: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -88,7 +88,8 @@ def check_image(
         # (Y, X, 3|4) is far more often RGB(A) than a 3-slice stack of width 3.
         raise ValueError(
             f"{name}: got shape {arr.shape}, which looks like an RGB(A) image; "
-            "a grey image (Y, X) or stack (Z, Y, X) is needed: pick one channel or convert to grey."
+            "a grey image (Y, X) or stack (Z, Y, X) is needed: pick one channel "
+            "or convert to grey."
         )
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ValueError(f"{name}: expected a numeric image, got dtype {arr.dtype}.")

@@ -75,7 +75,7 @@ def select_device(preference: str | torch.device | None = "auto") -> torch.devic
 
 
 def describe_device(device: torch.device) -> str:
-    """A short human-readable name: ``"CUDA: NVIDIA H100 (80 GB)"``, ``"MPS"``, ``"CPU (2 threads)"``."""
+    """Human-readable device name: ``"CUDA:0 NVIDIA H100 (80 GiB)"``, ``"CPU (2 threads)"``."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)

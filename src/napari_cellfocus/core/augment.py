@@ -1,0 +1,142 @@
+"""Data augmentation for training crops (numpy / scipy only).
+
+Every function takes a numpy ``Generator`` so training is deterministic under a
+seed. Geometric transforms are applied jointly to the image, the class target and
+the weight map (nearest-neighbour for the target, linear for image and weights);
+photometric ones only to the image.
+
+References: thesis (T) 4.2.2 touching-region contrast modulation; T 4.3 and the
+counting paper (C) 4.1 for rotations, mirroring, warping, gamma, noise, brightness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_cellfocus.core.targets import TOUCHING
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Which augmentations run and how strong they are.
+
+    flips_rotations : random mirror and 90-degree rotations (the dihedral group).
+    elastic_prob : probability of a smooth random warp; ``elastic_alpha`` is the
+        displacement amplitude in pixels, ``elastic_sigma`` its smoothness in pixels.
+    gamma_range : log-uniform range of the gamma exponent applied to [0, 1]-scaled data.
+    brightness : maximum multiplicative gain change (0.2 = x0.8 .. x1.2) and offset.
+    noise_std : maximum std of added Gaussian noise (in normalised intensity units).
+    touch_contrast : apply the thesis' touching-region contrast modulation.
+    """
+
+    flips_rotations: bool = True
+    elastic_prob: float = 0.3
+    elastic_alpha: float = 6.0
+    elastic_sigma: float = 12.0
+    gamma_range: tuple[float, float] = (0.7, 1.4)
+    brightness: float = 0.2
+    noise_std: float = 0.05
+    touch_contrast: bool = True
+
+
+def touching_contrast_modulation(
+    image: np.ndarray, target: np.ndarray, a: float, window: int = 7
+) -> np.ndarray:
+    """Thesis 4.2.2: ``x_a(p) = (1 - a) x(p) + a * median_w(x)(p)`` where ``target == 2``.
+
+    Parameters
+    ----------
+    image : float array (Y, X) or (Z, Y, X)
+    target : class map of the same shape (2 = touching)
+    a : modulation strength; a < 0 increases, a > 0 decreases the contrast of
+        touching pixels against their surroundings (the thesis draws a ~ U(-1, 1)).
+    window : side of the median filter window (7 in the thesis).
+
+    Returns a new array; pixels outside the touching class are unchanged.
+    """
+    touching = target == TOUCHING
+    out = np.array(image, dtype=np.float32, copy=True)
+    if not touching.any() or a == 0:
+        return out
+    med = ndi.median_filter(out, size=window, mode="reflect")
+    out[touching] = (1.0 - a) * out[touching] + a * med[touching]
+    return out
+
+
+def _dihedral(arrays: list[np.ndarray], k: int, flip: bool) -> list[np.ndarray]:
+    out = []
+    for arr in arrays:
+        a = np.rot90(arr, k, axes=(-2, -1))
+        if flip:
+            a = a[..., ::-1]
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+def elastic_fields(
+    shape: tuple[int, ...], alpha: float, sigma: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Smooth random displacement fields, shape (ndim, *shape), amplitude ~``alpha`` px."""
+    fields = []
+    for _ in shape:
+        noise = rng.standard_normal(shape).astype(np.float32)
+        field = ndi.gaussian_filter(noise, sigma, mode="reflect")
+        peak = float(np.abs(field).max()) or 1.0
+        fields.append(field * (alpha / peak))
+    return np.stack(fields)
+
+
+def warp(array: np.ndarray, fields: np.ndarray, order: int) -> np.ndarray:
+    """Resample ``array`` at ``grid + fields`` (order 0 for labels, 1 for intensities)."""
+    grid = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in array.shape), indexing="ij")
+    coords = [g + f for g, f in zip(grid, fields, strict=True)]
+    return ndi.map_coordinates(array, coords, order=order, mode="reflect")
+
+
+def augment_sample(
+    image: np.ndarray,
+    target: np.ndarray,
+    weight: np.ndarray,
+    rng: np.random.Generator,
+    config: AugmentConfig = AugmentConfig(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Augment one training crop.
+
+    Parameters
+    ----------
+    image : float32 (Y, X) or (Z, Y, X), normalised intensities (~[0, 1]).
+    target : uint8 class map of the same shape.
+    weight : float32 per-pixel loss weights of the same shape.
+
+    Returns
+    -------
+    (image, target, weight) augmented, same shapes and dtypes (square crops keep
+    their shape under rotation; non-square crops are only flipped).
+    """
+    image = np.asarray(image, np.float32)
+    if config.touch_contrast:
+        image = touching_contrast_modulation(image, target, float(rng.uniform(-1.0, 1.0)))
+    arrays = [image, target, weight]
+    if config.flips_rotations:
+        square = image.shape[-1] == image.shape[-2]
+        k = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+        arrays = _dihedral(arrays, k, bool(rng.integers(2)))
+    image, target, weight = arrays
+    if config.elastic_prob > 0 and rng.random() < config.elastic_prob:
+        fields = elastic_fields(image.shape, config.elastic_alpha, config.elastic_sigma, rng)
+        image = warp(image, fields, order=1)
+        target = warp(target, fields, order=0)
+        weight = warp(weight, fields, order=1)
+    # Photometric: gamma on the [0, 1]-clipped range, then gain/offset and noise.
+    lo, hi = config.gamma_range
+    gamma = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    image = np.sign(image) * np.abs(image) ** gamma
+    gain = 1.0 + rng.uniform(-config.brightness, config.brightness)
+    offset = rng.uniform(-config.brightness, config.brightness) * 0.25
+    image = image * gain + offset
+    if config.noise_std > 0:
+        image = image + rng.normal(0.0, rng.uniform(0, config.noise_std), image.shape)
+    return image.astype(np.float32), target.astype(np.uint8), weight.astype(np.float32)

@@ -1,0 +1,469 @@
+"""Training and fine-tuning of segmentation networks, dense or weak labels.
+
+The :class:`Trainer` owns the model, the optimiser and the data; :meth:`Trainer.steps`
+is a generator that yields a :class:`TrainProgress` after *every* optimisation step,
+so the napari widget can run it in a ``thread_worker`` (which can only stop between
+yields), and the CLI and tests can drive it with :func:`train`.
+
+Safety rules:
+- the model is checked after every step; a non-finite loss stops training and the
+  weights of the last good step are restored (never a NaN model);
+- when ``out`` is given, checkpoints are written atomically (temporary name +
+  rename) every ``checkpoint_every`` steps, on cancel and at the end, so a file
+  under the final name is always a complete, loadable model;
+- a cancel (``should_stop`` returning True, or closing the generator) keeps the
+  current good weights in ``trainer.model`` and on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_cellfocus.core.augment import AugmentConfig, augment_sample
+from napari_cellfocus.core.normalize import PercentileNormalization
+from napari_cellfocus.core.targets import class_target
+from napari_cellfocus.core.validation import check_image, check_labels, check_same_shape
+from napari_cellfocus.core.weights import triplex_weight_map, weight_map
+from napari_cellfocus.engine.checkpoint import (
+    CLASS_NAMES,
+    ModelInfo,
+    load_checkpoint,
+    resolve_model_path,
+    save_checkpoint,
+)
+from napari_cellfocus.engine.device import release_memory, select_device
+from napari_cellfocus.engine.losses import get_loss
+from napari_cellfocus.engine.networks import build_network
+
+#: Default network of new models: small enough to train on a laptop CPU.
+DEFAULT_NETWORK: dict[str, Any] = {
+    "architecture": "unet",
+    "in_channels": 1,
+    "out_channels": 3,
+    "depth": 4,
+    "width": 16,
+    "norm": "batch",
+    "dims": 2,
+}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run.
+
+    n_classes : 3 (bg / cell / touching) or 4 (adds gap).
+    loss : "wce" (weighted cross entropy), "j3" / "j4" (CE + Youden J), "jaccard".
+    weights : weight map for "wce" / "j*": "saw", "dwm", "unet", "balance",
+        "overcrowding" or "none"; ignored when ``weak`` (W3 is then used).
+    weak : annotations are incomplete: unannotated regions get the W3 weights
+        (thesis eq. 4.3), so only annotated cells and their surroundings teach.
+    steps : optimisation steps; batch_size : crops per step; crop_size : crop side (px).
+    lr : Adam learning rate (thesis: 1e-4 with betas 0.9 / 0.99).
+    val_fraction : share of images held out for validation (0 = none); with a single
+        image, validation uses the training image itself.
+    val_every : steps between validation evaluations (0 = only at the end).
+    checkpoint_every : steps between checkpoint writes when an ``out`` path is given.
+    seed : seeds numpy and torch.
+    """
+
+    n_classes: int = 3
+    loss: str = "wce"
+    weights: str = "saw"
+    weak: bool = False
+    steps: int = 200
+    batch_size: int = 4
+    crop_size: int = 256
+    lr: float = 1e-4
+    val_fraction: float = 0.0
+    val_every: int = 0
+    checkpoint_every: int = 50
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.n_classes not in (3, 4):
+            raise ValueError(f"n_classes must be 3 or 4, got {self.n_classes}.")
+        if self.loss == "j4" and self.n_classes != 4:
+            raise ValueError("loss 'j4' needs n_classes=4 (background/cell/touching/gap).")
+        if self.steps < 1 or self.batch_size < 1 or self.crop_size < 16:
+            raise ValueError(
+                f"steps and batch_size must be >= 1 and crop_size >= 16, got steps={self.steps}, "
+                f"batch_size={self.batch_size}, crop_size={self.crop_size}."
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
+
+
+@dataclass
+class TrainProgress:
+    """What the UI shows after a step: step (1-based) of total, loss, ETA in seconds."""
+
+    step: int
+    total: int
+    loss: float
+    elapsed_s: float
+    eta_s: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass
+class _Sample:
+    image: np.ndarray  # float32 normalised, (Y, X)
+    target: np.ndarray  # uint8 classes
+    weight: np.ndarray  # float32 loss weights
+    annotated: np.ndarray | None  # coordinates of annotated pixels, for weak sampling
+    labels: np.ndarray  # int instance labels, for validation
+    raw: np.ndarray  # the image as given (float32), for validation through predict
+
+
+def prepare_sample(
+    image: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    normalizer: PercentileNormalization,
+    name: str = "image",
+) -> _Sample:
+    """Normalise one image and build its class target and weight map (2D)."""
+    img = check_image(image, name=name, ndim=(2,))
+    lab = check_labels(labels, name=f"labels of {name}", ndim=(2,))
+    check_same_shape(img, lab, name, f"labels of {name}")
+    if lab.max() == 0:
+        raise ValueError(
+            f"labels of {name}: no cell is annotated (all background); paint at least one cell."
+        )
+    target = class_target(lab, n_classes=config.n_classes)
+    if config.weak:
+        weight = triplex_weight_map(lab)
+    elif config.weights == "none" or config.loss == "jaccard":
+        weight = np.ones(lab.shape, np.float32)
+    else:
+        weight = weight_map(config.weights, lab)
+    annotated = np.argwhere(lab > 0) if config.weak else None
+    return _Sample(normalizer(img), target, weight.astype(np.float32), annotated, lab, img)
+
+
+class Trainer:
+    """Train (or fine-tune) a segmentation network on images and instance labels.
+
+    Parameters
+    ----------
+    images, labels : sequences of 2D arrays (Y, X); labels are instance images
+        (0 = background / unannotated in weak mode).
+    config : :class:`TrainConfig`.
+    init : ``None`` (new network), ``"default"`` (the built-in model) or a checkpoint
+        path to fine-tune from; or an already built ``(model, ModelInfo)`` pair.
+    network : config of a new network (``DEFAULT_NETWORK`` by default).
+    device : "auto", "cpu", "cuda", ...
+    out : checkpoint path written atomically during and after training.
+    names : names of the images for messages (layer or file names).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        config: TrainConfig | None = None,
+        *,
+        init: str | Path | tuple[torch.nn.Module, ModelInfo] | None = None,
+        network: dict[str, Any] | None = None,
+        device: str | torch.device | None = "auto",
+        out: str | Path | None = None,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        self.config = config or TrainConfig()
+        cfg = self.config
+        if len(images) == 0:
+            raise ValueError("no training image given.")
+        if len(images) != len(labels):
+            raise ValueError(
+                f"got {len(images)} images but {len(labels)} label images; they must pair up."
+            )
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+        self.device = select_device(device)
+        self.out = Path(out) if out is not None else None
+        self.rng = np.random.default_rng(cfg.seed)
+        torch.manual_seed(cfg.seed)
+
+        self.model, self.info = self._init_model(init, network)
+        self.normalizer = self.info.normalizer()
+        samples = [
+            prepare_sample(im, lab, cfg, self.normalizer, name=n)
+            for im, lab, n in zip(images, labels, names, strict=True)
+        ]
+        n_val = round(cfg.val_fraction * len(samples)) if len(samples) > 1 else 0
+        order = self.rng.permutation(len(samples))
+        self.val = [samples[i] for i in order[:n_val]]
+        self.train_samples = [samples[i] for i in order[n_val:]] or samples
+        if not self.val and cfg.val_every:
+            self.val = self.train_samples[:1]
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+        self.loss_fn = get_loss(cfg.loss)
+        self.history: list[dict[str, Any]] = list(self.info.history)
+        self.step = 0
+        self.cancelled = False
+        self.finished = False
+        self._good_state = copy.deepcopy(self.model.state_dict())
+
+    # ------------------------------------------------------------------ set-up
+    def _init_model(
+        self, init: Any, network: dict[str, Any] | None
+    ) -> tuple[torch.nn.Module, ModelInfo]:
+        cfg = self.config
+        if isinstance(init, tuple):
+            model, info = init
+            model = copy.deepcopy(model)
+            info = copy.deepcopy(info)
+        elif init is not None:
+            model, info = load_checkpoint(
+                resolve_model_path(init), device="cpu", task="segmentation"
+            )
+        else:
+            net = dict(network or DEFAULT_NETWORK)
+            net["out_channels"] = cfg.n_classes
+            model = build_network(net)
+            info = ModelInfo(network=model.config, classes=list(CLASS_NAMES[: cfg.n_classes]))
+            return model, info
+        if info.n_classes != cfg.n_classes:
+            raise ValueError(
+                f"the starting model predicts {info.n_classes} classes but training asks for "
+                f"{cfg.n_classes}; use --classes {info.n_classes} or start a new model."
+            )
+        return model, info
+
+    # ------------------------------------------------------------------ data
+    def _crop(self, sample: _Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        size = self.config.crop_size
+        shape = sample.image.shape
+        pads = [(0, max(0, size - n)) for n in shape]
+        img, tgt, wgt = sample.image, sample.target, sample.weight
+        if any(p[1] for p in pads):
+            img = np.pad(img, pads, mode="reflect")
+            tgt = np.pad(tgt, pads, mode="reflect")
+            wgt = np.pad(wgt, pads, mode="constant")  # padding never teaches
+            shape = img.shape
+        if sample.annotated is not None and len(sample.annotated) and self.rng.random() < 0.9:
+            # Weak labels: centre most crops on an annotated pixel (oversampling of the
+            # crops that carry information, counting paper 4.1).
+            centre = sample.annotated[self.rng.integers(len(sample.annotated))]
+            starts = [
+                int(
+                    np.clip(
+                        c - size // 2 + self.rng.integers(-size // 4, size // 4 + 1), 0, n - size
+                    )
+                )
+                for c, n in zip(centre, shape, strict=True)
+            ]
+        else:
+            starts = [int(self.rng.integers(0, n - size + 1)) for n in shape]
+        sl = tuple(slice(s, s + size) for s in starts)
+        return img[sl], tgt[sl], wgt[sl]
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        areas = np.array([s.image.size for s in self.train_samples], np.float64)
+        picks = self.rng.choice(
+            len(self.train_samples), self.config.batch_size, p=areas / areas.sum()
+        )
+        xs, ys, ws = [], [], []
+        for i in picks:
+            img, tgt, wgt = self._crop(self.train_samples[i])
+            img, tgt, wgt = augment_sample(img, tgt, wgt, self.rng, self.config.augment)
+            xs.append(img)
+            ys.append(tgt)
+            ws.append(wgt)
+        x = torch.from_numpy(np.stack(xs)[:, None]).to(self.device)
+        y = torch.from_numpy(np.stack(ys).astype(np.int64)).to(self.device)
+        w = torch.from_numpy(np.stack(ws)).to(self.device)
+        return x, y, w
+
+    # ------------------------------------------------------------------ loop
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        name = self.config.loss
+        if name == "jaccard":
+            return self.loss_fn(logits, y)
+        return self.loss_fn(logits, y, weight=w)
+
+    def validate(self) -> dict[str, float]:
+        """Mean PQ / F1 of the current model on the validation images (TH post-processing)."""
+        from napari_cellfocus.core.metrics import evaluate
+        from napari_cellfocus.core.postprocess import postprocess
+        from napari_cellfocus.engine.predict import predict_probabilities
+
+        scores: dict[str, list[float]] = {"pq": [], "f1": []}
+        for sample in self.val:
+            probs = predict_probabilities(
+                self.model,
+                sample.raw,
+                normalizer=self.normalizer,
+                device=self.device,
+            )
+            pred, _ = postprocess(probs, method="map")
+            gt = sample.labels
+            if self.config.weak:  # score only where annotated cells are
+                keep = np.isin(pred, np.unique(pred[gt > 0]))
+                pred = np.where(keep, pred, 0)
+            res = evaluate(gt, pred)
+            scores["pq"].append(float(res["pq"]))
+            scores["f1"].append(float(res["f1"]))
+        self.model.train()
+        return {f"val_{k}": float(np.mean(v)) for k, v in scores.items() if v}
+
+    def steps(self) -> Iterator[TrainProgress]:
+        """Run the training, yielding after every step. Closing the generator cancels."""
+        cfg = self.config
+        start = time.perf_counter()
+        self.model.train()
+        first = self.step
+        try:
+            while self.step < cfg.steps:
+                x, y, w = self._batch()
+                self.optimizer.zero_grad(set_to_none=True)
+                logits = self.model(x)
+                if isinstance(logits, (tuple, list)):
+                    logits = logits[0]
+                loss = self._loss(logits, y, w)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    self.model.load_state_dict(self._good_state)
+                    raise FloatingPointError(
+                        f"training diverged at step {self.step + 1} (loss {value}); the model "
+                        "of the last good step was kept. Try a lower learning rate."
+                    )
+                loss.backward()
+                self.optimizer.step()
+                self.step += 1
+                if not _finite_parameters(self.model):
+                    self.model.load_state_dict(self._good_state)
+                    raise FloatingPointError(
+                        f"weights became non-finite at step {self.step}; the last good model "
+                        "was kept. Try a lower learning rate."
+                    )
+                self._good_state = {
+                    k: v.detach().clone() for k, v in self.model.state_dict().items()
+                }
+                record: dict[str, Any] = {"step": len(self.history) + 1, "loss": value}
+                if cfg.val_every and self.val and self.step % cfg.val_every == 0:
+                    record.update(self.validate())
+                self.history.append(record)
+                elapsed = time.perf_counter() - start
+                rate = elapsed / max(1, self.step - first)
+                if (
+                    self.out is not None
+                    and cfg.checkpoint_every
+                    and self.step % cfg.checkpoint_every == 0
+                ):
+                    self.save(self.out)
+                yield TrainProgress(
+                    self.step,
+                    cfg.steps,
+                    value,
+                    elapsed,
+                    rate * (cfg.steps - self.step),
+                    {k: v for k, v in record.items() if k.startswith("val_")},
+                )
+            self.finished = True
+        except GeneratorExit:
+            self.cancelled = True
+            raise
+        finally:
+            self.model.load_state_dict(self._good_state)
+            self.model.eval()
+            if self.out is not None:
+                self.save(self.out)
+
+    def run(
+        self,
+        on_step: Callable[[TrainProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[torch.nn.Module, ModelInfo]:
+        """Train to the end (or until ``should_stop()``); returns the model and its info."""
+        gen = self.steps()
+        try:
+            for progress in gen:
+                if on_step is not None:
+                    on_step(progress)
+                if should_stop is not None and should_stop():
+                    gen.close()
+                    break
+        finally:
+            gen.close()
+        return self.model, self.current_info()
+
+    # ------------------------------------------------------------------ results
+    def current_info(self) -> ModelInfo:
+        """The ModelInfo of the model as it is now (history and training settings)."""
+        info = copy.deepcopy(self.info)
+        info.history = list(self.history)
+        cfg = asdict(self.config)
+        cfg["augment"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in cfg["augment"].items()
+        }
+        info.training = {
+            **info.training,
+            "last_run": {
+                **cfg,
+                "steps_done": self.step,
+                "cancelled": self.cancelled,
+                "device": str(self.device),
+                "n_train_images": len(self.train_samples),
+                "n_val_images": len(self.val),
+            },
+        }
+        return info
+
+    def save(self, path: str | Path) -> Path:
+        """Write the current (last good) model to ``path`` atomically."""
+        return save_checkpoint(path, self.model, self.current_info())
+
+    def release(self) -> None:
+        """Move the model to the CPU and give GPU memory back (after training)."""
+        self.model.to("cpu")
+        self.optimizer = None  # type: ignore[assignment]
+        release_memory(self.device)
+
+
+def _finite_parameters(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def train(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    config: TrainConfig | None = None,
+    *,
+    on_step: Callable[[TrainProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **kwargs,
+) -> tuple[torch.nn.Module, ModelInfo]:
+    """Convenience wrapper: build a :class:`Trainer` and run it. See its parameters."""
+    trainer = Trainer(images, labels, config, **kwargs)
+    return trainer.run(on_step=on_step, should_stop=should_stop)
+
+
+def quick_finetune_config(weak: bool = True, **overrides: Any) -> TrainConfig:
+    """The one-click fine-tune of the plugin (and of ``cellfocus train --from default``).
+
+    Sized to finish within about two minutes for a 512 x 512 image on a 2-core CPU:
+    a few hundred crops, a learning rate higher than the thesis' 1e-4 because the
+    budget is a hundred steps, not a thousand epochs.
+    """
+    settings: dict[str, Any] = {
+        "weak": weak,
+        "steps": 100,
+        "batch_size": 4,
+        "crop_size": 192,
+        "lr": 5e-4,
+        "checkpoint_every": 25,
+    }
+    settings.update(overrides)
+    return TrainConfig(**settings)

@@ -1,0 +1,115 @@
+"""Tiled prediction: exact agreement with whole-image prediction, no seams, streaming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cellfocus.core.normalize import PercentileNormalization
+from napari_cellfocus.engine.networks import UNet
+from napari_cellfocus.engine.predict import iter_predict, predict_probabilities
+from napari_cellfocus.engine.tiling import axis_tiling, grid_tiles
+
+
+def _tiny_unet() -> UNet:
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, out_channels=3, depth=2, width=4, norm="batch")
+    # Non-trivial BatchNorm statistics so eval mode is not an identity.
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize(
+    "length,window,halo,blend", [(100, 40, 8, 6), (256, 64, 16, 16), (33, 64, 8, 8)]
+)
+def test_axis_weights_partition_of_unity(length, window, halo, blend):
+    """Normalised weights of all windows sum to exactly 1 at every pixel, are 0 in the
+    inner halos, and every window keeps the same size (so tiles can be batched)."""
+    t = axis_tiling(length, window, halo, blend)
+    total = np.zeros(length)
+    for s, w in zip(t.starts, t.weights, strict=True):
+        assert w.shape == (min(window, length),)
+        total[s : s + t.window] += w
+        if s > 0:
+            assert np.all(w[:halo] == 0)
+        if s + t.window < length:
+            assert np.all(w[-halo:] == 0)
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+def test_tile_too_small_for_halo_is_clear():
+    with pytest.raises(ValueError, match="too small"):
+        axis_tiling(200, 20, 8, 8)
+
+
+def test_tiled_equals_whole_image():
+    """Depth-2 U-Net with 3x3 convs: receptive-field radius 2*(1+1) + 2*2*(1+1) ... < 16 px,
+    so with a 16-pixel halo every kept pixel sees exactly what it sees in the whole image;
+    the tiled result must match the untiled one to float precision (1e-4)."""
+    net = _tiny_unet()
+    rng = np.random.default_rng(1)
+    image = rng.random((96, 160)).astype(np.float32)
+    norm = PercentileNormalization()
+    whole = predict_probabilities(net, image, normalizer=norm, tile_size=1024, halo=0, blend=0)
+    tiled = predict_probabilities(
+        net, image, normalizer=norm, tile_size=48, halo=16, blend=8, batch_size=3
+    )
+    assert len(grid_tiles(image.shape, 48, 16, 8)) > 6
+    assert whole.shape == tiled.shape == (3, 96, 160)
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+    np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
+
+
+def test_no_seams_on_flat_input_and_streaming_updates():
+    """On a constant image the whole-image output is spatially constant away from the
+    borders; a tiled result must not show tile edges (no jumps between neighbours larger
+    than inside tiles), and every update reports a growing count ending at the total."""
+    net = _tiny_unet()
+    image = np.full((128, 128), 5.0, np.float32)
+    image[::7, ::5] = 6.0  # a regular texture so the network output is not trivially flat
+    updates = list(iter_predict(net, image, tile_size=64, halo=16, blend=16, batch_size=1))
+    done = [u.done for u in updates]
+    assert done == sorted(done) and done[-1] == updates[-1].total > 1
+    tiled = updates[-1].probs
+    whole = predict_probabilities(net, image, tile_size=512, halo=0, blend=0)
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+
+def test_stack_predicted_plane_by_plane():
+    net = _tiny_unet()
+    rng = np.random.default_rng(2)
+    stack = rng.random((3, 40, 48)).astype(np.float32)
+    probs = predict_probabilities(net, stack, tile_size=64, halo=8, blend=4)
+    assert probs.shape == (3, 3, 40, 48)
+    single = predict_probabilities(net, stack[1], tile_size=64, halo=8, blend=4)
+    np.testing.assert_allclose(probs[:, 1], single, atol=1e-5)
+
+
+def test_bad_inputs_are_named():
+    net = _tiny_unet()
+    with pytest.raises(ValueError, match="my layer.*NaN"):
+        predict_probabilities(net, np.full((32, 32), np.nan, np.float32), name="my layer")
+    with pytest.raises(ValueError, match="RGB"):
+        predict_probabilities(net, np.zeros((32, 32, 3), np.float32))
+
+
+def test_cancel_through_should_stop():
+    net = _tiny_unet()
+    image = np.random.default_rng(0).random((128, 128)).astype(np.float32)
+    seen = []
+    with pytest.raises(InterruptedError):
+        predict_probabilities(
+            net,
+            image,
+            tile_size=48,
+            halo=8,
+            blend=8,
+            on_tile=seen.append,
+            should_stop=lambda: len(seen) >= 2,
+        )
+    assert len(seen) == 2
