@@ -211,6 +211,29 @@ def test_evaluate_non_consecutive_labels_same_result():
     assert b["pq"] == pytest.approx(0.375)
 
 
+def test_evaluate_huge_ids_and_many_tiny_objects():
+    """Ids far above the image size (10**12) give the same result as small ids.
+
+    2500 one-pixel objects (every pixel its own label; 2500 x 2500 possible pairs)
+    each match themselves with IoU 1 -> TP = 2500, F1 = PQ = 1.  Rolling the
+    prediction by one column changes which id sits where, but every gt pixel object
+    still coincides with exactly one predicted pixel object (IoU 1) -> TP = 2500,
+    FP = FN = 0, SQ = 1.
+    """
+    gt = square(shape=(12, 12))
+    gt[2:6, 5] = 2
+    pred = square(shape=(12, 12))
+    big_gt = np.where(gt > 0, gt.astype(np.int64) * 10**12, 0)
+    big_pred = np.where(pred > 0, pred.astype(np.int64) * 10**12 + 7, 0)
+    assert evaluate(big_gt, big_pred) == evaluate(gt, pred)
+
+    x = np.arange(1, 2501).reshape(50, 50)
+    r = evaluate(x, x)
+    assert (r["tp"], r["f1"], r["pq"]) == (2500, 1.0, 1.0)
+    r = evaluate(x, np.roll(x, 1, axis=1))
+    assert (r["tp"], r["fp"], r["fn"], r["sq"]) == (2500, 0, 0, 1.0)
+
+
 def test_evaluate_3d():
     """3D: gt block A (z 0..3, 2x2) and block B; pred = A shifted one slice in z plus
     an extra block C.
