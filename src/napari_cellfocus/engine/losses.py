@@ -69,6 +69,9 @@ def _check_logits(logits: torch.Tensor, name: str = "logits") -> torch.Tensor:
     if not logits.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got {logits.dtype}.")
     _check_finite(logits, name)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        # sums over many pixels overflow / lose precision in half precision (autocast)
+        logits = logits.float()
     return logits
 
 
@@ -195,7 +198,7 @@ def weighted_cross_entropy(
     Tensor
         Scalar (or (N, *S) for ``"none"``), in nats.
     """
-    _check_logits(logits)
+    logits = _check_logits(logits)
     y = _target_probs(logits, target)
     w = _check_weight(weight, (logits.shape[0], *logits.shape[2:]))
     ce = -(y * F.log_softmax(logits, dim=1)).sum(dim=1)
@@ -282,7 +285,7 @@ def youden_j_loss(
     in the sum's domain, its rates are 0/0; every pair involving it is **skipped** (counts
     0). The value and the gradient stay finite.
     """
-    _check_logits(logits)
+    logits = _check_logits(logits)
     c = logits.shape[1]
     if n_classes is not None and n_classes != c:
         raise ValueError(
@@ -297,14 +300,15 @@ def youden_j_loss(
     n_img = logits.shape[0]
     z = z.reshape(n_img, c, -1)
     y = y.reshape(n_img, c, -1)
-    if per_image:
-        tp = (z * y).sum(dim=2)  # (N, C): sum_p z_i y_i
-        zy = torch.einsum("nip,nkp->nik", z, y)  # (N, C, C): sum_p z_i y_k
-        n = y.sum(dim=2)  # (N, C)
-    else:
-        tp = (z * y).sum(dim=(0, 2)).unsqueeze(0)
-        zy = torch.einsum("nip,nkp->ik", z, y).unsqueeze(0)
-        n = y.sum(dim=(0, 2)).unsqueeze(0)
+    # sums over pixels (and over images unless per_image); element-wise products, not
+    # einsum, so autocast cannot move them to half precision
+    sum_dims = (2,) if per_image else (0, 2)
+    tp = (z * y).sum(dim=sum_dims)  # sum_p z_i y_i -> (N, C) or (C,)
+    # zy[..., i, k] = sum_p z_i(p) y_k(p)
+    zy = torch.stack([(z * y[:, k : k + 1]).sum(dim=sum_dims) for k in range(c)], dim=-1)
+    n = y.sum(dim=sum_dims)  # (N, C) or (C,)
+    if not per_image:
+        tp, zy, n = tp.unsqueeze(0), zy.unsqueeze(0), n.unsqueeze(0)
     present = n > 0
     n_safe = torch.where(present, n, torch.ones_like(n))
     alpha = tp / n_safe  # (B, C)
@@ -388,7 +392,7 @@ def soft_jaccard_loss(
     ``1 - 0 / (sum(yhat^2) + eps) = 1`` with a zero gradient: Jaccard is 0 whenever the
     target set is empty. The value stays finite.
     """
-    _check_logits(logits)
+    logits = _check_logits(logits)
     if logits.shape[1] == 1:
         probs = torch.sigmoid(logits)
         y = _binary_target(target, logits)
@@ -456,7 +460,7 @@ def mae_loss(
         As in :func:`weighted_cross_entropy`, applied to the per-pixel error averaged over
         channels.
     """
-    _check_logits(pred, "pred")
+    pred = _check_logits(pred, "pred")
     _check_tensor(target, "target")
     if pred.shape[1] == 1 and tuple(target.shape) == (pred.shape[0], *pred.shape[2:]):
         target = target.unsqueeze(1)
@@ -498,7 +502,7 @@ def bce_loss(
     reduction : {"mean", "sum", "weighted_mean", "none"}
         As in :func:`weighted_cross_entropy`.
     """
-    _check_logits(logits)
+    logits = _check_logits(logits)
     if logits.shape[1] == 2:
         logit = (logits[:, 0] - logits[:, 1]).unsqueeze(1)
     elif logits.shape[1] == 1:
