@@ -175,6 +175,23 @@ def relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return out, int(ids.size - (1 if has_bg else 0))
 
 
+def _drop_small_and_relabel(lab: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
+    """:func:`remove_small_objects` then :func:`relabel_consecutive` in one pass.
+
+    ``lab`` is a non-negative int32 image whose ids do not exceed its size (true
+    for every image built in this module).
+    """
+    if lab.size == 0:
+        return lab.astype(np.int32), 0
+    sizes = np.bincount(lab.ravel())
+    keep = sizes >= max(min_size, 1)
+    keep[0] = False
+    count = int(keep.sum())
+    lut = np.zeros(sizes.size, np.int32)
+    lut[keep] = np.arange(1, count + 1, dtype=np.int32)
+    return lut[lab], count
+
+
 def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Set to background every object with fewer than ``min_size`` pixels (voxels).
 
@@ -225,8 +242,12 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
     np.ndarray
         Copy with the filled holes; same integer dtype as :func:`check_labels` gives.
     """
-    lab = check_labels(labels)
-    out = lab.copy()
+    return _fill_holes(check_labels(labels), copy=True)
+
+
+def _fill_holes(lab: np.ndarray, copy: bool) -> np.ndarray:
+    """:func:`fill_holes` on an already checked integer array (in place if ``copy=False``)."""
+    out = lab.copy() if copy else lab
     if lab.size == 0 or min(lab.shape) < 3:
         return out
     background = lab == 0
@@ -391,10 +412,8 @@ def _instances_from_classes(
         if targets.any():
             cell_lab.ravel()[np.flatnonzero(targets)] = _nearest_cell(cell_lab, targets)
     if fill:
-        cell_lab = fill_holes(cell_lab)
-    if min_size > 1:
-        cell_lab = remove_small_objects(cell_lab, min_size)
-    return relabel_consecutive(cell_lab)
+        cell_lab = _fill_holes(cell_lab, copy=False)
+    return _drop_small_and_relabel(cell_lab, min_size)
 
 
 # ------------------------------------------------------------------------- methods
@@ -531,9 +550,7 @@ def _watershed(arr: np.ndarray, tau0: float, tau1: float, min_size: int) -> tupl
         flooded = watershed(relief, np.where(region, markers, 0), mask=region, connectivity=1)
         markers = np.where(region, flooded, markers).astype(np.int32, copy=False)
     markers[markers == bg_id] = 0
-    if min_size > 1:
-        markers = remove_small_objects(markers, min_size)
-    return relabel_consecutive(markers)
+    return _drop_small_and_relabel(markers, min_size)
 
 
 def watershed_labels(
@@ -638,9 +655,7 @@ def _binary_watershed(
     missing = mask & (lab == 0)
     if missing.any():
         lab[missing] = comp[missing].astype(np.int32) + len(peaks)
-    if min_size > 1:
-        lab = remove_small_objects(lab, min_size)
-    return relabel_consecutive(lab)
+    return _drop_small_and_relabel(lab, min_size)
 
 
 def binary_watershed_labels(
