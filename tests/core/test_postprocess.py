@@ -633,3 +633,20 @@ def test_invalid_thresholds_raise():
         binary_watershed_labels(np.full((4, 4), 3.0))
     with pytest.raises(ValueError, match="labels"):
         fill_holes(np.array([[0.5, 1.0]]))
+
+
+def test_non_contiguous_inputs_give_the_same_result():
+    """Memory layout must not matter: a transposed (Fortran-ordered) label image in
+    fill_holes, and a Fortran-ordered probability map in TH / WT / MAP, give the
+    same result as their C-ordered copies."""
+    lab = np.zeros((6, 5), int)
+    lab[1:5, 1:4] = 2
+    lab[2:4, 2] = 0
+    np.testing.assert_array_equal(fill_holes(lab.T), fill_holes(np.ascontiguousarray(lab.T)))
+    assert fill_holes(lab.T)[2, 2] == 2
+    h = [[1, 2, 2, 0, 0], [2, 2, 2, 2, 0], [0, 2, 2, 2, 1]]
+    probs = from_classes(h)
+    for func in (threshold_labels, map_labels, watershed_labels):
+        got = func(np.asfortranarray(probs), min_size=0)
+        want = func(probs, min_size=0)
+        np.testing.assert_array_equal(got[0], want[0])

@@ -110,6 +110,11 @@ def _structure(ndim: int, full: bool) -> np.ndarray:
     return ndimage.generate_binary_structure(ndim, ndim if full else 1)
 
 
+def _c_strides(shape: tuple[int, ...]) -> np.ndarray:
+    """Element strides of a C-ordered array of ``shape`` (for flat-index offsets)."""
+    return np.array([int(np.prod(shape[i + 1 :])) for i in range(len(shape))], dtype=np.int64)
+
+
 def _check_unit(value: float, name: str) -> float:
     """Return ``value`` as float after checking it lies in [0, 1]."""
     try:
@@ -247,16 +252,16 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
 
 def _fill_holes(lab: np.ndarray, copy: bool) -> np.ndarray:
     """:func:`fill_holes` on an already checked integer array (in place if ``copy=False``)."""
-    out = lab.copy() if copy else lab
-    if lab.size == 0 or min(lab.shape) < 3:
+    out = np.array(lab, order="C", copy=True) if copy else np.ascontiguousarray(lab)
+    if out.size == 0 or min(out.shape) < 3:
         return out
-    background = lab == 0
+    background = out == 0
     if not background.any() or background.all():
         return out
-    bg_lab, n_bg = ndimage.label(background, structure=_structure(lab.ndim, full=True))
+    bg_lab, n_bg = ndimage.label(background, structure=_structure(out.ndim, full=True))
     is_hole = np.ones(n_bg + 1, dtype=bool)
     is_hole[0] = False
-    for axis in range(lab.ndim):
+    for axis in range(out.ndim):
         for end in (0, -1):
             is_hole[np.take(bg_lab, end, axis=axis)] = False
     if not is_hole.any():
@@ -264,12 +269,11 @@ def _fill_holes(lab: np.ndarray, copy: bool) -> np.ndarray:
     flat_bg = bg_lab.ravel()
     hole_px = np.flatnonzero(is_hole[flat_bg])
     # Hole pixels never lie on the border, so flat neighbour offsets cannot wrap.
-    strides = np.array(lab.strides) // lab.itemsize
+    strides = _c_strides(out.shape)
     offsets = [
-        int(np.dot(o, strides)) for o in itertools.product((-1, 0, 1), repeat=lab.ndim) if any(o)
+        int(np.dot(o, strides)) for o in itertools.product((-1, 0, 1), repeat=out.ndim) if any(o)
     ]
-    flat = lab.ravel()
-    neigh = flat[hole_px[:, None] + np.array(offsets)[None, :]]
+    neigh = out.ravel()[hole_px[:, None] + np.array(offsets)[None, :]]
     hole_id = flat_bg[hole_px]
     big = np.iinfo(neigh.dtype).max
     hi = np.zeros(n_bg + 1, dtype=neigh.dtype)
@@ -277,7 +281,7 @@ def _fill_holes(lab: np.ndarray, copy: bool) -> np.ndarray:
     np.maximum.at(hi, hole_id, neigh.max(axis=1))
     np.minimum.at(lo, hole_id, np.where(neigh > 0, neigh, big).min(axis=1))
     fill = np.where((hi > 0) & (hi == lo), hi, 0)
-    out.ravel()[hole_px] = fill[hole_id]
+    out.ravel()[hole_px] = fill[hole_id]  # out is C-contiguous: ravel() is a view
     return out
 
 
@@ -358,7 +362,7 @@ def _nearest_cell(cell_lab: np.ndarray, targets: np.ndarray) -> np.ndarray:
     remaining = np.flatnonzero(np.pad(targets, radius))
     result = np.zeros(remaining.size, np.int32)
     position = np.arange(remaining.size)
-    strides = np.array(padded.strides) // padded.itemsize
+    strides = _c_strides(padded.shape)
     for _, offsets in _shells(ndim, radius):
         if remaining.size == 0:
             break
@@ -410,7 +414,7 @@ def _instances_from_classes(
         has_cell[region[cell]] = True
         targets = touching & has_cell[region]
         if targets.any():
-            cell_lab.ravel()[np.flatnonzero(targets)] = _nearest_cell(cell_lab, targets)
+            cell_lab[targets] = _nearest_cell(cell_lab, targets)
     if fill:
         cell_lab = _fill_holes(cell_lab, copy=False)
     return _drop_small_and_relabel(cell_lab, min_size)
