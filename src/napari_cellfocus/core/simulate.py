@@ -397,59 +397,56 @@ def _place_cells(
 
     cells: list[_Cell] = []
     grid = _Grid(2.0 * hi * (1.0 + 3.0 * p["irregularity"]) * 1.6 + 4.0, scale)
-    centers = np.zeros((max(n_target, 1), ndim))
-    reach = np.zeros(max(n_target, 1))  # radius bound (physical)
-    mean_r = np.zeros(max(n_target, 1))
-    clus = np.full(max(n_target, 1), -1)
+    sc = [float(v) for v in scale]
+    # per placed cell: centre (physical units), mean radius, reach, cluster id
+    placed_info: list[tuple[list[float], float, float, int]] = []
 
-    def fits(cell: _Cell) -> bool:
-        idx = grid.near(cell.center)
-        if not idx:
-            return True
-        idx_arr = np.asarray(idx)
-        d = np.sqrt((((centers[idx_arr] - cell.center) * scale) ** 2).sum(axis=1))
-        own_reach = cell.reach
-        both = (clus[idx_arr] >= 0) & (cell.cluster >= 0)
-        need = np.where(
-            both, 0.72 * (mean_r[idx_arr] + cell.radius), reach[idx_arr] + own_reach + 3
-        )
-        return bool(np.all(d >= need))
+    def fits(cell: _Cell, pos: np.ndarray, cluster: int) -> bool:
+        c = [float(v) * f for v, f in zip(pos.tolist(), sc, strict=True)]
+        for j in grid.near(pos):
+            cj, rj, reach_j, clus_j = placed_info[j]
+            d2 = sum((u - v) ** 2 for u, v in zip(c, cj, strict=True))
+            if cluster >= 0 and clus_j >= 0:
+                need = 0.72 * (rj + cell.radius)
+            else:
+                need = reach_j + cell.reach + 3.0
+            if d2 < need * need:
+                return False
+        return True
 
-    def commit(cell: _Cell) -> None:
-        i = len(cells)
-        centers[i] = cell.center
-        reach[i] = cell.reach
-        mean_r[i] = cell.radius
-        clus[i] = cell.cluster
-        grid.add(i, cell.center)
+    def commit(cell: _Cell, pos: np.ndarray, cluster: int) -> None:
+        cell.center = np.asarray(pos, dtype=float)
+        cell.cluster = cluster
+        c = [float(v) * f for v, f in zip(cell.center.tolist(), sc, strict=True)]
+        grid.add(len(cells), cell.center)
+        placed_info.append((c, cell.radius, cell.reach, cluster))
         cells.append(cell)
 
     n_cluster = 0
     members: list[int] = []
     cluster_goal = 0
     failures = 0
+    origin = np.zeros(ndim)
     for k in range(n_target):
         if failures > 60 + 3 * n_target:
             break
         mitotic = bool(rng.random() < p["mitotic_fraction"])
         r = rng.uniform(lo, hi) * (rng.uniform(0.55, 0.75) if mitotic else 1.0)
+        cell = _make_cell(rng, origin, r, p, ndim, mitotic)
         in_cluster = k < n_clustered
         placed = False
         if in_cluster and members and len(members) < cluster_goal:
             for _ in range(25):
                 anchor = cells[members[rng.integers(len(members))]]
-                u = rng.standard_normal(ndim)
-                u /= scale
+                u = rng.standard_normal(ndim) / scale  # random physical direction
                 u /= np.linalg.norm(u * scale)
                 dist = (anchor.radius + r) * rng.uniform(0.8, 1.02)
                 pos = anchor.center + dist * u
                 if np.any(pos < 0) or np.any(pos > size_arr - 1):
                     failures += 1
                     continue
-                cell = _make_cell(rng, pos, r, p, ndim, mitotic)
-                cell.cluster = n_cluster
-                if fits(cell):
-                    commit(cell)
+                if fits(cell, pos, n_cluster):
+                    commit(cell, pos, n_cluster)
                     members.append(len(cells) - 1)
                     placed = True
                     break
@@ -460,12 +457,9 @@ def _place_cells(
             continue
         for _ in range(40):
             pos = rng.uniform(0, 1, ndim) * (size_arr - 1)
-            cell = _make_cell(rng, pos, r, p, ndim, mitotic)
-            if in_cluster:
-                cell.cluster = n_cluster + 1
-            if fits(cell):
-                commit(cell)
-                placed = True
+            cluster = n_cluster + 1 if in_cluster else -1
+            if fits(cell, pos, cluster):
+                commit(cell, pos, cluster)
                 if in_cluster:
                     n_cluster += 1
                     members = [len(cells) - 1]
@@ -724,11 +718,11 @@ def _render_cells(
         )
         if n_nuc:
             pos = deep[rng.integers(len(deep), size=n_nuc)] * scale
-            sig = rng.uniform(0.1, 0.2, n_nuc) * r
-            amp = rng.uniform(0.25, 0.6, n_nuc)
+            sig = rng.uniform(0.08, 0.16, n_nuc) * r
+            amp = rng.uniform(0.2, 0.5, n_nuc)
             tex = tex * np.clip(1.0 - _gauss_spots(grids, pos, sig, amp), 0.2, 1.0)
         # peripheral heterochromatin: slightly brighter rim under the envelope
-        rim = rng.uniform(0.0, 0.25) * (0.0 if cell.mitotic else 1.0)
+        rim = rng.uniform(0.0, 0.2) * (0.0 if cell.mitotic else 1.0)
         profile = thick * (1.0 + rim * np.exp(-np.maximum(dist, 0.0) / 1.5))
         values = np.where(own, b * profile * tex, 0.0).astype(np.float32)
         extra = 0.0
@@ -1156,7 +1150,7 @@ def random_scene_params(rng: np.random.Generator | int | None = None) -> dict[st
     """Draw a varied, physically plausible parameter set for training-data generation.
 
     Covers sparse to crowded fields (density 0.03-0.6), nucleus radius ~4-25 px,
-    isolated to strongly clumped nuclei, low to high SNR (5-3000 photons per
+    isolated to strongly clumped nuclei, low to high SNR (8-5000 photons per
     pixel, read noise 0.5-8 e-), sharp to soft optics (PSF sigma 0.5-2.5 px),
     flat to strongly uneven background and illumination, 8- and 16-bit cameras
     with low to saturating exposure. The dict can be passed to
@@ -1175,16 +1169,18 @@ def random_scene_params(rng: np.random.Generator | int | None = None) -> dict[st
     rng = np.random.default_rng(rng)
     r = _loguniform(rng, 4.0, 25.0)
     spread = rng.uniform(0.08, 0.35)
-    crowd = rng.random()
-    density = _loguniform(rng, 0.03, 0.6)
+    # a quarter sparse fields, the rest moderate to confluent
+    density = _loguniform(rng, 0.03, 0.1) if rng.random() < 0.25 else rng.uniform(0.1, 0.6)
+    # crowded fields are clumped (lone nuclei cannot pack densely)
+    cluster_fraction = float(np.clip(rng.uniform(-0.2, 1.0) + 1.2 * density, 0.0, 1.0))
     bit_depth = 8 if rng.random() < 0.6 else 16
-    fill = rng.uniform(0.3, 1.15) if bit_depth == 8 else _loguniform(rng, 0.02, 0.9)
+    fill = _loguniform(rng, 0.1, 1.15) if bit_depth == 8 else _loguniform(rng, 0.02, 0.9)
     return {
         "radius": (r * (1.0 - spread), r * (1.0 + spread)),
         "density": density,
         "irregularity": rng.uniform(0.0, 0.2),
         "elongation": rng.uniform(0.05, 0.45),
-        "cluster_fraction": float(np.clip(crowd * 1.2 - 0.1 + density, 0.0, 1.0)),
+        "cluster_fraction": cluster_fraction,
         "cluster_size": rng.uniform(2.0, 10.0),
         "touching": rng.uniform(0.3, 1.0),
         "intensity_variation": rng.uniform(0.1, 0.6),
@@ -1199,7 +1195,7 @@ def random_scene_params(rng: np.random.Generator | int | None = None) -> dict[st
         "ghosts": rng.uniform(0.0, 0.3),
         "illumination_gradient": rng.uniform(0.0, 0.6),
         "blur_sigma": rng.uniform(0.5, 2.5),
-        "photons": _loguniform(rng, 5.0, 3000.0),
+        "photons": _loguniform(rng, 8.0, 5000.0),
         "read_noise": rng.uniform(0.5, 8.0),
         "fill": fill,
         "offset": rng.uniform(0.0, 0.05) * min(fill, 1.0),
