@@ -172,7 +172,9 @@ def write_doc(report: dict) -> None:
         "compared with `scipy.ndimage.label` of the thresholded cell map on the same\n"
         "array.  The probability map is simulated (see `benchmarks/bench_postprocess.py`);\n"
         "the F1 column (IoU > 0.5) only shows the outputs are sensible, it is not a\n"
-        "model evaluation.\n\n" + block + "\n"
+        "model evaluation.  Absolute times depend on the machine and its load; the\n"
+        "ratio to `ndimage.label` (run in the same process, right before) is the\n"
+        "steadier number.\n\n" + block + "\n"
     )
 
 
