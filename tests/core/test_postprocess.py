@@ -570,6 +570,9 @@ def test_search_thresholds_pools_counts_over_images():
     both = search_thresholds([probs, empty], [ref, np.zeros((7, 11), int)], grid=grid, min_size=0)
     np.testing.assert_allclose(both.scores, single.scores)
     assert both.best_params == single.best_params
+    # One map with its reference wrapped in a list is still one image.
+    wrapped = search_thresholds(probs, [ref], grid=grid, min_size=0)
+    np.testing.assert_allclose(wrapped.scores, single.scores)
 
 
 def test_search_binary_threshold():

@@ -929,9 +929,12 @@ def search_thresholds(
         raise ValueError(
             f"metric: expected one of f1, rq, precision, recall, ap, pq, sq, got {metric!r}."
         )
-    single = isinstance(probs, np.ndarray) and not (isinstance(reference_labels, (list, tuple)))
-    prob_list = [probs] if single else list(probs)
-    ref_list = [reference_labels] if single else list(reference_labels)
+    # One array is one image (its first axis holds classes, not images).
+    prob_list = [probs] if isinstance(probs, np.ndarray) else list(probs)
+    if isinstance(reference_labels, np.ndarray):
+        ref_list = [reference_labels]
+    else:
+        ref_list = list(reference_labels)
     if len(prob_list) != len(ref_list) or not prob_list:
         raise ValueError(
             f"expected as many reference images as probability maps (at least one), "
