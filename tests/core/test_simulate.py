@@ -184,9 +184,12 @@ def test_noise_high_vs_low_photons():
 
 
 def test_n_cells_zero_gives_empty_scene():
+    """No nuclei: exposure as if a nucleus of emission 1 were there, so the
+    background (0.08 of it) stays dark, around 0.08 * fill * 255 ~ 16 ADU."""
     s = simulate_cells((64, 64), n_cells=0, seed=0)
     assert s.labels.max() == 0
     assert s.image.shape == (64, 64)
+    assert s.image.mean() < 40
 
 
 def test_3d_volume():

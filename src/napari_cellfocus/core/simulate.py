@@ -224,16 +224,19 @@ def _resolve_params(kwargs: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- random fields
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, shape: tuple[int, ...], sigma: float | Sequence[float]
+) -> np.ndarray:
     """Gaussian-filtered white noise, zero mean and unit standard deviation (float32).
 
-    Large ``sigma`` is done on a coarse grid and interpolated back, so the cost
-    does not grow with ``sigma``.
+    ``sigma`` in pixels, one value or one per axis. Large ``sigma`` is done on a
+    coarse grid and interpolated back, so the cost does not grow with ``sigma``.
     """
-    factor = max(1, int(sigma // 3))
+    sig = np.broadcast_to(np.asarray(sigma, dtype=float), (len(shape),))
+    factor = max(1, int(sig.min() // 3))
     small = tuple(max(2, math.ceil(s / factor) + 2) for s in shape)
     noise = rng.standard_normal(small).astype(np.float32)
-    noise = ndi.gaussian_filter(noise, sigma / factor, mode="wrap")
+    noise = ndi.gaussian_filter(noise, tuple(sig / factor), mode="wrap")
     if factor > 1:
         zoom = [(s + 2 * factor) / n for s, n in zip(shape, small, strict=True)]
         noise = ndi.zoom(noise, zoom, order=1, mode="nearest", grid_mode=True)
@@ -668,7 +671,7 @@ def _render_cells(
     lo, hi = p["radius"]
     r_mean = 0.5 * (lo + hi)
     coarse_sigma = np.maximum(0.22 * r_mean / scale, 0.8)
-    coarse = _smooth_field(rng, shape, float(coarse_sigma[-1])) if cells else None
+    coarse = _smooth_field(rng, shape, coarse_sigma) if cells else None
     fine = _smooth_field(rng, shape, 0.7) if cells else None
     pad = math.ceil(2.0 * p["edge_softness"] * hi) + 2
     lab_pad = np.pad(labels, pad, mode="edge")
@@ -689,7 +692,7 @@ def _render_cells(
         # --- thickness profile from the distance to the cell's own border
         win_p = tuple(slice(s.start, s.stop + 2 * pad) for s in sl)
         own_p = lab_pad[win_p] == idx
-        dist = ndi.distance_transform_edt(own_p, sampling=1.0 / scale)
+        dist = ndi.distance_transform_edt(own_p, sampling=scale)
         inner = tuple(slice(pad, -pad) for _ in sl)
         dist = dist[inner] - 0.5
         own = labels[sl] == idx
@@ -813,6 +816,7 @@ class _Scene:
     background: np.ndarray  # autofluorescence + haze, before illumination
     illumination: np.ndarray
     psf: tuple[float, ...]
+    scale: np.ndarray  # physical size of a pixel along each axis (z: z_anisotropy)
 
 
 def _build_scene(rng: np.random.Generator, shape: tuple[int, ...], p: dict[str, Any]) -> _Scene:
@@ -842,7 +846,7 @@ def _build_scene(rng: np.random.Generator, shape: tuple[int, ...], p: dict[str, 
         ]
         bg = bg + p["haze"] * 2.0 * hz
     illum = _illumination(rng, shape, p["illumination_gradient"])
-    return _Scene(labels, emissions, ghosts, bg.astype(np.float32), illum, psf)
+    return _Scene(labels, emissions, ghosts, bg.astype(np.float32), illum, psf, scale)
 
 
 def _expected_signal(scene: _Scene, extra: Sequence[float] | None = None) -> np.ndarray:
@@ -859,10 +863,16 @@ def _expected_signal(scene: _Scene, extra: Sequence[float] | None = None) -> np.
         if e <= 1e-3:
             infocus[em.window] += em.values
         else:
-            sig = [math.sqrt(s * s + e * e) for s in scene.psf]
+            sig = [
+                math.sqrt(s * s + (e / c) ** 2)
+                for s, c in zip(scene.psf, scene.scale, strict=True)
+            ]
             _add_blurred(blurred, em, sig)
     for em in scene.ghosts:
-        sig = [math.sqrt(s * s + em.extra_blur**2) for s in scene.psf]
+        sig = [
+            math.sqrt(s * s + (em.extra_blur / c) ** 2)
+            for s, c in zip(scene.psf, scene.scale, strict=True)
+        ]
         _add_blurred(blurred, em, sig)
     if max(scene.psf) > 0:
         infocus = ndi.gaussian_filter(infocus, scene.psf, mode="reflect", truncate=3.5)
@@ -876,7 +886,8 @@ def _camera(signal: np.ndarray, labels: np.ndarray, p: dict[str, Any]) -> dict[s
     """Gain and offset so the bright nuclei sit at ``fill`` of the full scale."""
     full = 1.0 if p["bit_depth"] is None else float(2 ** p["bit_depth"] - 1)
     fg = signal[labels > 0]
-    ref = float(np.percentile(fg, 99.0)) if fg.size else float(signal.max())
+    # without nuclei, expose as if a typical nucleus (emission 1) were there
+    ref = float(np.percentile(fg, 99.0)) if fg.size else 1.0
     ref = max(ref, 1e-6)
     offset_adu = p["offset"] * full
     photons = p["photons"] if math.isfinite(p["photons"]) else 1.0
@@ -1026,8 +1037,9 @@ def simulate_cells(
     )
     rng = np.random.default_rng(seed)
     scene = _build_scene(rng, shape_t, p)
-    signal = _expected_signal(scene)
     in_focus = _expected_signal(scene, [0.0] * len(scene.emissions))
+    defocused = any(em.extra_blur > 0 for em in scene.emissions)
+    signal = _expected_signal(scene) if defocused else in_focus
     cam = _camera(in_focus, scene.labels, p)
     image = _acquire(rng, signal, cam, p)
     clean = np.clip(_expected_adu(in_focus, cam, p) / cam["full_scale"], 0.0, 1.0)
