@@ -1,0 +1,324 @@
+"""Measure dock widget: count, per-cell table, metrics against ground truth, CSV export.
+
+The table has one row per cell (label, area in pixels, centroid, mean intensity in
+the chosen channel). With a ground-truth layer the scores of
+:func:`napari_cellfocus.core.metrics.evaluate` are shown (objects match when their
+IoU exceeds the threshold) and, optionally, a Shapes layer of bounding boxes:
+green = true positive, red = false positive, yellow = false negative (missed).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_cellfocus.core.validation import check_labels
+from napari_cellfocus.widgets._inputs import ImageSource, LayerCombo
+from napari_cellfocus.widgets._layers import (
+    BOXES_NAME,
+    BOXES_ROLE,
+    LABELS_ROLE,
+    MARK,
+    remove_own,
+    role_of,
+)
+from napari_cellfocus.widgets._measure import (
+    BOX_COLOURS,
+    cell_table,
+    match_boxes,
+    write_csv,
+    write_metrics_csv,
+)
+from napari_cellfocus.widgets._state import unwrap
+from napari_cellfocus.widgets._workers import Failed, start_job
+from napari_cellfocus.widgets.tune import _prefer_reference
+
+if TYPE_CHECKING:
+    import napari
+
+#: Rows shown in the dock (the CSV always has every cell).
+MAX_ROWS = 2000
+#: Metrics shown first in the metrics table.
+MAIN_METRICS = ("f1", "precision", "recall", "pq", "sq", "rq", "ap", "tp", "fp", "fn")
+
+
+@dataclass
+class Measured:
+    table: dict[str, np.ndarray]
+    metrics: dict[str, Any] | None
+    shapes: list[np.ndarray]
+    status: list[str]
+    labels_name: str
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+
+
+def measure_job(
+    labels: np.ndarray,
+    intensity: np.ndarray | None,
+    gt: np.ndarray | None,
+    iou_threshold: float,
+    want_boxes: bool,
+    labels_name: str,
+    scale: tuple[float, ...],
+    translate: tuple[float, ...],
+    cancel: threading.Event,
+) -> Measured | Failed:
+    """Worker function: the table, the metrics and the boxes."""
+    from napari_cellfocus.core.metrics import evaluate, match_instances
+
+    try:
+        table = cell_table(labels, intensity)
+        metrics = shapes = status = None
+        if gt is not None:
+            metrics = evaluate(gt, labels, iou_threshold=iou_threshold)
+            if want_boxes:
+                shapes, status = match_boxes(
+                    gt, labels, match_instances(gt, labels, iou_threshold)
+                )
+    except ValueError as err:
+        return Failed(str(err))
+    return Measured(table, metrics, shapes or [], status or [], labels_name, scale, translate)
+
+
+def _prefer_own_labels(layers: list) -> Any:
+    for layer in layers:
+        if role_of(layer) == LABELS_ROLE:
+            return layer
+    return None
+
+
+class MeasureWidget(QWidget):
+    """Dock widget "Measure"."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer = unwrap(napari_viewer)
+        self.worker = None
+        self.result: Measured | None = None
+
+        self.labels = LayerCombo(napari_viewer, Labels, prefer=_prefer_own_labels)
+        self.labels.setToolTip("The cells to measure (usually 'cellfocus labels').")
+        self.intensity = ImageSource(napari_viewer, label="Intensity", none_text="— none —")
+        self.intensity.setToolTip("Image (and channel) whose mean intensity is measured per cell.")
+        self.gt = LayerCombo(napari_viewer, Labels, none_text="— none —", prefer=_prefer_reference)
+        self.gt.setToolTip("Ground-truth labels of the same image, to score the segmentation.")
+        self.iou = QDoubleSpinBox()
+        self.iou.setRange(0.0, 0.99)
+        self.iou.setSingleStep(0.05)
+        self.iou.setValue(0.5)
+        self.iou.setToolTip("A cell and a true cell match when their IoU is above this.")
+        self.boxes_check = QCheckBox("Boxes: TP green, FP red, FN yellow")
+        self.boxes_check.setToolTip("Add a Shapes layer of coloured boxes (needs ground truth).")
+        self.measure_button = QPushButton("Measure")
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.setEnabled(False)
+        self.count_label = QLabel("Cells: —")
+        font = self.count_label.font()
+        font.setPointSize(font.pointSize() + 3)
+        font.setBold(True)
+        self.count_label.setFont(font)
+        self.metrics_table = QTableWidget(0, 2)
+        self.metrics_table.setHorizontalHeaderLabels(["metric", "value"])
+        self.metrics_table.verticalHeader().setVisible(False)
+        self.metrics_table.setMaximumHeight(190)
+        self.cells_table = QTableWidget(0, 0)
+        self.cells_table.verticalHeader().setVisible(False)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Labels", self.labels)
+        form.addRow(self.intensity)
+        form.addRow("Ground truth", self.gt)
+        form.addRow("IoU threshold", self.iou)
+        form.addRow(self.boxes_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.measure_button)
+        buttons.addWidget(self.export_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.count_label)
+        layout.addWidget(QLabel("Metrics against ground truth"))
+        layout.addWidget(self.metrics_table)
+        layout.addWidget(QLabel("Cells"))
+        layout.addWidget(self.cells_table, 1)
+        layout.addWidget(self.status)
+
+        self.measure_button.clicked.connect(self.measure)
+        self.export_button.clicked.connect(self._export_clicked)
+
+    # ------------------------------------------------------------------ measure
+    def _inputs(self) -> tuple:
+        layer = self.labels.layer()
+        if layer is None:
+            raise ValueError(
+                "No labels layer to measure: segment an image first (Segment), "
+                "or open a labels layer."
+            )
+        labels = check_labels(np.asarray(layer.data), name=f"'{layer.name}'", ndim=(2, 3, 4))
+        intensity = None
+        if self.intensity.layers.layer() is not None:
+            source = self.intensity.get()
+            if source.data.shape != labels.shape:
+                raise ValueError(
+                    f"Intensity image '{source.layer.name}' has shape {source.data.shape} but "
+                    f"labels '{layer.name}' have shape {labels.shape}: pick the image these "
+                    "labels were made from (and its channel)."
+                )
+            intensity = source.data
+        gt = None
+        gt_layer = self.gt.layer()
+        if gt_layer is not None:
+            gt = check_labels(np.asarray(gt_layer.data), name=f"'{gt_layer.name}'", ndim=(2, 3, 4))
+            if gt.shape != labels.shape:
+                raise ValueError(
+                    f"Ground truth '{gt_layer.name}' has shape {gt.shape} but labels "
+                    f"'{layer.name}' have shape {labels.shape}: choose ground truth of the "
+                    "same image."
+                )
+            if gt_layer is layer:
+                raise ValueError("Ground truth and labels are the same layer: pick another one.")
+        elif self.boxes_check.isChecked():
+            show_info("Boxes need a ground-truth layer; measuring without them.")
+        return layer, labels, intensity, gt
+
+    def measure(self) -> None:
+        """Compute the table (and metrics); shows an error and changes nothing on bad input."""
+        if self.worker is not None:
+            return
+        try:
+            layer, labels, intensity, gt = self._inputs()
+        except ValueError as err:
+            show_error(str(err))
+            self.status.setText(str(err))
+            return
+        self.measure_button.setEnabled(False)
+        self.status.setText(f"Measuring '{layer.name}'…")
+        self.worker, _ = start_job(
+            measure_job,
+            labels,
+            intensity,
+            gt,
+            float(self.iou.value()),
+            self.boxes_check.isChecked() and gt is not None,
+            layer.name,
+            tuple(layer.scale),
+            tuple(layer.translate),
+            returned=self._measured,
+            finished=self._finished,
+        )
+
+    def _measured(self, out: Any) -> None:
+        if isinstance(out, Failed):
+            show_error(out.message)
+            self.status.setText(out.message)
+            return
+        self.result = out
+        n = len(out.table["label"])
+        self.count_label.setText(f"Cells: {n}")
+        self._fill_cells(out.table)
+        self._fill_metrics(out.metrics)
+        remove_own(self.viewer, BOXES_ROLE)
+        if out.shapes:
+            self.viewer.add_shapes(
+                out.shapes,
+                shape_type="rectangle",
+                edge_color=[BOX_COLOURS[s] for s in out.status],
+                face_color="transparent",
+                edge_width=1.5,
+                name=BOXES_NAME,
+                features={"status": out.status},
+                scale=out.scale,
+                translate=out.translate,
+                metadata={MARK: {"role": BOXES_ROLE}},
+            )
+        self.export_button.setEnabled(True)
+        text = f"{n} cells in '{out.labels_name}'"
+        if out.metrics is not None:
+            m = out.metrics
+            text += (
+                f"; F1 {m['f1']:.3f} against ground truth "
+                f"(TP {m['tp']}, FP {m['fp']}, FN {m['fn']})"
+            )
+        self.status.setText(text + ".")
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.measure_button.setEnabled(True)
+
+    def _fill_cells(self, table: dict[str, np.ndarray]) -> None:
+        names = list(table)
+        n = len(table["label"])
+        shown = min(n, MAX_ROWS)
+        self.cells_table.clear()
+        self.cells_table.setColumnCount(len(names))
+        self.cells_table.setRowCount(shown)
+        self.cells_table.setHorizontalHeaderLabels(names)
+        for row in range(shown):
+            for col, name in enumerate(names):
+                value = table[name][row]
+                text = str(int(value)) if name in ("label", "area") else f"{float(value):.2f}"
+                self.cells_table.setItem(row, col, QTableWidgetItem(text))
+        self.cells_table.resizeColumnsToContents()
+        if n > shown:
+            self.status.setText(f"Showing the first {shown} of {n} cells; the CSV has all.")
+
+    def _fill_metrics(self, metrics: dict[str, Any] | None) -> None:
+        self.metrics_table.setRowCount(0)
+        if metrics is None:
+            return
+        keys = [k for k in MAIN_METRICS if k in metrics]
+        keys += [k for k in metrics if k not in keys]
+        self.metrics_table.setRowCount(len(keys))
+        for row, key in enumerate(keys):
+            value = metrics[key]
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            self.metrics_table.setItem(row, 0, QTableWidgetItem(key))
+            self.metrics_table.setItem(row, 1, QTableWidgetItem(text))
+        self.metrics_table.resizeColumnsToContents()
+
+    # ------------------------------------------------------------------ export
+    def _export_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export cells", "cells.csv", "CSV (*.csv)")
+        if path:
+            self.export_csv(path)
+
+    def export_csv(self, path: str | Path) -> list[Path]:
+        """Write the cell table to ``path`` and, with metrics, ``<stem>_metrics.csv`` beside it."""
+        if self.result is None:
+            show_error("Nothing to export yet: press Measure first.")
+            return []
+        path = Path(path)
+        try:
+            written = [write_csv(path, self.result.table)]
+            if self.result.metrics is not None:
+                metrics_path = path.with_name(f"{path.stem}_metrics.csv")
+                written.append(write_metrics_csv(metrics_path, self.result.metrics))
+        except OSError as err:
+            show_error(f"Could not write {path}: {err}")
+            return []
+        text = "Exported " + " and ".join(str(p) for p in written) + "."
+        self.status.setText(text)
+        show_info(text)
+        return written

@@ -1,0 +1,408 @@
+"""Segment dock widget: image + model + device -> probability layers, labels and a count.
+
+The prediction runs tile by tile in a worker thread (:func:`segment_job`); each
+finished tile is shown at once in the class-probability layers, which are views of
+the array being filled. The instance labels come from the post-processing chosen in
+Tune (TH by default). Cancel stops between tiles and puts the earlier outputs back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_cellfocus.core.validation import check_image
+from napari_cellfocus.widgets._inputs import ImageSource
+from napari_cellfocus.widgets._layers import (
+    put_labels,
+    put_probabilities,
+    restore_outputs,
+    snapshot_outputs,
+)
+from napari_cellfocus.widgets._state import Segmentation, get_state, unwrap
+from napari_cellfocus.widgets._workers import Cancelled, Failed, start_job
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_cellfocus.engine.segment import Segmenter
+
+LOAD_FILE = "Load model file…"
+_REFRESH_S = 0.1  # at most one probability-layer redraw per 100 ms while tiles stream
+
+
+@dataclass
+class SegmentDone:
+    """Result of :func:`segment_job`."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    count: int
+    tiles: int
+    seconds: float
+
+
+def segment_job(
+    segmenter: Segmenter,
+    image: np.ndarray,
+    tile_size: int,
+    method: str,
+    params: dict[str, Any],
+    name: str,
+    cancel: threading.Event,
+) -> Iterator[Any]:
+    """Worker generator: yield every :class:`TileUpdate`, return labels at the end."""
+    from napari_cellfocus.engine.segment import postprocess_planes
+
+    start = time.perf_counter()
+    try:
+        tiles = segmenter.iter_predict(image, tile_size=tile_size, name=name)
+        update = None
+        try:
+            for update in tiles:
+                yield update
+                if cancel.is_set():
+                    return Cancelled(f"after {update.done} of {update.total} tiles")
+        finally:
+            tiles.close()
+        if update is None:
+            return Failed(f"'{name}': nothing to segment (empty image).")
+        labels, count = postprocess_planes(update.probs, segmenter.spatial_dims, method, params)
+        return SegmentDone(update.probs, labels, count, update.total, time.perf_counter() - start)
+    except (ValueError, MemoryError) as err:
+        return Failed(str(err))
+
+
+def model_problem(segmenter: Segmenter) -> str | None:
+    """Why this model cannot segment grey images here, or ``None``."""
+    in_channels = int(segmenter.info.network.get("in_channels", 1))
+    if in_channels != 1:
+        return (
+            f"the model '{segmenter.source}' expects {in_channels} input channels; "
+            "the widgets feed one grey channel. Choose another model."
+        )
+    if segmenter.n_classes not in (3, 4):
+        return (
+            f"the model '{segmenter.source}' predicts {segmenter.n_classes} classes; "
+            "a cell segmentation model predicts 3 or 4. Choose another model."
+        )
+    return None
+
+
+class SegmentWidget(QWidget):
+    """Dock widget "Segment"."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer = unwrap(napari_viewer)
+        self.state = get_state(napari_viewer)
+        self.worker = None
+        self._cancel: threading.Event | None = None
+        self._saved: dict = {}
+        self._run_probs: np.ndarray | None = None
+        self._prob_layers: list = []
+        self._last_refresh = 0.0
+        self._input = None
+        self._segmenter: Segmenter | None = None
+
+        self.source = ImageSource(napari_viewer)
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip(
+            "The segmentation model: the built-in default, a model file (.pt), "
+            "or a model fine-tuned in this session."
+        )
+        self.device_combo = QComboBox()
+        self.device_combo.setToolTip("Where the model runs: auto = CUDA GPU, then MPS, then CPU.")
+        self.device_label = QLabel()
+        self.device_label.setWordWrap(True)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(128, 8192)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setValue(512)
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setToolTip(
+            "Side of the tiles predicted at once. Smaller tiles use less memory "
+            "(use them if the GPU runs out of memory); larger ones are a little faster."
+        )
+        self.post_label = QLabel()
+        self.post_label.setWordWrap(True)
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Segment the image; probabilities appear tile by tile.")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m tiles")
+        self.progress.setValue(0)
+        self.count_label = QLabel("Cells: —")
+        font = self.count_label.font()
+        font.setPointSize(font.pointSize() + 3)
+        font.setBold(True)
+        self.count_label.setFont(font)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow(self.source)
+        form.addRow("Model", self.model_combo)
+        form.addRow("Device", self.device_combo)
+        form.addRow("", self.device_label)
+        form.addRow("Tile size", self.tile_spin)
+        form.addRow("Labels by", self.post_label)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.count_label)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._fill_devices()
+        self._fill_models()
+        self._show_post()
+        self.model_combo.activated.connect(self._model_chosen)
+        self.device_combo.currentIndexChanged.connect(self._device_chosen)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.state.models_changed.connect(self._fill_models)
+        self.state.post_changed.connect(self._show_post)
+        self.state.count_changed.connect(self._show_count)
+
+    # ------------------------------------------------------------------ model / device
+    def _fill_models(self) -> None:
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for entry in self.state.models:
+            self.model_combo.addItem(entry.name)
+        self.model_combo.addItem(LOAD_FILE)
+        self.model_combo.setCurrentIndex(self.state.current)
+        self.model_combo.setToolTip(f"Model in use: {self.state.model.name}")
+        self.model_combo.blockSignals(False)
+
+    def _model_chosen(self, index: int) -> None:
+        if index == len(self.state.models):  # "Load model file…"
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Load a napari-cellfocus model", "", "Models (*.pt *.pth);;All files (*)"
+            )
+            if not path or not self.load_model_file(path):
+                self.model_combo.setCurrentIndex(self.state.current)
+            return
+        self.state.select_model(index)
+
+    def load_model_file(self, path: str | Path) -> bool:
+        """Check and add a model file, and select it. Shows an error and returns False."""
+        from napari_cellfocus.engine.checkpoint import load_checkpoint
+
+        try:
+            _, info = load_checkpoint(path, device="cpu", task="segmentation")
+        except ValueError as err:  # CheckpointError
+            show_error(f"Cannot use this model file. {err}")
+            self._fill_models()
+            return False
+        if int(info.network.get("in_channels", 1)) != 1:
+            show_error(
+                f"{path}: this model expects {info.network.get('in_channels')} input channels; "
+                "the widgets feed one grey channel. Choose another model."
+            )
+            self._fill_models()
+            return False
+        self.state.add_model(Path(path).name, Path(path), "file", select=True)
+        self.status.setText(f"Model loaded from {path}.")
+        return True
+
+    def use_model(self, model: Any, name: str = "custom model") -> None:
+        """Add a model (``(torch model, ModelInfo)``, path or "default") and select it."""
+        kind = "session" if isinstance(model, tuple) else "file"
+        if isinstance(model, str) and model.lower() == "default":
+            self.state.select_model(0)
+            return
+        self.state.add_model(name, model, kind, select=True)
+
+    def _fill_devices(self) -> None:
+        from napari_cellfocus.engine.device import available_devices
+
+        self.device_combo.blockSignals(True)
+        self.device_combo.clear()
+        self.device_combo.addItems(["auto", *available_devices()])
+        index = self.device_combo.findText(self.state.device)
+        self.device_combo.setCurrentIndex(max(index, 0))
+        self.device_combo.blockSignals(False)
+        self._device_chosen()
+
+    def _device_chosen(self, *_: Any) -> None:
+        from napari_cellfocus.engine.device import describe_device, select_device
+
+        choice = self.device_combo.currentText() or "auto"
+        self.state.set_device(choice)
+        try:
+            self.device_label.setText(f"In use: {describe_device(select_device(choice))}")
+        except ValueError as err:
+            self.device_label.setText(str(err))
+
+    def _show_post(self) -> None:
+        method = self.state.post_method
+        kw = self.state.post_kwargs()
+        names = {"gamma1": "γ1", "gamma2": "γ2", "tau0": "τ0", "tau1": "τ1"}
+        parts = [f"{names[k]}={kw[k]:.2f}" for k in kw if k in names]
+        text = f"{method.upper()} {' '.join(parts)}, min size {int(kw['min_size'])} px"
+        self.post_label.setText(f"{text} (set in Tune)")
+
+    def _show_count(self, count: int) -> None:
+        self.count_label.setText(f"Cells: {count}")
+
+    # ------------------------------------------------------------------ run
+    def _prepare(self) -> tuple[Segmenter, np.ndarray]:
+        from napari_cellfocus.engine.checkpoint import default_model_path
+
+        source = self.source.get()
+        entry = self.state.model
+        if entry.kind == "builtin" and not default_model_path().exists():
+            raise ValueError(
+                "The built-in model is not installed with this copy of napari-cellfocus. "
+                "Choose 'Load model file…' under Model, or train one in 'Correct and fine-tune'."
+            )
+        try:
+            segmenter = self.state.segmenter()
+        except ValueError as err:
+            raise ValueError(f"Model '{entry.name}' cannot be used: {err}") from err
+        problem = model_problem(segmenter)
+        if problem:
+            raise ValueError(problem[0].upper() + problem[1:])
+        sd = segmenter.spatial_dims
+        name = source.layer.name
+        if source.data.ndim < sd:
+            raise ValueError(
+                f"'{name}' has shape {source.data.shape}, but the model is {sd}D: "
+                f"it needs at least {sd} dimensions."
+            )
+        if source.data.ndim > sd + 2:
+            raise ValueError(
+                f"'{name}' has shape {source.data.shape}: too many axes for a {sd}D model "
+                f"(at most {sd + 2}); if one axis holds channels, pick one under 'Channel'."
+            )
+        image = check_image(source.data, name=name, ndim=range(sd, sd + 3))
+        self._input = source
+        return segmenter, image
+
+    def run(self) -> None:
+        """Start segmenting (shows a notification and changes nothing on bad input)."""
+        if self.worker is not None:
+            return
+        try:
+            segmenter, image = self._prepare()
+        except ValueError as err:
+            show_error(str(err))
+            self.status.setText(str(err))
+            return
+        self._segmenter = segmenter
+        self._saved = snapshot_outputs(self.viewer)
+        self._run_probs = None
+        self._prob_layers = []
+        self.progress.setMaximum(1)
+        self.progress.setValue(0)
+        self.status.setText(f"Segmenting '{self._input.layer.name}' on {segmenter.device_name}…")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.worker, self._cancel = start_job(
+            segment_job,
+            segmenter,
+            image,
+            int(self.tile_spin.value()),
+            self.state.post_method,
+            self.state.post_kwargs(),
+            self._input.layer.name,
+            yielded=self._on_tile,
+            returned=self._on_done,
+            finished=self._on_finished,
+        )
+
+    def cancel(self) -> None:
+        """Ask the running segmentation to stop after the current tile."""
+        if self._cancel is not None:
+            self._cancel.set()
+            self.status.setText("Cancelling after the current tile…")
+
+    def _show_probs(self, probs: np.ndarray) -> None:
+        src = self._input
+        self._prob_layers = put_probabilities(
+            self.viewer, probs, self._segmenter.info.classes, src.scale, src.translate
+        )
+        self._run_probs = probs
+
+    def _on_tile(self, update: Any) -> None:
+        if update.probs is not self._run_probs:
+            self._show_probs(update.probs)
+            self._last_refresh = time.perf_counter()
+        elif time.perf_counter() - self._last_refresh > _REFRESH_S or update.done == update.total:
+            for layer in self._prob_layers:
+                layer.refresh()
+            self._last_refresh = time.perf_counter()
+        self.progress.setMaximum(update.total)
+        self.progress.setValue(update.done)
+        if update.message:
+            show_warning(update.message)
+            self.status.setText(update.message)
+
+    def _on_done(self, result: Any) -> None:
+        if isinstance(result, Cancelled):
+            restore_outputs(self.viewer, self._saved)
+            text = f"Cancelled {result.message}; the earlier layers were kept."
+            self.status.setText(text)
+            show_info(text)
+            return
+        if isinstance(result, Failed):
+            restore_outputs(self.viewer, self._saved)
+            show_error(result.message)
+            self.status.setText(result.message)
+            return
+        src = self._input
+        self._show_probs(result.probs)
+        for layer in self._prob_layers:
+            layer.refresh()
+        put_labels(self.viewer, result.labels, src.scale, src.translate)
+        self.state.set_result(
+            Segmentation(
+                probs=result.probs,
+                image=src.data,
+                layer_name=src.layer.name,
+                channel=src.channel,
+                spatial_dims=self._segmenter.spatial_dims,
+                scale=src.scale,
+                translate=src.translate,
+                model_name=self.state.model.name,
+                generation=self.state.new_generation(),
+            )
+        )
+        self.state.set_count(result.count)
+        self.status.setText(
+            f"{result.count} cells in '{src.layer.name}': {result.tiles} tile(s) in "
+            f"{result.seconds:.1f} s on {self._segmenter.device_name} "
+            f"with {self.state.model.name}."
+        )
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._cancel = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)

@@ -1,0 +1,150 @@
+"""Segment widget: layers stream in tile by tile, labels and count appear, re-runs are safe."""
+
+from __future__ import annotations
+
+import numpy as np
+from widget_helpers import PLUGIN, dock, segment, wait_idle
+
+from napari_cellfocus.engine.segment import Segmenter, postprocess_planes
+from napari_cellfocus.widgets._layers import LABELS_NAME, role_of
+
+
+def test_segment_sample_shows_probabilities_labels_and_count(
+    make_napari_viewer, qtbot, tiny_model
+):
+    """The simulated sample (512 x 512, via the manifest) is segmented: one probability
+    layer per class, an instance labels layer, and the count shown equals the number of
+    labels. The probabilities equal a direct Segmenter prediction with the same tiles."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cells")
+    widget = segment(viewer, qtbot, tiny_model, image_name="cells (simulated)")
+    names = [layer.name for layer in viewer.layers]
+    for cls in ("background", "cell", "touching"):
+        assert f"{cls} probability" in names
+    labels_layer = viewer.layers[LABELS_NAME]
+    labels = np.asarray(labels_layer.data)
+    assert labels.shape == (512, 512)
+    count = len(np.unique(labels[labels > 0]))
+    assert count > 20  # the tiny model finds the crowded nuclei
+    assert widget.count_label.text() == f"Cells: {count}"
+    assert widget.state.count == count
+    image = viewer.layers["cells (simulated)"].data
+    expected = Segmenter(tiny_model, device="cpu").predict(image, tile_size=512)
+    cell = viewer.layers["cell probability"].data
+    np.testing.assert_allclose(cell, expected[1], atol=1e-5)
+    result = widget.state.result
+    assert result is not None and result.layer_name == "cells (simulated)"
+    np.testing.assert_array_equal(
+        labels, postprocess_planes(result.probs, 2, "th", widget.state.post_kwargs())[0]
+    )
+    assert "CPU" in widget.device_label.text()
+
+
+def test_probabilities_stream_tile_by_tile(viewer, qtbot, tiny_model):
+    """With 128-pixel tiles on a 384 x 384 image the worker yields once per tile; the
+    probability layers exist from the first tile on, before the prediction finishes."""
+    viewer.add_image(np.tile(viewer.layers["nuclei"].data, (3, 3)), name="big")
+    widget = dock(viewer, "Segment")
+    widget.use_model(tiny_model, "tiny")
+    widget.source.layers.set_layer(viewer.layers["big"])
+    widget.tile_spin.setValue(128)
+    seen = []
+
+    def on_tile(update):
+        seen.append((update.done, update.total, "cell probability" in viewer.layers))
+
+    widget.run()
+    widget.worker.yielded.connect(on_tile)
+    wait_idle(qtbot, widget)
+    totals = {t for _, t, _ in seen}
+    assert len(totals) == 1
+    total = totals.pop()
+    assert total > 1
+    assert [d for d, _, _ in seen] == list(range(1, total + 1))
+    assert seen[0][2]  # layer present at the first tile
+    assert widget.progress.value() == widget.progress.maximum() == total
+
+
+def test_rerun_replaces_own_layers_and_never_a_users_layer(viewer, qtbot, tiny_model):
+    """A second run updates the plugin's layers in place (same objects, no new layers);
+    a user's layer called like an output is left untouched and the output gets a new name."""
+    users = viewer.add_image(np.full((128, 128), 7.0, np.float32), name="cell probability")
+    widget = segment(viewer, qtbot, tiny_model)
+    np.testing.assert_array_equal(users.data, 7.0)
+    assert role_of(users) is None
+    own = [layer for layer in viewer.layers if role_of(layer) is not None]
+    assert len(own) == 4  # 3 probabilities + labels
+    own_cell = next(layer for layer in own if role_of(layer) == "probability:cell")
+    assert own_cell.name != "cell probability"
+    before = list(viewer.layers)
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert list(viewer.layers) == before
+    np.testing.assert_array_equal(users.data, 7.0)
+
+
+def test_cancel_restores_previous_outputs(viewer, qtbot, tiny_model):
+    """Cancel at the first tile: the run stops early, no half-filled layer is left and the
+    outputs of the earlier run are back."""
+    widget = segment(viewer, qtbot, tiny_model)
+    labels_before = np.array(viewer.layers[LABELS_NAME].data)
+    cell_before = viewer.layers["cell probability"].data
+    big = np.tile(viewer.layers["nuclei"].data, (4, 4))  # 512 x 512
+    viewer.add_image(big, name="big")
+    widget.source.layers.set_layer(viewer.layers["big"])
+    widget.tile_spin.setValue(128)
+    widget.run()
+    done = []
+    widget.worker.yielded.connect(lambda u: (done.append((u.done, u.total)), widget.cancel()))
+    wait_idle(qtbot, widget)
+    assert done and done[-1][0] < done[-1][1]
+    assert "Cancelled" in widget.status.text()
+    assert viewer.layers["cell probability"].data is cell_before
+    np.testing.assert_array_equal(viewer.layers[LABELS_NAME].data, labels_before)
+    assert widget.state.result.layer_name == "nuclei"
+
+
+def test_stack_and_channel_selection(make_napari_viewer, qtbot, tiny_model, scene):
+    """A (2, Y, X) layer: with channel 'axis 0: channel 1' the second plane is segmented
+    as a 2D image (outputs are 2D, the channel axis' scale is dropped); with no channel
+    the two planes are a stack segmented plane by plane (labels unique across planes)."""
+    viewer = make_napari_viewer()
+    data = np.stack([np.zeros_like(scene.image), scene.image]).astype(np.uint16) * 200
+    viewer.add_image(data, name="two", scale=(5.0, 0.5, 0.5))
+    widget = dock(viewer, "Segment")
+    widget.use_model(tiny_model, "tiny")
+    widget.source.set_source(viewer.layers["two"], (0, 1))
+    assert widget.source.selected_channel() == (0, 1)
+    widget.run()
+    wait_idle(qtbot, widget)
+    labels = viewer.layers[LABELS_NAME]
+    assert labels.data.shape == (128, 128)
+    assert tuple(labels.scale) == (0.5, 0.5)
+    single = np.asarray(labels.data).copy()
+    widget.source.set_channel(None)
+    widget.run()
+    wait_idle(qtbot, widget)
+    stack = np.asarray(viewer.layers[LABELS_NAME].data)
+    assert stack.shape == (2, 128, 128)
+    np.testing.assert_array_equal(stack[1] > 0, single > 0)
+    ids0, ids1 = set(np.unique(stack[0])) - {0}, set(np.unique(stack[1])) - {0}
+    assert not ids0 & ids1
+    assert widget.state.count == len(ids0 | ids1)
+
+
+def test_model_from_file_and_16_bit_image(make_napari_viewer, qtbot, tiny_model, scene, tmp_path):
+    """A saved model loaded through 'Load model file' segments a 16-bit image exactly as the
+    in-memory model segments the 8-bit one (percentile normalisation)."""
+    from napari_cellfocus.engine.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "tiny.pt", *tiny_model)
+    viewer = make_napari_viewer()
+    viewer.add_image(scene.image.astype(np.uint16) * 257, name="sixteen")
+    widget = dock(viewer, "Segment")
+    assert widget.load_model_file(path)
+    assert widget.state.model.name == "tiny.pt"
+    assert widget.model_combo.currentText() == "tiny.pt"
+    widget.run()
+    wait_idle(qtbot, widget)
+    expected = Segmenter(tiny_model, device="cpu").segment(scene.image, method="th")
+    np.testing.assert_array_equal(viewer.layers[LABELS_NAME].data, expected.labels)
