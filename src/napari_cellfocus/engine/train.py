@@ -21,6 +21,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ DEFAULT_NETWORK: dict[str, Any] = {
     "in_channels": 1,
     "out_channels": 3,
     "depth": 4,
-    "width": 16,
+    "width": 24,
     "norm": "batch",
     "dims": 2,
 }
@@ -68,6 +69,7 @@ class TrainConfig:
         (thesis eq. 4.3), so only annotated cells and their surroundings teach.
     steps : optimisation steps; batch_size : crops per step; crop_size : crop side (px).
     lr : Adam learning rate (thesis: 1e-4 with betas 0.9 / 0.99).
+    lr_schedule : "constant" or "cosine" (decay to 5 % of ``lr`` over ``steps``).
     val_fraction : share of images held out for validation (0 = none); with a single
         image, validation uses the training image itself.
     val_every : steps between validation evaluations (0 = only at the end).
@@ -83,6 +85,7 @@ class TrainConfig:
     batch_size: int = 4
     crop_size: int = 256
     lr: float = 1e-4
+    lr_schedule: str = "constant"
     val_fraction: float = 0.0
     val_every: int = 0
     checkpoint_every: int = 50
@@ -98,6 +101,10 @@ class TrainConfig:
             raise ValueError(
                 f"steps and batch_size must be >= 1 and crop_size >= 16, got steps={self.steps}, "
                 f"batch_size={self.batch_size}, crop_size={self.crop_size}."
+            )
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}."
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
@@ -166,6 +173,7 @@ class Trainer:
     device : "auto", "cpu", "cuda", ...
     out : checkpoint path written atomically during and after training.
     names : names of the images for messages (layer or file names).
+    workers : threads preparing augmented crops (numpy/scipy release the GIL).
     """
 
     def __init__(
@@ -179,6 +187,7 @@ class Trainer:
         device: str | torch.device | None = "auto",
         out: str | Path | None = None,
         names: Sequence[str] | None = None,
+        workers: int = 1,
     ) -> None:
         self.config = config or TrainConfig()
         cfg = self.config
@@ -196,10 +205,13 @@ class Trainer:
 
         self.model, self.info = self._init_model(init, network)
         self.normalizer = self.info.normalizer()
-        samples = [
-            prepare_sample(im, lab, cfg, self.normalizer, name=n)
-            for im, lab, n in zip(images, labels, names, strict=True)
-        ]
+        self._pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        jobs = list(zip(images, labels, names, strict=True))
+
+        def prepare(job: tuple[np.ndarray, np.ndarray, str]) -> _Sample:
+            return prepare_sample(job[0], job[1], cfg, self.normalizer, name=job[2])
+
+        samples = list(self._pool.map(prepare, jobs) if self._pool else map(prepare, jobs))
         n_val = round(cfg.val_fraction * len(samples)) if len(samples) > 1 else 0
         order = self.rng.permutation(len(samples))
         self.val = [samples[i] for i in order[:n_val]]
@@ -214,6 +226,8 @@ class Trainer:
         self.cancelled = False
         self.finished = False
         self._good_state = copy.deepcopy(self.model.state_dict())
+        areas = np.array([smp.image.size for smp in self.train_samples], np.float64)
+        self._areas = areas / areas.sum()
 
     # ------------------------------------------------------------------ set-up
     def _init_model(
@@ -242,7 +256,9 @@ class Trainer:
         return model, info
 
     # ------------------------------------------------------------------ data
-    def _crop(self, sample: _Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _crop(
+        self, sample: _Sample, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         size = self.config.crop_size
         shape = sample.image.shape
         pads = [(0, max(0, size - n)) for n in shape]
@@ -252,35 +268,36 @@ class Trainer:
             tgt = np.pad(tgt, pads, mode="reflect")
             wgt = np.pad(wgt, pads, mode="constant")  # padding never teaches
             shape = img.shape
-        if sample.annotated is not None and len(sample.annotated) and self.rng.random() < 0.9:
+        if sample.annotated is not None and len(sample.annotated) and rng.random() < 0.9:
             # Weak labels: centre most crops on an annotated pixel (oversampling of the
             # crops that carry information, counting paper 4.1).
-            centre = sample.annotated[self.rng.integers(len(sample.annotated))]
+            centre = sample.annotated[rng.integers(len(sample.annotated))]
+            jitter = rng.integers(-size // 4, size // 4 + 1, len(shape))
             starts = [
-                int(
-                    np.clip(
-                        c - size // 2 + self.rng.integers(-size // 4, size // 4 + 1), 0, n - size
-                    )
-                )
-                for c, n in zip(centre, shape, strict=True)
+                int(np.clip(c - size // 2 + j, 0, n - size))
+                for c, j, n in zip(centre, jitter, shape, strict=True)
             ]
         else:
-            starts = [int(self.rng.integers(0, n - size + 1)) for n in shape]
+            starts = [int(rng.integers(0, n - size + 1)) for n in shape]
         sl = tuple(slice(s, s + size) for s in starts)
         return img[sl], tgt[sl], wgt[sl]
 
+    def _example(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batch element ``index`` of the current step: its own seeded generator, so the
+        batch is the same whether examples are made in threads or one after another."""
+        rng = np.random.default_rng([self.config.seed, self.step, index])
+        areas = self._areas
+        sample = self.train_samples[int(rng.choice(len(areas), p=areas))]
+        img, tgt, wgt = self._crop(sample, rng)
+        return augment_sample(img, tgt, wgt, rng, self.config.augment)
+
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        areas = np.array([s.image.size for s in self.train_samples], np.float64)
-        picks = self.rng.choice(
-            len(self.train_samples), self.config.batch_size, p=areas / areas.sum()
-        )
-        xs, ys, ws = [], [], []
-        for i in picks:
-            img, tgt, wgt = self._crop(self.train_samples[i])
-            img, tgt, wgt = augment_sample(img, tgt, wgt, self.rng, self.config.augment)
-            xs.append(img)
-            ys.append(tgt)
-            ws.append(wgt)
+        n = self.config.batch_size
+        if self._pool is not None:
+            examples = list(self._pool.map(self._example, range(n)))
+        else:
+            examples = [self._example(i) for i in range(n)]
+        xs, ys, ws = zip(*examples, strict=True)
         x = torch.from_numpy(np.stack(xs)[:, None]).to(self.device)
         y = torch.from_numpy(np.stack(ys).astype(np.int64)).to(self.device)
         w = torch.from_numpy(np.stack(ws)).to(self.device)
@@ -340,6 +357,10 @@ class Trainer:
                         "of the last good step was kept. Try a lower learning rate."
                     )
                 loss.backward()
+                if cfg.lr_schedule == "cosine":
+                    frac = self.step / max(1, cfg.steps - 1)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
                 self.optimizer.step()
                 self.step += 1
                 if not _finite_parameters(self.model):
@@ -429,6 +450,9 @@ class Trainer:
         """Move the model to the CPU and give GPU memory back (after training)."""
         self.model.to("cpu")
         self.optimizer = None  # type: ignore[assignment]
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
         release_memory(self.device)
 
 
