@@ -303,7 +303,7 @@ def test_triplex_weight_map_2d_hand_example():
       dy = max(2 - r, 0, r - 4), dx likewise -> 10/40 + 10 (1 - phi_h/30) / 9."""
     g = np.zeros((7, 7), dtype=np.int32)
     g[2:5, 2:5] = 9
-    w = wm.triplex_weight_map(g)
+    w = wm.triplex_weight_map(g, balance_contour=False)
     assert w.dtype == np.float32
     exp = np.zeros((7, 7))
     for r in range(7):
@@ -331,7 +331,7 @@ def test_triplex_weight_map_weak_annotation():
       (phi_K is at most the square's diagonal 9 sqrt(2), skeleton and contour both lying in it)."""
     g = np.zeros((100, 100), dtype=np.int32)
     g[5:15, 5:15] = 1
-    w = wm.triplex_weight_map(g)
+    w = wm.triplex_weight_map(g, balance_contour=False)
     far = 10 / 9900
     assert far < 0.05
     np.testing.assert_allclose(w[70:80, 70:80], far, rtol=1e-5)
@@ -360,7 +360,7 @@ def test_triplex_weight_map_3d_box():
     Background: 10/162 + 10 (1 - phi_h/30) / 63, phi_h = distance to the box."""
     g = np.zeros((5, 5, 9), dtype=np.int32)
     g[1:4, 1:4, 1:8] = 77
-    w = wm.triplex_weight_map(g)
+    w = wm.triplex_weight_map(g, balance_contour=False)
     w1 = 10 / 63 + 10 * 29 / 30
     exp = np.zeros(g.shape)
     for z, y, x in np.ndindex(g.shape):
@@ -375,6 +375,24 @@ def test_triplex_weight_map_3d_box():
             phi_k = math.sqrt((z - 2) ** 2 + (y - 2) ** 2 + dx**2)
             exp[z, y, x] = 10 / 63 + 10 * (1 - phi_k / 30)
     np.testing.assert_allclose(w, exp, rtol=1e-5)
+
+
+def test_triplex_weight_map_balanced_contour_hand_example():
+    """Default reading (contour term divided by n_1, see the docstring): same 3x3 cell in
+    7x7 as above, n_0 = 40, n_1 = 9.
+    * edge-centre contour: 10/9 + 10 (1 - 1/30) / 9
+    * corner contour: 10/9 + 10 (1 - sqrt(2)/30) / 9
+    * centre: 10/9 + w_e exp(-1/9)
+    * background unchanged: 10/40 + 10 (1 - phi_h/30) / 9."""
+    g = np.zeros((7, 7), dtype=np.int32)
+    g[2:5, 2:5] = 9
+    w = wm.triplex_weight_map(g)
+    w_e = 10 / 9 + 10 * (1 - 1 / 30) / 9
+    w_k = 10 / 9 + 10 * (1 - math.sqrt(2) / 30) / 9
+    assert w[2, 3] == pytest.approx(w_e, rel=1e-5)
+    assert w[2, 2] == pytest.approx(w_k, rel=1e-5)
+    assert w[3, 3] == pytest.approx(10 / 9 + w_e * math.exp(-1 / 9), rel=1e-5)
+    assert w[0, 0] == pytest.approx(10 / 40 + 10 * (1 - math.hypot(2, 2) / 30) / 9, rel=1e-5)
 
 
 def test_triplex_weight_map_no_cells():

@@ -349,6 +349,7 @@ def triplex_weight_map(
     nu: float = 10.0,
     sigma: float = 3.0,
     target: np.ndarray | None = None,
+    balance_contour: bool = True,
 ) -> np.ndarray:
     """Triplex weight map W3 for weak (incomplete / inaccurate) annotations, thesis eq. 4.3.
 
@@ -369,9 +370,14 @@ def triplex_weight_map(
     "background". Contour pixels get weights of order ``nu``; ``sigma`` sets how far into the
     cell they spread; ``nu`` scales everything.
 
-    Note: with pixel counts the touching weight ``nu / n_2`` is small in absolute terms; the
-    thesis' remark that it is "larger than all other weights" does not follow from eq. 4.3
-    with pixel counts and is not enforced.
+    Reading of the contour term. Printed literally, the contour term ``nu * phi_beta(phi_K)``
+    has no ``1 / n_1`` factor while every other term has one; with pixel counts it is then
+    ~1000 times larger than the weight of background next to the cell, so training learns
+    "cell" at contours and nothing teaches "background" (a tiny network trained with it
+    predicted foreground almost everywhere). The text right after eq. 4.3 says the touching
+    weight ``nu / n_2`` is "larger than all other weights", which holds only if the contour
+    term is class-balanced too. ``balance_contour=True`` (default) therefore uses
+    ``nu / n_1 + nu * phi_beta(phi_K(p)) / n_1`` on contours; ``False`` gives the literal print.
 
     Parameters
     ----------
@@ -385,6 +391,8 @@ def triplex_weight_map(
         Width of the Gaussians centred on contour pixels, pixels (3 in the thesis).
     target : int array, optional
         3-class map ``h``; default :func:`~napari_cellfocus.core.targets.class_target`.
+    balance_contour : bool
+        Divide the contour term by ``n_1`` (see above); ``False`` for the literal eq. 4.3.
 
     Returns
     -------
@@ -408,7 +416,8 @@ def triplex_weight_map(
         skeletons[win] |= _skeleton(lab[win] == i)
     if contour.any():
         phi_k = _distance_to(skeletons)[contour]
-        w[contour] = nu * inv[1] + nu * np.maximum(1.0 - phi_k / beta, 0.0)
+        contour_scale = inv[1] if balance_contour else 1.0
+        w[contour] = nu * inv[1] + nu * np.maximum(1.0 - phi_k / beta, 0.0) * contour_scale
         interior = cell & ~contour
         phi_g, nearest = ndi.distance_transform_edt(~contour, return_indices=True)
         w_near = w[tuple(idx[interior] for idx in nearest)]
