@@ -1,0 +1,207 @@
+"""Correct-and-fine-tune widget: train in a worker on painted labels, live preview, cancel."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+from widget_helpers import dock, segment, wait_idle
+
+from napari_cellfocus.engine.checkpoint import load_checkpoint
+from napari_cellfocus.engine.segment import Segmenter
+from napari_cellfocus.engine.train import Trainer
+from napari_cellfocus.widgets._layers import LABELS_NAME, role_of
+from napari_cellfocus.widgets.finetune import annotation_coverage, choose_mode
+
+FAST = {"batch_size": 2, "crop_size": 64}
+
+
+@pytest.fixture
+def releases(monkeypatch):
+    """Record every Trainer.release() (GPU memory given back)."""
+    calls = []
+    original = Trainer.release
+
+    def spy(self):
+        calls.append(self.step)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "release", spy)
+    return calls
+
+
+def _finetune_widget(viewer, steps, preview=0):
+    widget = dock(viewer, "Correct and fine-tune")
+    widget.steps_spin.setValue(steps)
+    widget.preview_spin.setValue(preview)
+    widget.config_overrides = dict(FAST)
+    return widget
+
+
+def test_paint_then_finetune_updates_layers_and_model(
+    viewer, qtbot, tiny_model, tmp_path, releases
+):
+    """Paint a correction on the plugin's labels, fine-tune 6 steps with a preview every 2:
+    the probability layers change, the new model becomes the one Segment uses, the
+    corrected layer is kept aside (not overwritten), and the model can be saved."""
+    seg = segment(viewer, qtbot, tiny_model)
+    labels = viewer.layers[LABELS_NAME]
+    labels.paint((20, 20), 99)  # napari's own paint tool, as a brush stroke does
+    painted = np.array(labels.data)
+    assert painted[20, 20] == 99
+    cell_before = np.array(viewer.layers["cell probability"].data)
+    first_model = seg.state.model
+
+    widget = _finetune_widget(viewer, steps=6, preview=2)
+    assert widget.annotations.layer() is labels
+    widget.start()
+    wait_idle(qtbot, widget)
+
+    assert widget.last_progress.step == 6 and widget.progress.value() == 6
+    assert widget.previews == 3  # steps 2 and 4, then the final model
+    assert len(widget.plot.line_data()[0][0]) == 6  # the loss curve
+    assert "dense" in widget._run["reason"]
+    cell_after = np.asarray(viewer.layers["cell probability"].data)
+    assert np.abs(cell_after - cell_before).max() > 1e-3
+    assert releases == [6]
+
+    state = seg.state
+    assert state.model is not first_model and state.model.kind == "session"
+    assert seg.model_combo.currentText() == state.model.name
+    edited = viewer.layers[f"{LABELS_NAME} (edited)"]
+    assert role_of(edited) is None
+    np.testing.assert_array_equal(edited.data, painted)
+    assert role_of(viewer.layers[LABELS_NAME]) == "labels"
+
+    new_model, new_info = state.model.spec
+    expected = Segmenter((new_model, new_info), device="cpu").predict(viewer.layers["nuclei"].data)
+    np.testing.assert_allclose(cell_after, expected[1], atol=1e-5)
+    path = widget.save_model(tmp_path / "tuned.pt")
+    loaded, info = load_checkpoint(path)
+    assert info.training["last_run"]["steps_done"] == 6
+    again = Segmenter((loaded, info), device="cpu").predict(viewer.layers["nuclei"].data)
+    np.testing.assert_allclose(again, expected, atol=1e-5)
+
+    seg.run()  # Segment now runs the fine-tuned model
+    wait_idle(qtbot, seg)
+    np.testing.assert_allclose(viewer.layers["cell probability"].data, expected[1], atol=1e-5)
+
+
+def test_event_loop_keeps_running_during_finetuning(viewer, qtbot, tiny_model):
+    """A 10 ms QTimer keeps firing while 40 training steps run in the worker: the
+    number of ticks is at least a quarter of what the training time allows."""
+    segment(viewer, qtbot, tiny_model)
+    widget = _finetune_widget(viewer, steps=40)
+    ticks = []
+    steps_seen = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    widget.start()
+    widget.worker.yielded.connect(lambda item: steps_seen.append(time.perf_counter()))
+    timer.start()
+    start = time.perf_counter()
+    wait_idle(qtbot, widget)
+    timer.stop()
+    duration = time.perf_counter() - start
+    assert widget.last_progress.step == 40
+    assert len(ticks) >= max(5, 0.25 * duration / 0.010)
+    # ticks happened while training ran, not only after it
+    assert sum(steps_seen[0] < t < steps_seen[-1] for t in ticks) >= 3
+
+
+def test_cancel_keeps_previous_model_and_ui_responsive(viewer, qtbot, tiny_model, releases):
+    """Cancel a long training after a few steps: it stops, GPU memory is released,
+    the previous model is still in use, the layers are the earlier ones and the UI
+    reacts (a timer fires, buttons are back)."""
+    seg = segment(viewer, qtbot, tiny_model)
+    first_model = seg.state.model
+    cell_layer = viewer.layers["cell probability"]
+    cell_data = cell_layer.data
+    widget = _finetune_widget(viewer, steps=100_000, preview=2)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.previews >= 1, timeout=30_000)
+    widget.cancel_button.click()
+    wait_idle(qtbot, widget)
+    assert 0 < widget.last_progress.step < 100_000
+    assert len(releases) == 1
+    assert seg.state.model is first_model
+    assert seg.model_combo.currentText() == first_model.name
+    assert [m.kind for m in seg.state.models].count("session") == 1  # only the injected one
+    assert cell_layer.data is cell_data
+    assert "cancelled" in widget.status.text()
+    assert widget.train_button.isEnabled() and not widget.cancel_button.isEnabled()
+    fired = []
+    QTimer.singleShot(5, lambda: fired.append(True))
+    qtbot.waitUntil(lambda: bool(fired), timeout=1_000)
+
+
+def test_training_uses_a_snapshot_of_the_layers(viewer, qtbot, tiny_model, monkeypatch):
+    """Erasing the annotations while training runs does not reach the trainer: it got a
+    copy of the labels as they were when Fine-tune was pressed, and finishes normally."""
+    segment(viewer, qtbot, tiny_model)
+    given = {}
+    original = Trainer.__init__
+
+    def capture(self, images, labels, *args, **kwargs):
+        given["labels"] = labels
+        original(self, images, labels, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "__init__", capture)
+    layer = viewer.layers[LABELS_NAME]
+    at_start = np.array(layer.data)
+    widget = _finetune_widget(viewer, steps=8)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.last_progress is not None, timeout=30_000)
+    layer.data = np.zeros_like(at_start)  # the user clears the layer meanwhile
+    wait_idle(qtbot, widget)
+    assert widget.last_progress.step == 8
+    assert "Done" in widget.status.text()
+    np.testing.assert_array_equal(given["labels"][0], at_start)
+
+
+def test_a_few_drawn_cells_train_in_weak_mode(viewer, qtbot, tiny_model):
+    """'New annotation layer' + three ground-truth cells drawn: auto mode picks weak;
+    the full ground truth (cells everywhere) picks dense."""
+    segment(viewer, qtbot, tiny_model)
+    widget = _finetune_widget(viewer, steps=2)
+    layer = widget.new_annotation_layer()
+    assert layer.data.shape == (128, 128) and layer.mode == "paint"
+    assert widget.annotations.layer() is layer
+    gt = np.asarray(viewer.layers["ground truth"].data)
+    ids = np.unique(gt[gt > 0])[:3]
+    layer.data = np.where(np.isin(gt, ids), gt, 0).astype(np.int32)
+    run = widget._prepare()
+    assert run["weak"] and run["config"].weak
+    widget.start()
+    wait_idle(qtbot, widget)
+    assert "Done" in widget.status.text() and "weak" in widget.state.model.name
+    widget.annotations.set_layer(viewer.layers["ground truth"])
+    run = widget._prepare()
+    assert not run["weak"] and "cover" in run["reason"]
+
+
+def test_annotation_coverage_by_hand():
+    """One annotated pixel in the centre of a 101 x 101 image, near = 30 px: the covered
+    pixels are the lattice points within distance 30, N(30) = 2821 (Gauss circle count),
+    so the coverage is 2821 / 10201. A 3-plane stack with the same plane once: a third."""
+    lab = np.zeros((101, 101), np.int32)
+    lab[50, 50] = 1
+    assert annotation_coverage(lab, near=30) == pytest.approx(2821 / 101**2)
+    stack = np.stack([lab, np.zeros_like(lab), np.zeros_like(lab)])
+    assert annotation_coverage(stack, near=30) == pytest.approx(2821 / (3 * 101**2))
+    full = np.ones((10, 10), np.int32)
+    assert annotation_coverage(full) == 1.0
+
+
+def test_choose_mode_trusts_labels_from_a_segmentation(make_napari_viewer):
+    """Labels that came from the plugin's segmentation are dense even when sparse."""
+    viewer = make_napari_viewer()
+    lab = np.zeros((200, 200), np.int32)
+    lab[5:10, 5:10] = 1
+    user = viewer.add_labels(lab, name="few")
+    assert choose_mode(lab, user)[0] is True
+    derived = viewer.add_labels(lab, name="seg", metadata={"cellfocus_from": "labels"})
+    assert choose_mode(lab, derived)[0] is False

@@ -1,0 +1,147 @@
+"""Tune widget: sliders re-label the cached probabilities live, without running the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from widget_helpers import dock, errors_since, layer_snapshot, n_records, segment, wait_idle
+
+from napari_cellfocus.core.postprocess import postprocess, search_thresholds
+from napari_cellfocus.widgets import tune as tune_module
+from napari_cellfocus.widgets._layers import LABELS_NAME
+
+
+@pytest.fixture
+def no_model_calls(monkeypatch):
+    """Count every way the model could run (Segmenter and the engine's predictors)."""
+    import napari_cellfocus.engine.predict as predict_module
+    from napari_cellfocus.engine.segment import Segmenter
+
+    calls = []
+
+    def spy(name, original):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(Segmenter, "iter_predict", spy("iter", Segmenter.iter_predict))
+    monkeypatch.setattr(Segmenter, "predict", spy("predict", Segmenter.predict))
+    monkeypatch.setattr(predict_module, "iter_predict", spy("engine", predict_module.iter_predict))
+    return calls
+
+
+def _segmented(viewer, qtbot, tiny_model):
+    segment(viewer, qtbot, tiny_model)
+    return dock(viewer, "Tune")
+
+
+def test_slider_relabels_without_model_call(viewer, qtbot, tiny_model, no_model_calls):
+    """Moving γ1 from 0.5 to 0.85 changes the labels layer to exactly
+    TH(0.85, γ2) of the cached probabilities, and the model is not called."""
+    tune = _segmented(viewer, qtbot, tiny_model)
+    layer = viewer.layers[LABELS_NAME]
+    before = np.array(layer.data)
+    no_model_calls.clear()
+    assert tune.method == "th"
+    tune.sliders["gamma1"].setValue(0.85)
+    qtbot.waitUntil(lambda: not np.array_equal(layer.data, before), timeout=10_000)
+    wait_idle(qtbot, tune)
+    assert no_model_calls == []
+    probs = tune.state.result.probs
+    expected, count = postprocess(probs, "th", gamma1=0.85, gamma2=0.1, min_size=16)
+    np.testing.assert_array_equal(layer.data, expected)
+    assert tune.state.count == count
+    assert f"{count} cells" in tune.info.text()
+    assert tune.last_relabel_ms is not None
+
+
+def test_rapid_changes_are_debounced(viewer, qtbot, tiny_model, monkeypatch):
+    """Ten slider moves within the debounce window post-process once, with the last value."""
+    tune = _segmented(viewer, qtbot, tiny_model)
+    runs = []
+    original = tune_module.relabel_job
+
+    def counting(probs, spatial_dims, method, params, generation, cancel):
+        runs.append(dict(params))
+        return original(probs, spatial_dims, method, params, generation, cancel)
+
+    monkeypatch.setattr(tune_module, "relabel_job", counting)
+    for value in np.linspace(0.3, 0.75, 10):
+        tune.sliders["gamma1"].setValue(float(value))
+    qtbot.waitUntil(lambda: len(runs) == 1, timeout=5_000)
+    wait_idle(qtbot, tune)
+    qtbot.wait(3 * tune_module.DEBOUNCE_MS)
+    assert len(runs) == 1
+    assert runs[0]["gamma1"] == pytest.approx(0.75)
+
+
+def test_method_switch_shows_its_parameters_and_relabels(viewer, qtbot, tiny_model):
+    """WT shows τ0/τ1 (hides γ), MAP shows none; each gives its own labels."""
+    tune = _segmented(viewer, qtbot, tiny_model)
+    layer = viewer.layers[LABELS_NAME]
+    probs = tune.state.result.probs
+    tune.set_method("wt")
+    assert not tune.sliders["tau0"].isHidden() and tune.sliders["gamma1"].isHidden()
+    expected = postprocess(probs, "wt", tau0=0.4, tau1=0.9, min_size=16)[0]
+    qtbot.waitUntil(lambda: np.array_equal(layer.data, expected), timeout=10_000)
+    tune.set_method("map")
+    assert all(s.isHidden() for s in tune.sliders.values())
+    expected = postprocess(probs, "map", min_size=16)[0]
+    qtbot.waitUntil(lambda: np.array_equal(layer.data, expected), timeout=10_000)
+    assert tune.state.post_method == "map"
+    seg = dock(viewer, "Segment")
+    assert seg.post_label.text().startswith("MAP")
+
+
+def test_optimise_thresholds_against_ground_truth(viewer, qtbot, tiny_model):
+    """The search finds the same best F1 as core.search_thresholds on the full grid, moves
+    the sliders there, plots F1 against each threshold and re-labels with the best pair."""
+    tune = _segmented(viewer, qtbot, tiny_model)
+    assert tune.reference.currentText() == "ground truth"
+    tune.optimise()
+    wait_idle(qtbot, tune, "search_worker")
+    gt = np.asarray(viewer.layers["ground truth"].data)
+    probs = tune.state.result.probs
+    direct = search_thresholds(probs, gt, method="th", min_size=16)
+    out = tune.last_search
+    assert out.best_score == pytest.approx(direct.best_score)
+    assert out.best == pytest.approx(direct.best_params)
+    np.testing.assert_allclose(out.scores, direct.scores)
+    assert tune.sliders["gamma1"].value() == pytest.approx(out.best["gamma1"])
+    assert tune.sliders["gamma2"].value() == pytest.approx(out.best["gamma2"])
+    lines = tune.plot.line_data()
+    assert len(lines) == 2
+    assert lines[0][0] == pytest.approx(list(direct.grid["gamma1"]))
+    assert max(lines[0][1]) == pytest.approx(direct.best_score)
+    expected = postprocess(probs, "th", **out.best, min_size=16)[0]
+    layer = viewer.layers[LABELS_NAME]
+    qtbot.waitUntil(lambda: np.array_equal(layer.data, expected), timeout=10_000)
+    assert f"{direct.best_score:.3f}" in tune.search_info.text()
+
+
+def test_optimise_needs_a_reference_of_the_same_shape(viewer, qtbot, tiny_model):
+    """A reference of another shape: an error notification saying so, no layer changed."""
+    tune = _segmented(viewer, qtbot, tiny_model)
+    viewer.add_labels(np.ones((64, 64), np.int32), name="small")
+    tune.reference.set_layer(viewer.layers["small"])
+    before, start = layer_snapshot(viewer), n_records()
+    tune.optimise()
+    assert tune.search_worker is None
+    errors = errors_since(start)
+    assert len(errors) == 1 and "shape (64, 64)" in errors[0] and "(128, 128)" in errors[0]
+    after = layer_snapshot(viewer)
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
+
+
+def test_sliders_before_segmentation_do_nothing(make_napari_viewer, qtbot):
+    """Without a segmentation the sliders only store the settings (no layer appears)."""
+    viewer = make_napari_viewer()
+    tune = dock(viewer, "Tune")
+    tune.sliders["gamma2"].setValue(0.3)
+    qtbot.wait(3 * tune_module.DEBOUNCE_MS)
+    assert len(viewer.layers) == 0
+    assert tune.state.post_params["gamma2"] == pytest.approx(0.3)
