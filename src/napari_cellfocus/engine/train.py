@@ -153,8 +153,11 @@ def prepare_sample(
         weight = triplex_weight_map(lab)
     elif config.weights == "none" or config.loss == "jaccard":
         weight = np.ones(lab.shape, np.float32)
+    elif config.weights == "overcrowding":
+        weight = weight_map("overcrowding", lab)
     else:
-        weight = weight_map(config.weights, lab)
+        extra = {"n_classes": config.n_classes} if config.weights == "balance" else {}
+        weight = weight_map(config.weights, lab, target=target, **extra)
     annotated = np.argwhere(lab > 0) if config.weak else None
     return _Sample(normalizer(img), target, weight.astype(np.float32), annotated, lab, img)
 

@@ -1,0 +1,146 @@
+"""The ``cellfocus`` simulate / train / predict / demo commands, each run as a process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cellfocus.engine.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def sim_folder(tmp_path_factory):
+    from tests.conftest import run_cli
+
+    out = tmp_path_factory.mktemp("sim")
+    res = run_cli("simulate", "--out", str(out), "-n", "2", "--size", "96", "--seed", "4")
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_simulate_writes_pairs(sim_folder):
+    images = sorted(p for p in sim_folder.glob("sim_*.tif") if "labels" not in p.name)
+    labels = sorted(sim_folder.glob("sim_*_labels.tif"))
+    assert len(images) == len(labels) == 2
+    img, lab = tifffile.imread(images[0]), tifffile.imread(labels[0])
+    assert img.shape == lab.shape == (96, 96)
+    assert lab.max() > 0 and img[lab > 0].mean() > img[lab == 0].mean()
+
+
+def test_simulate_focus_stack(tmp_path, cli):
+    res = cli("simulate", "--out", str(tmp_path), "-n", "1", "--size", "64", "--stack", "4")
+    assert res.returncode == 0, res.stderr
+    stack = tifffile.imread(tmp_path / "sim_000_stack.tif")
+    assert stack.shape == (4, 64, 64)
+    assert tifffile.imread(tmp_path / "sim_000_all_in_focus.tif").shape == (64, 64)
+
+
+def test_train_then_predict_then_evaluate(sim_folder, tmp_path, cli):
+    image = sim_folder / "sim_000.tif"
+    labels = sim_folder / "sim_000_labels.tif"
+    model = tmp_path / "m.pt"
+    res = cli(
+        "train",
+        str(image),
+        "--labels",
+        str(labels),
+        "--out",
+        str(model),
+        "--steps",
+        "3",
+        "--batch-size",
+        "1",
+        "--crop-size",
+        "64",
+        "--device",
+        "cpu",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "train [" in res.stderr and model.exists()
+    _, info = load_checkpoint(model)
+    assert len(info.history) == 3
+
+    out = tmp_path / "pred"
+    res = cli(
+        "predict",
+        str(sim_folder),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--post",
+        "wt",
+        "--probs",
+        str(tmp_path / "probs"),
+    )
+    assert res.returncode == 0, res.stderr
+    written = sorted(out.glob("*_labels.tif"))
+    assert len(written) == 4  # both images and both label files of the folder are inputs
+    probs = tifffile.imread(next((tmp_path / "probs").glob("sim_000_probs.tif")))
+    assert probs.shape == (3, 96, 96)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+
+
+def test_quick_finetune_from_default_runs(sim_folder, tmp_path, cli):
+    """`--from default --weak` is the one-click preset; cut to 2 steps here for time."""
+    model = tmp_path / "ft.pt"
+    res = cli(
+        "train",
+        str(sim_folder / "sim_001.tif"),
+        "--labels",
+        str(sim_folder / "sim_001_labels.tif"),
+        "--out",
+        str(model),
+        "--from",
+        "default",
+        "--weak",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "weak labels (W3)" in res.stderr and "from default" in res.stderr
+    _, info = load_checkpoint(model)
+    assert (
+        info.training["last_run"]["weak"] is True and info.training["last_run"]["steps_done"] == 2
+    )
+    assert len(info.history) > 2  # the default model's own history is kept
+
+
+def test_predict_default_model_single_file(sim_folder, tmp_path, cli):
+    out = tmp_path / "labels.tif"
+    res = cli("predict", str(sim_folder / "sim_000.tif"), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    labels = tifffile.imread(out)
+    assert labels.shape == (96, 96) and labels.max() > 0
+    assert f"{labels.max()} cells" in res.stdout
+
+
+def test_demo_segments_the_sample(tmp_path, cli):
+    res = cli("demo", "--out", str(tmp_path / "demo"), "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert "cells found:" in res.stdout and "F1" in res.stdout
+    f1 = float(res.stdout.split("F1 ")[1].split()[0])
+    assert f1 > 0.8  # the built-in model on its own sample
+    for name in ("sample_labels.tif", "sample_probabilities.tif", "sample_overlay.png"):
+        assert (tmp_path / "demo" / name).exists()
+
+
+def test_cli_errors_are_one_line(tmp_path, cli):
+    bad_model = tmp_path / "bad.pt"
+    bad_model.write_text("not a model")
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, np.zeros((32, 32), np.uint8))
+    res = cli("predict", str(img), "--out", str(tmp_path / "o.tif"), "--model", str(bad_model))
+    assert res.returncode == 2
+    assert "bad.pt: not a napari-cellfocus model" in res.stderr and "Traceback" not in res.stderr
+
+    res = cli("train", str(img), "--labels", str(img), "--out", str(tmp_path / "m.pt"))
+    assert res.returncode == 2 and "no cell is annotated" in res.stderr
+
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.zeros((32, 32, 3), np.uint8))
+    res = cli("predict", str(rgb), "--out", str(tmp_path / "o2.tif"))
+    assert res.returncode == 2 and "RGB" in res.stderr
