@@ -50,7 +50,6 @@ from napari_cellfocus.widgets._measure import (
 )
 from napari_cellfocus.widgets._state import unwrap
 from napari_cellfocus.widgets._workers import Failed, start_job
-from napari_cellfocus.widgets.tune import _prefer_reference
 
 if TYPE_CHECKING:
     import napari
@@ -100,6 +99,15 @@ def measure_job(
     return Measured(table, metrics, shapes or [], status or [], labels_name, scale, translate)
 
 
+def _prefer_truth(layers: list) -> Any:
+    """Default ground truth: a user's labels layer named like one (else none)."""
+    for layer in layers:
+        words = layer.name.lower().replace("_", " ").split()
+        if role_of(layer) is None and ("truth" in layer.name.lower() or "gt" in words):
+            return layer
+    return None
+
+
 def _prefer_own_labels(layers: list) -> Any:
     for layer in layers:
         if role_of(layer) == LABELS_ROLE:
@@ -120,7 +128,7 @@ class MeasureWidget(QWidget):
         self.labels.setToolTip("The cells to measure (usually 'cellfocus labels').")
         self.intensity = ImageSource(napari_viewer, label="Intensity", none_text="— none —")
         self.intensity.setToolTip("Image (and channel) whose mean intensity is measured per cell.")
-        self.gt = LayerCombo(napari_viewer, Labels, none_text="— none —", prefer=_prefer_reference)
+        self.gt = LayerCombo(napari_viewer, Labels, none_text="— none —", prefer=_prefer_truth)
         self.gt.setToolTip("Ground-truth labels of the same image, to score the segmentation.")
         self.iou = QDoubleSpinBox()
         self.iou.setRange(0.0, 0.99)

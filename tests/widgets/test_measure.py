@@ -1,0 +1,135 @@
+"""Measure widget: per-cell table, count, metrics against ground truth, boxes, CSV export."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from widget_helpers import dock, segment, wait_idle
+
+from napari_cellfocus.core.metrics import evaluate
+from napari_cellfocus.widgets._layers import BOXES_NAME, LABELS_NAME
+from napari_cellfocus.widgets._measure import cell_table, match_boxes
+
+
+def test_cell_table_by_hand():
+    """Two objects in a 4 x 5 image:
+
+    label 3 covers (0,0), (0,1), (1,0): area 3, centroid y = (0+0+1)/3 = 1/3,
+    x = (0+1+0)/3 = 1/3, mean intensity (1+2+3)/3 = 2.
+    label 7 covers (3,4): area 1, centroid (3, 4), mean intensity 10.
+    """
+    lab = np.zeros((4, 5), np.int32)
+    lab[0, 0] = lab[0, 1] = lab[1, 0] = 3
+    lab[3, 4] = 7
+    img = np.zeros((4, 5), np.float32)
+    img[0, 0], img[0, 1], img[1, 0], img[3, 4] = 1, 2, 3, 10
+    t = cell_table(lab, img)
+    assert list(t) == ["label", "area", "centroid_y", "centroid_x", "mean_intensity"]
+    np.testing.assert_array_equal(t["label"], [3, 7])
+    np.testing.assert_array_equal(t["area"], [3, 1])
+    np.testing.assert_allclose(t["centroid_y"], [1 / 3, 3])
+    np.testing.assert_allclose(t["centroid_x"], [1 / 3, 4])
+    np.testing.assert_allclose(t["mean_intensity"], [2, 10])
+
+
+def test_cell_table_3d_and_bad_shape():
+    """In a (3, 2, 2) volume, label 1 fills z in {1, 2} and every y, x: 2*2*2 = 8 voxels,
+    centroid z = (1+2)/2 = 1.5, y = x = (0+1)/2 = 0.5; an intensity of another shape fails."""
+    lab = np.zeros((3, 2, 2), np.int32)
+    lab[1:] = 1
+    t = cell_table(lab)
+    assert list(t) == ["label", "area", "centroid_z", "centroid_y", "centroid_x"]
+    assert t["area"].tolist() == [8]
+    np.testing.assert_allclose([t["centroid_z"][0], t["centroid_y"][0]], [1.5, 0.5])
+    with pytest.raises(ValueError, match="same shape"):
+        cell_table(lab, np.zeros((2, 2)))
+
+
+def test_match_boxes_by_hand():
+    """gt: object 1 at rows 0-1, cols 0-1; object 2 at (4,4). pred: object 5 equals gt 1
+    (IoU 1 -> TP), object 6 at (0,4) overlaps nothing (FP); gt 2 is missed (FN).
+    Boxes surround pixel centres: rows 0-1 -> y from -0.5 to 1.5."""
+    from napari_cellfocus.core.metrics import match_instances
+
+    gt = np.zeros((5, 5), np.int32)
+    gt[0:2, 0:2] = 1
+    gt[4, 4] = 2
+    pred = np.zeros((5, 5), np.int32)
+    pred[0:2, 0:2] = 5
+    pred[0, 4] = 6
+    shapes, status = match_boxes(gt, pred, match_instances(gt, pred))
+    assert status == ["TP", "FP", "FN"]
+    np.testing.assert_allclose(shapes[0], [[-0.5, -0.5], [-0.5, 1.5], [1.5, 1.5], [1.5, -0.5]])
+    np.testing.assert_allclose(shapes[1][0], [-0.5, 3.5])
+    np.testing.assert_allclose(shapes[2][2], [4.5, 4.5])
+
+
+def test_measure_segmentation_metrics_boxes_and_csv(viewer, qtbot, tiny_model, tmp_path):
+    """After Segment: the table has one row per cell with areas summing to the labelled
+    pixels, the metrics equal evaluate(gt, labels), the boxes layer has TP + FP + FN
+    rectangles, and the CSV files hold the same numbers."""
+    segment(viewer, qtbot, tiny_model)
+    widget = dock(viewer, "Measure")
+    assert widget.labels.currentText() == LABELS_NAME
+    assert widget.gt.currentText() == "ground truth"
+    widget.intensity.set_source(viewer.layers["nuclei"])
+    widget.boxes_check.setChecked(True)
+    widget.measure()
+    wait_idle(qtbot, widget)
+    labels = np.asarray(viewer.layers[LABELS_NAME].data)
+    gt = np.asarray(viewer.layers["ground truth"].data)
+    image = np.asarray(viewer.layers["nuclei"].data, dtype=np.float64)
+    ids = np.unique(labels[labels > 0])
+    table = widget.result.table
+    assert widget.count_label.text() == f"Cells: {ids.size}"
+    assert widget.cells_table.rowCount() == ids.size
+    assert table["area"].sum() == (labels > 0).sum()
+    first = ids[0]
+    assert table["mean_intensity"][0] == pytest.approx(image[labels == first].mean())
+    expected = evaluate(gt, labels)
+    assert widget.result.metrics == expected
+    boxes = viewer.layers[BOXES_NAME]
+    status = list(boxes.features["status"])
+    assert status.count("TP") == expected["tp"]
+    assert status.count("FP") == expected["fp"]
+    assert status.count("FN") == expected["fn"]
+    assert widget.metrics_table.item(0, 0).text() == "f1"
+    assert widget.metrics_table.item(0, 1).text() == f"{expected['f1']:.4f}"
+
+    written = widget.export_csv(tmp_path / "cells.csv")
+    assert [p.name for p in written] == ["cells.csv", "cells_metrics.csv"]
+    with open(written[0]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == ids.size
+    assert [int(r["label"]) for r in rows] == ids.tolist()
+    assert sum(int(r["area"]) for r in rows) == (labels > 0).sum()
+    with open(written[1]) as f:
+        metrics = {r["metric"]: r["value"] for r in csv.DictReader(f)}
+    assert float(metrics["f1"]) == pytest.approx(expected["f1"], rel=1e-5)
+    assert int(metrics["tp"]) == expected["tp"]
+
+    widget.measure()  # measuring again replaces the boxes layer, never adds a second
+    wait_idle(qtbot, widget)
+    assert [layer.name for layer in viewer.layers].count(BOXES_NAME) == 1
+
+
+def test_mean_intensity_in_a_chosen_channel(make_napari_viewer, qtbot):
+    """A (2, 8, 8) two-channel image: channel 1 holds 5 inside the square label, channel 0
+    holds 100: with 'axis 0: channel 1' the mean intensity is 5."""
+    viewer = make_napari_viewer()
+    img = np.zeros((2, 8, 8), np.float32)
+    img[0] = 100
+    img[1, 2:4, 2:4] = 5
+    viewer.add_image(img, name="two channels")
+    lab = np.zeros((8, 8), np.int32)
+    lab[2:4, 2:4] = 1
+    viewer.add_labels(lab, name="cells")
+    widget = dock(viewer, "Measure")
+    widget.intensity.set_source(viewer.layers["two channels"], (0, 1))
+    widget.measure()
+    wait_idle(qtbot, widget)
+    assert widget.result.table["mean_intensity"].tolist() == [5.0]
+    assert widget.result.metrics is None
+    assert widget.metrics_table.rowCount() == 0
