@@ -33,12 +33,33 @@ def tiny_model(scene):
     from napari_cellfocus.engine.networks import UNet
     from napari_cellfocus.engine.train import TrainConfig, Trainer
 
-    torch.manual_seed(1)
-    net = UNet(in_channels=1, out_channels=3, depth=2, width=8)
-    info = ModelInfo(network=net.config)
-    config = TrainConfig(steps=150, batch_size=2, crop_size=64, lr=3e-3, weights="balance")
-    trainer = Trainer([scene.image], [scene.labels], config, init=(net, info), device="cpu")
-    return trainer.run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(1)
+        net = UNet(in_channels=1, out_channels=3, depth=2, width=8)
+        info = ModelInfo(network=net.config)
+        config = TrainConfig(steps=150, batch_size=2, crop_size=64, lr=3e-3, weights="balance")
+        trainer = Trainer([scene.image], [scene.labels], config, init=(net, info), device="cpu")
+        return trainer.run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run torch on one thread in widget tests.
+
+    The test machine has 2 cores shared with other jobs; with torch's default of one
+    thread per core a busy machine makes every step wait for the slowest thread (a
+    tiny training went from 3 s to 30 s). Restored after each test.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

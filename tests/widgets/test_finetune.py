@@ -90,8 +90,9 @@ def test_paint_then_finetune_updates_layers_and_model(
 
 
 def test_event_loop_keeps_running_during_finetuning(viewer, qtbot, tiny_model):
-    """A 10 ms QTimer keeps firing while 40 training steps run in the worker: the
-    number of ticks is at least a quarter of what the training time allows."""
+    """A 10 ms QTimer keeps firing while 40 training steps run in the worker: it ticks
+    many times between the first and the last training step, and the longest pause
+    between two ticks stays far below a second (no freeze)."""
     segment(viewer, qtbot, tiny_model)
     widget = _finetune_widget(viewer, steps=40)
     ticks = []
@@ -102,14 +103,13 @@ def test_event_loop_keeps_running_during_finetuning(viewer, qtbot, tiny_model):
     widget.start()
     widget.worker.yielded.connect(lambda item: steps_seen.append(time.perf_counter()))
     timer.start()
-    start = time.perf_counter()
     wait_idle(qtbot, widget)
     timer.stop()
-    duration = time.perf_counter() - start
     assert widget.last_progress.step == 40
-    assert len(ticks) >= max(5, 0.25 * duration / 0.010)
-    # ticks happened while training ran, not only after it
-    assert sum(steps_seen[0] < t < steps_seen[-1] for t in ticks) >= 3
+    during = [t for t in ticks if steps_seen[0] <= t <= steps_seen[-1]]
+    assert len(during) >= 20
+    longest = float(np.max(np.diff([steps_seen[0], *during, steps_seen[-1]])))
+    assert longest < 0.75, f"the UI thread was blocked for {longest:.2f} s"
 
 
 def test_cancel_keeps_previous_model_and_ui_responsive(viewer, qtbot, tiny_model, releases):

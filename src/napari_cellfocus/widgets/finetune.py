@@ -76,6 +76,8 @@ NEAR_PX = 30
 MAX_CROP = 192
 #: Whole stacks up to this many pixels are previewed; larger ones only on annotated planes.
 PREVIEW_ALL_PIXELS = 4_000_000
+#: Seconds between redraws of the loss curve (a redraw costs the UI thread ~50 ms).
+PLOT_EVERY_S = 0.5
 MODES = (
     ("auto", "auto (from the annotations)"),
     ("dense", "dense: every cell is drawn"),
@@ -526,9 +528,9 @@ class FinetuneWidget(QWidget):
             f"ETA {format_seconds(progress.eta_s)}"
         )
         now = time.perf_counter()
-        if now - self._last_plot > 0.25 or progress.step == progress.total:
+        if now - self._last_plot > PLOT_EVERY_S or progress.step == progress.total:
             steps, losses = zip(*self._losses, strict=True)
-            self.plot.plot_lines([(steps, losses, "")], title="training loss")
+            self.plot.update_line(steps, losses, title="training loss")
             self._last_plot = now
 
     def _show_preview(self, preview: Preview) -> None:
