@@ -261,8 +261,9 @@ class FinetuneWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
+        self.progress.setMaximum(1)
         self.progress.setValue(0)
-        self.progress.setFormat("step %v / %m")
+        self.progress.setFormat("")
         self.eta_label = QLabel("")
         self.plot = PlotCanvas("training loss", "step", "loss")
         self.save_button = QPushButton("Save model…")
@@ -484,6 +485,7 @@ class FinetuneWidget(QWidget):
         config = run["config"]
         self.progress.setMaximum(config.steps)
         self.progress.setValue(0)
+        self.progress.setFormat("step %v / %m")
         self.eta_label.setText("preparing the training data…")
         self.status.setText(f"Fine-tuning on {len(run['images'])} image(s), {run['reason']}.")
         self.train_button.setEnabled(False)

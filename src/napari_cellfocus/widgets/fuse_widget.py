@@ -299,7 +299,8 @@ class FuseWidget(QWidget):
             if n_axes != 3:
                 raise ValueError(
                     f"'{layer.name}' has shape {data.shape}: a focus stack layer needs exactly "
-                    "3 axes (Z, Y, X)" + (" plus RGB" if rgb else "")
+                    "3 axes (Z, Y, X)"
+                    + (" plus RGB" if rgb else "")
                     + "; for separate images choose 'Several image layers'."
                 )
             if axis >= n_axes:

@@ -150,7 +150,8 @@ class SegmentWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m tiles")
+        self.progress.setFormat("")
+        self.progress.setMaximum(1)
         self.progress.setValue(0)
         self.count_label = QLabel("Cells: —")
         font = self.count_label.font()
@@ -321,6 +322,7 @@ class SegmentWidget(QWidget):
         self._prob_layers = []
         self.progress.setMaximum(1)
         self.progress.setValue(0)
+        self.progress.setFormat("%v / %m tiles")
         self.status.setText(f"Segmenting '{self._input.layer.name}' on {segmenter.device_name}…")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)

@@ -210,7 +210,9 @@ class TuneWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
+        self.progress.setMaximum(1)
         self.progress.setValue(0)
+        self.progress.setFormat("")
         self.plot = PlotCanvas("F1 vs threshold", "threshold", "F1")
         self.search_info = QLabel("")
         self.search_info.setWordWrap(True)
@@ -363,6 +365,7 @@ class TuneWidget(QWidget):
             self.search_info.setText("MAP has no thresholds: optimising TH(γ1, γ2).")
         self.progress.setMaximum(1)
         self.progress.setValue(0)
+        self.progress.setFormat("%v / %m rows of the grid")
         self.optimise_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.search_worker, self._search_cancel = start_job(
@@ -412,7 +415,7 @@ class TuneWidget(QWidget):
                 ),
             ],
             title=f"F1 vs threshold (best {out.best_score:.3f})",
-            ylim=(0.0, 1.02),
+            ylim=(max(0.0, min(out.scores[:, j].min(), out.scores[i, :].min()) - 0.05), 1.01),
         )
         self.set_method(out.method)
         for key, value in out.best.items():
