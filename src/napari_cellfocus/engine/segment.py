@@ -2,7 +2,7 @@
 
 >>> from napari_cellfocus.engine.segment import Segmenter
 >>> seg = Segmenter("default")                  # the built-in model, CUDA if present
->>> result = seg.segment(image, method="th")     # image: (Y, X) grey
+>>> result = seg.segment(image)                  # image: (Y, X) grey; MAP by default
 >>> result.labels, result.count, result.probs    # (Y, X) int32, int, (C, Y, X) float32
 """
 
@@ -93,7 +93,7 @@ class Segmenter:
     def segment(
         self,
         image: np.ndarray,
-        method: str = "th",
+        method: str = "map",
         post_params: dict[str, Any] | None = None,
         **predict_kwargs: Any,
     ) -> SegmentationResult:
