@@ -26,7 +26,7 @@ class AugmentConfig:
     flips_rotations : random mirror and 90-degree rotations (the dihedral group).
     elastic_prob : probability of a smooth random warp; ``elastic_alpha`` is the
         displacement amplitude in pixels, ``elastic_sigma`` its smoothness in pixels.
-    gamma_range : log-uniform range of the gamma exponent applied to [0, 1]-scaled data.
+    gamma_range : log-uniform range of the exponent of ``sign(x) * |x| ** gamma``.
     brightness : maximum multiplicative gain change (0.2 = x0.8 .. x1.2) and offset.
     noise_std : maximum std of added Gaussian noise (in normalised intensity units).
     touch_contrast : apply the thesis' touching-region contrast modulation.
@@ -130,7 +130,8 @@ def augment_sample(
         image = warp(image, fields, order=1)
         target = warp(target, fields, order=0)
         weight = warp(weight, fields, order=1)
-    # Photometric: gamma on the [0, 1]-clipped range, then gain/offset and noise.
+    # Photometric: sign-preserving gamma (normalised data may dip below 0), then
+    # gain/offset and noise.
     lo, hi = config.gamma_range
     gamma = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     image = np.sign(image) * np.abs(image) ** gamma
