@@ -37,10 +37,15 @@ import torch
 
 from napari_cellfocus.core.metrics import evaluate
 from napari_cellfocus.core.simulate import simulate_cells
-from napari_cellfocus.engine.predict import iter_predict, model_logits
+from napari_cellfocus.engine.predict import model_logits
 from napari_cellfocus.engine.segment import Segmenter
 from napari_cellfocus.engine.tiling import grid_tiles
-from napari_cellfocus.engine.train import DEFAULT_NETWORK, Trainer, TrainConfig, quick_finetune_config
+from napari_cellfocus.engine.train import (
+    DEFAULT_NETWORK,
+    TrainConfig,
+    Trainer,
+    quick_finetune_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,8 +58,12 @@ def _sync(device: torch.device) -> None:
 def bench_tiling_overhead(seg: Segmenter, side: int, tile: int = 512) -> dict:
     """Tiled prediction vs the sum of bare forward passes over the same tiles."""
     rng = np.random.default_rng(0)
-    image = simulate_cells(shape=(side, side), seed=1).image if side <= 2048 else np.tile(
-        simulate_cells(shape=(1024, 1024), seed=1).image, (side // 1024, side // 1024)
+    image = (
+        simulate_cells(shape=(side, side), seed=1).image
+        if side <= 2048
+        else np.tile(
+            simulate_cells(shape=(1024, 1024), seed=1).image, (side // 1024, side // 1024)
+        )
     )
     image = image.astype(np.uint16) + rng.integers(0, 2, image.shape).astype(np.uint16)
     tiles = grid_tiles(image.shape, tile, 32, 32)
@@ -196,16 +205,16 @@ def write_docs(results: dict, path: Path) -> None:
         results["finetune"],
     )
     section = f"""<!-- engine:{dev}:start -->
-### Engine on {results['device_name']} ({results['date']}, `{results['command']}`)
+### Engine on {results["device_name"]} ({results["date"]}, `{results["command"]}`)
 
 | measure | value | reference / goal |
 |---|---|---|
-| tiled prediction {t['image']} ({t['tiles']} tiles of 512 px) | {t['tiled_prediction_s']:.2f} s | bare forward passes {t['bare_forward_s']:.2f} s: **{t['ratio']:.2f}x** (goal <= 1.15x) |
-| 512x512 images per second (predict + TH) | {th['images_per_s']:.2f} /s | {th['images']} images |
-| training steps per second (batch 4, 256 px crops) | {tr['steps_per_s']:.2f} /s | {tr['steps']} steps |
-| peak memory added, predicting {mem['image']} | {mem['added_by_prediction_mib']:.0f} MiB | result (3 float32 maps) {mem['probabilities_mib']:.0f} MiB: **{mem['added_over_result_size']:.2f}x** |
-| one-click fine-tune, 512x512, {ft['annotated_cells']} cells annotated, {ft['steps']} steps | {ft['seconds']:.0f} s | goal <= 120 s on a 2-core CPU |
-| PQ on the unannotated cells, before -> after fine-tune | {ft['pq_unannotated_before']:.3f} -> {ft['pq_unannotated_after']:.3f} | unfamiliar domain: large, elongated, dim nuclei |
+| tiled prediction {t["image"]} ({t["tiles"]} tiles of 512 px) | {t["tiled_prediction_s"]:.2f} s | bare forward passes {t["bare_forward_s"]:.2f} s: **{t["ratio"]:.2f}x** (goal <= 1.15x) |
+| 512x512 images per second (predict + TH) | {th["images_per_s"]:.2f} /s | {th["images"]} images |
+| training steps per second (batch 4, 256 px crops) | {tr["steps_per_s"]:.2f} /s | {tr["steps"]} steps |
+| peak memory added, predicting {mem["image"]} | {mem["added_by_prediction_mib"]:.0f} MiB | result (3 float32 maps) {mem["probabilities_mib"]:.0f} MiB: **{mem["added_over_result_size"]:.2f}x** |
+| one-click fine-tune, 512x512, {ft["annotated_cells"]} cells annotated, {ft["steps"]} steps | {ft["seconds"]:.0f} s | goal <= 120 s on a 2-core CPU |
+| PQ on the unannotated cells, before -> after fine-tune | {ft["pq_unannotated_before"]:.3f} -> {ft["pq_unannotated_after"]:.3f} | unfamiliar domain: large, elongated, dim nuclei |
 <!-- engine:{dev}:end -->"""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     start, end = f"<!-- engine:{dev}:start -->", f"<!-- engine:{dev}:end -->"
@@ -235,7 +244,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": platform.platform(),
         "torch": torch.__version__,
-        "command": "python benchmarks/bench_engine.py" + (" --quick" if args.quick else "")
+        "command": "python benchmarks/bench_engine.py"
+        + (" --quick" if args.quick else "")
         + ("" if args.device == "cpu" else f" --device {args.device}"),
     }
     ratios = [bench_tiling_overhead(seg, side) for _ in range(1 if args.quick else 3)]

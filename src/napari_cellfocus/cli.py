@@ -265,7 +265,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=Path, help="image TIFFs or folders of them")
     p.add_argument("--out", required=True, type=Path, help="labels TIFF (one image) or folder")
     p.add_argument("--model", default="default", help="model file, or 'default' (built-in)")
-    p.add_argument("--post", choices=("map", "th", "wt"), default="map", help="post-processing (map)")
+    p.add_argument(
+        "--post", choices=("map", "th", "wt"), default="map", help="post-processing (map)"
+    )
     p.add_argument("--probs", type=Path, default=None, help="also write probabilities (C,Y,X)")
     p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (512)")
     p.add_argument("--channel", type=int, default=None, help="channel to segment")
