@@ -67,8 +67,20 @@ class LayerCombo(QComboBox):
     def _layers(self) -> list[Layer]:
         return [layer for layer in self.viewer.layers if isinstance(layer, self.layer_type)]
 
+    def _disconnect(self) -> None:
+        events = self.viewer.layers.events
+        for emitter in (events.inserted, events.removed, events.reordered):
+            emitter.disconnect(self.refresh)
+        for layer in self.viewer.layers:
+            layer.events.name.disconnect(self.refresh)
+
     def refresh(self, event: Any = None) -> None:
         """Rebuild the list, keeping the selected layer when it still exists."""
+        try:
+            self.count()
+        except RuntimeError:  # the Qt widget is gone (viewer closed): stop listening
+            self._disconnect()
+            return
         layers = self._layers()
         for layer in layers:
             layer.events.name.connect(self.refresh)

@@ -52,13 +52,24 @@ def start_job(
     Callbacks run on the Qt main thread.
     """
     cancel = threading.Event()
+
+    def guarded(callback: Callable) -> Callable:
+        # The viewer (and with it the widget) may be closed while the job runs:
+        # then stop the job instead of failing in every callback.
+        def call(*values: Any) -> None:
+            try:
+                callback(*values)
+            except RuntimeError as err:
+                if "deleted" not in str(err):
+                    raise
+                cancel.set()
+
+        return call
+
     connect: dict[str, Callable] = {"errored": lambda err: None}
-    if yielded is not None:
-        connect["yielded"] = yielded
-    if returned is not None:
-        connect["returned"] = returned
-    if finished is not None:
-        connect["finished"] = finished
+    for name, callback in (("yielded", yielded), ("returned", returned), ("finished", finished)):
+        if callback is not None:
+            connect[name] = guarded(callback)
     worker = create_worker(
         job, *args, cancel=cancel, _connect=connect, _start_thread=False, **kwargs
     )
