@@ -41,7 +41,7 @@ def test_errors_are_one_clear_line(tmp_path):
 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage" * 50)
-    with pytest.raises(CheckpointError, match="junk.pt: not a napari-cellfocus model") as err:
+    with pytest.raises(CheckpointError, match=r"junk\.pt: not a napari-cellfocus model") as err:
         load_checkpoint(junk)
     assert "\n" not in str(err.value)
 
@@ -54,7 +54,7 @@ def test_errors_are_one_clear_line(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", net, ModelInfo(network=net.config))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(CheckpointError, match="truncated.pt"):
+    with pytest.raises(CheckpointError, match=r"truncated\.pt"):
         load_checkpoint(truncated)
 
     wrong = dict(net.config, width=8)

@@ -92,7 +92,7 @@ def test_stack_predicted_plane_by_plane():
 
 def test_bad_inputs_are_named():
     net = _tiny_unet()
-    with pytest.raises(ValueError, match="my layer.*NaN"):
+    with pytest.raises(ValueError, match=r"my layer.*NaN"):
         predict_probabilities(net, np.full((32, 32), np.nan, np.float32), name="my layer")
     with pytest.raises(ValueError, match="RGB"):
         predict_probabilities(net, np.zeros((32, 32, 3), np.float32))
@@ -113,3 +113,40 @@ def test_cancel_through_should_stop():
             should_stop=lambda: len(seen) >= 2,
         )
     assert len(seen) == 2
+
+
+class _OutOfMemoryAbove(torch.nn.Module):
+    """Wraps a network and raises CUDA's out-of-memory error for tiles larger than
+    ``limit`` pixels, as a small GPU would."""
+
+    def __init__(self, net: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.net, self.limit, self.divisor = net, limit, net.divisor
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[-1])
+        if x.shape[-1] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return self.net(x)
+
+
+def test_out_of_memory_retries_with_smaller_tiles():
+    """256-pixel tiles 'do not fit'; prediction halves the tile to 128, warns, and gives the
+    same result as an untroubled run with 128-pixel tiles."""
+    net = _tiny_unet()
+    model = _OutOfMemoryAbove(net, limit=128)
+    image = np.random.default_rng(3).random((256, 256)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="retrying .* with 128-pixel tiles"):
+        probs = predict_probabilities(model, image, tile_size=256, halo=16, blend=8)
+    assert 256 in model.sizes and model.sizes[-1] == 128
+    expected = predict_probabilities(net, image, tile_size=128, halo=16, blend=8)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_out_of_memory_at_the_smallest_tile_is_a_clear_error():
+    model = _OutOfMemoryAbove(_tiny_unet(), limit=8)
+    image = np.zeros((128, 128), np.float32)
+    with pytest.raises(MemoryError, match="out of GPU memory even with 64-pixel tiles"):
+        with pytest.warns(RuntimeWarning):
+            predict_probabilities(model, image, tile_size=128, halo=8, blend=8)

@@ -102,7 +102,8 @@ def augment_sample(
     weight: np.ndarray,
     rng: np.random.Generator,
     config: AugmentConfig = AugmentConfig(),
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    extra: np.ndarray | None = None,
+) -> tuple[np.ndarray, ...]:
     """Augment one training crop.
 
     Parameters
@@ -110,26 +111,27 @@ def augment_sample(
     image : float32 (Y, X) or (Z, Y, X), normalised intensities (~[0, 1]).
     target : uint8 class map of the same shape.
     weight : float32 per-pixel loss weights of the same shape.
+    extra : optional float32 map of the same shape (e.g. the DDT distance target) that
+        follows the geometric transforms only.
 
     Returns
     -------
-    (image, target, weight) augmented, same shapes and dtypes (square crops keep
-    their shape under rotation; non-square crops are only flipped).
+    (image, target, weight) augmented -- plus ``extra`` when given -- with the same shapes
+    and dtypes (square crops keep their shape under rotation; non-square crops are only
+    flipped).
     """
     image = np.asarray(image, np.float32)
     if config.touch_contrast:
         image = touching_contrast_modulation(image, target, float(rng.uniform(-1.0, 1.0)))
-    arrays = [image, target, weight]
+    arrays = [image, target, weight] + ([] if extra is None else [np.asarray(extra, np.float32)])
     if config.flips_rotations:
         square = image.shape[-1] == image.shape[-2]
         k = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
         arrays = _dihedral(arrays, k, bool(rng.integers(2)))
-    image, target, weight = arrays
     if config.elastic_prob > 0 and rng.random() < config.elastic_prob:
         fields = elastic_fields(image.shape, config.elastic_alpha, config.elastic_sigma, rng)
-        image = warp(image, fields, order=1)
-        target = warp(target, fields, order=0)
-        weight = warp(weight, fields, order=1)
+        arrays = [warp(a, fields, order=0 if i == 1 else 1) for i, a in enumerate(arrays)]
+    image, target, weight = arrays[:3]
     # Photometric: sign-preserving gamma (normalised data may dip below 0), then
     # gain/offset and noise.
     lo, hi = config.gamma_range
@@ -140,4 +142,5 @@ def augment_sample(
     image = image * gain + offset
     if config.noise_std > 0:
         image = image + rng.normal(0.0, rng.uniform(0, config.noise_std), image.shape)
-    return image.astype(np.float32), target.astype(np.uint8), weight.astype(np.float32)
+    out = (image.astype(np.float32), target.astype(np.uint8), weight.astype(np.float32))
+    return out if extra is None else (*out, arrays[3].astype(np.float32))

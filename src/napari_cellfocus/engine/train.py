@@ -31,7 +31,7 @@ import torch
 
 from napari_cellfocus.core.augment import AugmentConfig, augment_sample
 from napari_cellfocus.core.normalize import PercentileNormalization
-from napari_cellfocus.core.targets import class_target
+from napari_cellfocus.core.targets import class_target, inverse_distance_target
 from napari_cellfocus.core.validation import check_image, check_labels, check_same_shape
 from napari_cellfocus.core.weights import triplex_weight_map, weight_map
 from napari_cellfocus.engine.checkpoint import (
@@ -42,7 +42,7 @@ from napari_cellfocus.engine.checkpoint import (
     save_checkpoint,
 )
 from napari_cellfocus.engine.device import release_memory, select_device
-from napari_cellfocus.engine.losses import get_loss
+from napari_cellfocus.engine.losses import get_loss, mae_loss
 from napari_cellfocus.engine.networks import build_network
 
 #: Default network of new models: small enough to train on a laptop CPU.
@@ -131,6 +131,7 @@ class _Sample:
     annotated: np.ndarray | None  # coordinates of annotated pixels, for weak sampling
     labels: np.ndarray  # int instance labels, for validation
     raw: np.ndarray  # the image as given (float32), for validation through predict
+    ddt: np.ndarray | None = None  # inverse distance-transform target (DDT models only)
 
 
 def prepare_sample(
@@ -139,8 +140,10 @@ def prepare_sample(
     config: TrainConfig,
     normalizer: PercentileNormalization,
     name: str = "image",
+    with_ddt: bool = False,
 ) -> _Sample:
-    """Normalise one image and build its class target and weight map (2D)."""
+    """Normalise one image and build its class target and weight map (2D); with
+    ``with_ddt`` also the inverse distance-transform target of the DDT paper."""
     img = check_image(image, name=name, ndim=(2,))
     lab = check_labels(labels, name=f"labels of {name}", ndim=(2,))
     check_same_shape(img, lab, name, f"labels of {name}")
@@ -159,7 +162,8 @@ def prepare_sample(
         extra = {"n_classes": config.n_classes} if config.weights == "balance" else {}
         weight = weight_map(config.weights, lab, target=target, **extra)
     annotated = np.argwhere(lab > 0) if config.weak else None
-    return _Sample(normalizer(img), target, weight.astype(np.float32), annotated, lab, img)
+    ddt = inverse_distance_target(lab) if with_ddt else None
+    return _Sample(normalizer(img), target, weight.astype(np.float32), annotated, lab, img, ddt)
 
 
 class Trainer:
@@ -211,8 +215,12 @@ class Trainer:
         self._pool = ThreadPoolExecutor(workers) if workers > 1 else None
         jobs = list(zip(images, labels, names, strict=True))
 
+        with_ddt = self.info.network.get("architecture") == "ddt"
+
         def prepare(job: tuple[np.ndarray, np.ndarray, str]) -> _Sample:
-            return prepare_sample(job[0], job[1], cfg, self.normalizer, name=job[2])
+            return prepare_sample(
+                job[0], job[1], cfg, self.normalizer, name=job[2], with_ddt=with_ddt
+            )
 
         samples = list(self._pool.map(prepare, jobs) if self._pool else map(prepare, jobs))
         n_val = round(cfg.val_fraction * len(samples)) if len(samples) > 1 else 0
@@ -259,17 +267,16 @@ class Trainer:
         return model, info
 
     # ------------------------------------------------------------------ data
-    def _crop(
-        self, sample: _Sample, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _crop(self, sample: _Sample, rng: np.random.Generator) -> tuple:
         size = self.config.crop_size
         shape = sample.image.shape
         pads = [(0, max(0, size - n)) for n in shape]
-        img, tgt, wgt = sample.image, sample.target, sample.weight
+        img, tgt, wgt, ddt = sample.image, sample.target, sample.weight, sample.ddt
         if any(p[1] for p in pads):
             img = np.pad(img, pads, mode="reflect")
             tgt = np.pad(tgt, pads, mode="reflect")
             wgt = np.pad(wgt, pads, mode="constant")  # padding never teaches
+            ddt = None if ddt is None else np.pad(ddt, pads, mode="reflect")
             shape = img.shape
         if sample.annotated is not None and len(sample.annotated) and rng.random() < 0.9:
             # Weak labels: centre most crops on an annotated pixel (oversampling of the
@@ -283,27 +290,29 @@ class Trainer:
         else:
             starts = [int(rng.integers(0, n - size + 1)) for n in shape]
         sl = tuple(slice(s, s + size) for s in starts)
-        return img[sl], tgt[sl], wgt[sl]
+        return img[sl], tgt[sl], wgt[sl], (None if ddt is None else ddt[sl])
 
-    def _example(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _example(self, index: int) -> tuple[np.ndarray, ...]:
         """Batch element ``index`` of the current step: its own seeded generator, so the
         batch is the same whether examples are made in threads or one after another."""
         rng = np.random.default_rng([self.config.seed, self.step, index])
         areas = self._areas
         sample = self.train_samples[int(rng.choice(len(areas), p=areas))]
-        img, tgt, wgt = self._crop(sample, rng)
-        return augment_sample(img, tgt, wgt, rng, self.config.augment)
+        img, tgt, wgt, ddt = self._crop(sample, rng)
+        return augment_sample(img, tgt, wgt, rng, self.config.augment, extra=ddt)
 
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _batch(self) -> tuple[torch.Tensor, ...]:
         n = self.config.batch_size
         if self._pool is not None:
             examples = list(self._pool.map(self._example, range(n)))
         else:
             examples = [self._example(i) for i in range(n)]
-        xs, ys, ws = zip(*examples, strict=True)
-        x = torch.from_numpy(np.stack(xs)[:, None]).to(self.device)
-        y = torch.from_numpy(np.stack(ys).astype(np.int64)).to(self.device)
-        w = torch.from_numpy(np.stack(ws)).to(self.device)
+        columns = list(zip(*examples, strict=True))
+        x = torch.from_numpy(np.stack(columns[0])[:, None]).to(self.device)
+        y = torch.from_numpy(np.stack(columns[1]).astype(np.int64)).to(self.device)
+        w = torch.from_numpy(np.stack(columns[2])).to(self.device)
+        if len(columns) == 4:  # DDT target, (N, 1, Y, X) like the model's second output
+            return x, y, w, torch.from_numpy(np.stack(columns[3])[:, None]).to(self.device)
         return x, y, w
 
     # ------------------------------------------------------------------ loop
@@ -346,12 +355,14 @@ class Trainer:
         first = self.step
         try:
             while self.step < cfg.steps:
-                x, y, w = self._batch()
+                x, y, w, *ddt_target = self._batch()
                 self.optimizer.zero_grad(set_to_none=True)
-                logits = self.model(x)
-                if isinstance(logits, (tuple, list)):
-                    logits = logits[0]
-                loss = self._loss(logits, y, w)
+                output = self.model(x)
+                if isinstance(output, (tuple, list)):  # DDT model: (class logits, distance map)
+                    logits, ddt = output
+                    loss = self._loss(logits, y, w) + mae_loss(ddt, ddt_target[0])
+                else:
+                    loss = self._loss(output, y, w)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     self.model.load_state_dict(self._good_state)
