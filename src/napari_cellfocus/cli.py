@@ -340,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_simulate(sub)
     _add_evaluate(sub)
+    from napari_cellfocus.cli_fuse import add_fuse_parser
+
+    add_fuse_parser(sub)
     return parser
 
 
