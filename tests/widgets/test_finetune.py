@@ -91,8 +91,10 @@ def test_paint_then_finetune_updates_layers_and_model(
 
 def test_event_loop_keeps_running_during_finetuning(viewer, qtbot, tiny_model):
     """A 10 ms QTimer keeps firing while 40 training steps run in the worker: it ticks
-    many times between the first and the last training step, and the longest pause
-    between two ticks stays far below a second (no freeze)."""
+    many times between the first and the last training step, nine pauses in ten are
+    short, and none is a freeze. (Training on the Qt thread would give no tick at all
+    in that interval. The bounds leave room for a busy shared machine and for Python's
+    garbage collector, which can pause any thread of a napari process.)"""
     segment(viewer, qtbot, tiny_model)
     widget = _finetune_widget(viewer, steps=40)
     ticks = []
@@ -108,8 +110,9 @@ def test_event_loop_keeps_running_during_finetuning(viewer, qtbot, tiny_model):
     assert widget.last_progress.step == 40
     during = [t for t in ticks if steps_seen[0] <= t <= steps_seen[-1]]
     assert len(during) >= 20
-    longest = float(np.max(np.diff([steps_seen[0], *during, steps_seen[-1]])))
-    assert longest < 0.75, f"the UI thread was blocked for {longest:.2f} s"
+    gaps = np.diff([steps_seen[0], *during, steps_seen[-1]])
+    assert np.percentile(gaps, 90) < 0.2
+    assert gaps.max() < 1.5, f"the UI thread was blocked for {gaps.max():.2f} s"
 
 
 def test_cancel_keeps_previous_model_and_ui_responsive(viewer, qtbot, tiny_model, releases):

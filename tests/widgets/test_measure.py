@@ -74,7 +74,7 @@ def test_measure_segmentation_metrics_boxes_and_csv(viewer, qtbot, tiny_model, t
     widget = dock(viewer, "Measure")
     assert widget.labels.currentText() == LABELS_NAME
     assert widget.gt.currentText() == "ground truth"
-    widget.intensity.set_source(viewer.layers["nuclei"])
+    assert widget.intensity.layers.currentText() == "nuclei"  # the segmented image
     widget.boxes_check.setChecked(True)
     widget.measure()
     wait_idle(qtbot, widget)

@@ -570,6 +570,7 @@ class FinetuneWidget(QWidget):
         if result.preview is not None:
             self._show_preview(result.preview)
             source = run["source"]
+            self.state.set_count(result.preview.count)
             self.state.set_result(
                 Segmentation(
                     probs=result.preview.probs,
@@ -583,7 +584,6 @@ class FinetuneWidget(QWidget):
                     generation=self.state.new_generation(),
                 )
             )
-            self.state.set_count(result.preview.count)
         text = (
             f"Done in {format_seconds(result.seconds)}: '{name}' is now the model in use "
             "(Segment uses it); save it with 'Save model…'."

@@ -48,7 +48,7 @@ from napari_cellfocus.widgets._measure import (
     write_csv,
     write_metrics_csv,
 )
-from napari_cellfocus.widgets._state import unwrap
+from napari_cellfocus.widgets._state import get_state, unwrap
 from napari_cellfocus.widgets._workers import Failed, start_job
 
 if TYPE_CHECKING:
@@ -126,7 +126,10 @@ class MeasureWidget(QWidget):
 
         self.labels = LayerCombo(napari_viewer, Labels, prefer=_prefer_own_labels)
         self.labels.setToolTip("The cells to measure (usually 'cellfocus labels').")
-        self.intensity = ImageSource(napari_viewer, label="Intensity", none_text="— none —")
+        self.state = get_state(napari_viewer)
+        self.intensity = ImageSource(
+            napari_viewer, label="Intensity", none_text="— none —", prefer=self._prefer_image
+        )
         self.intensity.setToolTip("Image (and channel) whose mean intensity is measured per cell.")
         self.gt = LayerCombo(napari_viewer, Labels, none_text="— none —", prefer=_prefer_truth)
         self.gt.setToolTip("Ground-truth labels of the same image, to score the segmentation.")
@@ -175,6 +178,14 @@ class MeasureWidget(QWidget):
 
         self.measure_button.clicked.connect(self.measure)
         self.export_button.clicked.connect(self._export_clicked)
+
+    def _prefer_image(self, layers: list) -> Any:
+        """Default intensity image: the one last segmented, if it is still open."""
+        result = get_state(self.viewer).result
+        for layer in layers:
+            if result is not None and layer.name == result.layer_name:
+                return layer
+        return None
 
     # ------------------------------------------------------------------ measure
     def _inputs(self) -> tuple:

@@ -383,6 +383,7 @@ class SegmentWidget(QWidget):
         for layer in self._prob_layers:
             layer.refresh()
         put_labels(self.viewer, result.labels, src.scale, src.translate)
+        self.state.set_count(result.count)
         self.state.set_result(
             Segmentation(
                 probs=result.probs,
@@ -396,7 +397,6 @@ class SegmentWidget(QWidget):
                 generation=self.state.new_generation(),
             )
         )
-        self.state.set_count(result.count)
         self.status.setText(
             f"{result.count} cells in '{src.layer.name}': {result.tiles} tile(s) in "
             f"{result.seconds:.1f} s on {self._segmenter.device_name} "
