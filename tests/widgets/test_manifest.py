@@ -10,6 +10,7 @@ WIDGETS = {
     "Tune": "TuneWidget",
     "Correct and fine-tune": "FinetuneWidget",
     "Measure": "MeasureWidget",
+    "Fuse": "FuseWidget",
 }
 
 
@@ -20,7 +21,7 @@ def _manifest():
 
 
 def test_manifest_lists_widgets_menus_and_samples():
-    """The four dock widgets, the menu entries and the three samples are contributed."""
+    """The five dock widgets, the menu entries and the three samples are contributed."""
     mf = _manifest()
     widgets = {w.display_name: w.command for w in mf.contributions.widgets}
     assert set(widgets) == set(WIDGETS)
@@ -31,6 +32,7 @@ def test_manifest_lists_widgets_menus_and_samples():
     segment_menu = {item.command for item in menus["napari/layers/segment"]}
     assert segment_menu == {widgets["Segment"], widgets["Tune"], widgets["Correct and fine-tune"]}
     assert {item.command for item in menus["napari/layers/measure"]} == {widgets["Measure"]}
+    assert {item.command for item in menus["napari/layers/project"]} == {widgets["Fuse"]}
     assert {s.key for s in mf.contributions.sample_data} == {"cells", "focus_stack", "real_cell"}
 
 
@@ -61,3 +63,23 @@ def test_widgets_share_one_state_per_viewer(make_napari_viewer):
     assert seg.state is tune.state is get_state(viewer)
     other = make_napari_viewer()
     assert get_state(other) is not seg.state
+
+
+def test_menu_entries_reach_napari_menus(make_napari_viewer):
+    """napari registers the widgets under Layers > Segment / Measure / Project."""
+    from napari._app_model import get_app_model
+
+    make_napari_viewer()
+    menus = get_app_model().menus
+    mf = _manifest()
+    widgets = {w.display_name: w.command for w in mf.contributions.widgets}
+
+    def commands(menu_id):
+        return {
+            getattr(item, "command", None) and item.command.id for item in menus.get_menu(menu_id)
+        }
+
+    segment_menu = commands("napari/layers/segment")
+    assert {widgets["Segment"], widgets["Tune"], widgets["Correct and fine-tune"]} <= segment_menu
+    assert widgets["Measure"] in commands("napari/layers/measure")
+    assert widgets["Fuse"] in commands("napari/layers/project")
