@@ -53,8 +53,8 @@ PLUGIN = "napari-cellfocus"
 
 #: Methods as offered in the combo: (label, method name).
 METHOD_CHOICES = (
-    ("HF-Reg (learned, denoises) — default", "hf-reg"),
-    ("HF-Seg (learned focus map)", "hf-seg"),
+    ("HF-Seg (learned focus map) — default", "hf-seg"),
+    ("HF-Reg (learned regression, denoises)", "hf-reg"),
     ("Max focus measure (Laplacian)", "max-focus"),
     ("Laplacian pyramid", "pyramid"),
     ("Guided filter (GFF)", "gff"),
@@ -191,9 +191,10 @@ class FuseWidget(QWidget):
             "classical ones run on the CPU."
         )
         self.seg_mode = QComboBox()
-        self.seg_mode.addItems(["pairwise", "direct"])
+        self.seg_mode.addItems(["direct", "pairwise"])
         self.seg_mode.setToolTip(
-            "HF-Seg: pairwise = f(f(x0, x1), x2)…; direct = one focus map over the whole stack."
+            "HF-Seg: direct = one focus map over the whole stack (default); "
+            "pairwise = f(f(x0, x1), x2)…"
         )
         self.near_check = QCheckBox("Near (source pixels only)")
         self.near_check.setToolTip(
