@@ -247,3 +247,66 @@ def test_max_focus_median_smoothing_removes_isolated_picks():
     assert raw.depth[10, 10] == 1
     smooth = fuse_classical(stack, "max-focus", window=1, smooth=5)
     assert smooth.depth[10, 10] == 0
+
+
+# --------------------------------------------------------------------------- training pairs
+def test_instance_blur_pair_is_eq_6_1():
+    """Eq. 6.1 with objects {0 (background), 1, 2}, Gamma = {1} and sigma = 2:
+    xA = ybar * gb + y * (1 - gb) is blurred on object 1 only, xB = ybar * (1 - gb) + y * gb
+    everywhere else; so xA + xB = y + ybar at every pixel and gb marks object 1."""
+    from napari_cellfocus.core.fusion_data import instance_blur_pair
+
+    rng = np.random.default_rng(0)
+    y = rng.random((32, 40)).astype(np.float32)
+    labels = np.zeros((32, 40), int)
+    labels[4:14, 4:14] = 1
+    labels[18:28, 20:36] = 2
+    xa, xb, gb, sigma = instance_blur_pair(y, labels, sigma=2.0, selected=[1])
+    ybar = ndi.gaussian_filter(y, 2.0, mode="reflect")
+    np.testing.assert_array_equal(gb, (labels == 1).astype(np.float32))
+    np.testing.assert_allclose(xa[labels == 1], ybar[labels == 1], atol=1e-6)
+    np.testing.assert_allclose(xa[labels != 1], y[labels != 1], atol=1e-6)
+    np.testing.assert_allclose(xb[labels == 1], y[labels == 1], atol=1e-6)
+    np.testing.assert_allclose(xb[labels != 1], ybar[labels != 1], atol=1e-6)
+    np.testing.assert_allclose(xa + xb, y + ybar, atol=1e-5)
+    assert float(sigma) == 2.0
+    # drawn sigma stays in U(1, 5); colour images blur per channel only in Y and X
+    _, _, _, s = instance_blur_pair(y, labels, rng=1)
+    assert 1.0 <= float(s) <= 5.0
+    rgb = np.stack([y, 2 * y, 3 * y], axis=-1)
+    ca, _, _, _ = instance_blur_pair(rgb, labels, sigma=2.0, selected=[1])
+    np.testing.assert_allclose(ca[..., 1], 2 * xa, atol=1e-5)
+    with pytest.raises(ValueError, match="same"):
+        instance_blur_pair(y, labels[:10])
+    with pytest.raises(ValueError, match="sigma_range"):
+        instance_blur_pair(y, labels, sigma_range=(0.0, 5.0))
+
+
+def test_samples_normalised_swapped_and_simulated():
+    """normalise_sample maps the 1st / 99.8th percentile of both sources to 0 / 1 (same
+    stretch for the target); swapped() exchanges the sources and complements the focus
+    map (T 6.2.3). The simulator-backed sampler gives (1, Y, X) float32 arrays and focus
+    values in {0, 0.5, 1} for stack pairs."""
+    from napari_cellfocus.core.fusion_data import (
+        FusionPairSampler,
+        normalise_sample,
+        stack_pair,
+    )
+
+    a = np.linspace(0, 100, 1000, dtype=np.float32).reshape(20, 50)
+    b = a[::-1].copy()
+    focus = np.ones((20, 50), np.float32)
+    smp = normalise_sample(a, b, a, focus)
+    lo, hi = np.percentile(np.concatenate([a.ravel(), b.ravel()]), [1, 99.8])
+    np.testing.assert_allclose(smp.a[0], (a - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(smp.target, smp.a, atol=1e-6)
+    sw = smp.swapped()
+    assert sw.a is smp.b and sw.b is smp.a and sw.target is smp.target
+    np.testing.assert_array_equal(sw.focus, 0.0)
+    rng = np.random.default_rng(3)
+    *_, f = stack_pair((48, 48), rng)
+    assert set(np.unique(f)) <= {0.0, 0.5, 1.0}
+    sample = FusionPairSampler((40, 40))(np.random.default_rng(4))
+    assert sample.a.shape == sample.b.shape == sample.target.shape == (1, 40, 40)
+    assert sample.a.dtype == np.float32 and sample.focus.shape == (40, 40)
+    assert 0.0 <= sample.focus.min() and sample.focus.max() <= 1.0
