@@ -8,8 +8,13 @@ sources concatenated as ``2C`` channels:
   (:func:`~napari_cellfocus.engine.losses.bce_loss`, target = focus map of source A).
 * **HF-Reg**: ``C`` output channels, the regressed all-in-focus image; trained with
   eq. 6.4: the per-channel NPS dissimilarity (eq. 6.5, ``alpha = 6``) plus the
-  per-channel min / max range terms (:func:`hf_reg_loss`). Optional "Near"
-  post-processing (eq. 6.6) snaps the output to source pixels.
+  per-channel min / max range terms (:func:`hf_reg_loss`); trained on noisy sources it
+  also denoises (T 6.3.8). Optional "Near" post-processing (eq. 6.6) snaps the output
+  to source pixels. Our built-in HF-Reg adds the source mean to the U-Net output (a
+  global skip, see :func:`build_fusion_model`).
+
+The default method (:data:`DEFAULT_METHOD`) is HF-Seg with the direct whole-stack focus
+map: the best SSIM on the simulated benchmark (``docs/fusion.md``).
 
 Training (T 6.2.3): every batch holds each pair in both source orders (commutativity);
 Adam; progress after every step through a generator, with a stop flag, as in
