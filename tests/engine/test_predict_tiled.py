@@ -150,3 +150,29 @@ def test_out_of_memory_at_the_smallest_tile_is_a_clear_error():
     with pytest.raises(MemoryError, match="out of GPU memory even with 64-pixel tiles"):
         with pytest.warns(RuntimeWarning):
             predict_probabilities(model, image, tile_size=128, halo=8, blend=8)
+
+
+@pytest.mark.parametrize(
+    "length,window,halo,blend,align", [(300, 96, 16, 8, 8), (517, 128, 32, 16, 16)]
+)
+def test_aligned_tiles_still_cover_everything(length, window, halo, blend, align):
+    """Starts are multiples of the pooling factor (except the last, which ends at the edge)
+    and the normalised weights still sum to one everywhere."""
+    t = axis_tiling(length, window, halo, blend, align)
+    assert all(s % align == 0 for s in t.starts[:-1])
+    assert t.starts[-1] + t.window == length
+    total = np.zeros(length)
+    for s, w in zip(t.starts, t.weights, strict=True):
+        total[s : s + t.window] += w
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+def test_tiled_equals_whole_image_with_deeper_pooling():
+    """Depth-3 U-Net (pooling factor 4) on an image whose tiles would start off the pooling
+    grid without alignment: tiled and whole-image outputs agree to 1e-4."""
+    torch.manual_seed(1)
+    net = UNet(in_channels=1, out_channels=3, depth=3, width=4, norm="batch").eval()
+    image = np.random.default_rng(4).random((200, 236)).astype(np.float32)
+    whole = predict_probabilities(net, image, tile_size=1024, halo=0, blend=0)
+    tiled = predict_probabilities(net, image, tile_size=96, halo=28, blend=6)
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)

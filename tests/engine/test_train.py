@@ -168,3 +168,34 @@ def test_ddt_model_trains_both_stages(scene):
     assert after < 0.6 * before
     probs = Segmenter((model, info), device="cpu").predict(scene.image)
     assert probs.shape == (3, 96, 96)
+
+
+def test_weak_finetune_teaches_the_starting_model_outside_the_annotations(scene):
+    """Weak fine-tuning from a model: pixels farther than `annotation_margin` from every
+    annotated cell take the starting model's argmax as target, with weight
+    pseudo_label_weight x median(W3 weight in the annotated zone); inside the zone the
+    annotations rule. Batch-norm layers stay in eval mode with freeze_norm."""
+    from scipy import ndimage as ndi
+
+    from napari_cellfocus.engine.checkpoint import ModelInfo
+    from napari_cellfocus.engine.networks import build_network
+    from napari_cellfocus.engine.predict import predict_probabilities
+
+    torch.manual_seed(0)
+    start = build_network(TINY).eval()
+    info = ModelInfo(network=start.config)
+    weak = np.where(scene.labels == 1, 1, 0)
+    cfg = TrainConfig(
+        weak=True, steps=1, batch_size=1, crop_size=64, pseudo_label_weight=0.5, freeze_norm=True
+    )
+    trainer = Trainer([scene.image], [weak], cfg, init=(start, info), device="cpu")
+    sample = trainer.train_samples[0]
+    zone = ndi.binary_dilation(weak > 0, iterations=3)
+    expected = predict_probabilities(start, scene.image).argmax(0)
+    np.testing.assert_array_equal(sample.target[~zone], expected[~zone])
+    assert np.all(sample.target[weak > 0] > 0)  # annotated cell pixels stay cell/touching
+    w_outside = np.unique(sample.weight[~zone])
+    assert len(w_outside) == 1 and w_outside[0] > 0
+    trainer.train_mode()
+    norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms) and trainer.model.training

@@ -575,7 +575,7 @@ class FusionModel:
         window = tuple(min(tile, n) for n in shape)
         halo = min(int(halo), tile // 4)
         blend = min(int(blend), tile // 4)
-        return tile, grid_tiles(shape, window, halo, blend)
+        return tile, grid_tiles(shape, window, halo, blend, align=self.divisor)
 
     def n_tiles(
         self, shape: tuple[int, ...], tile_size: int, halo: int = 32, blend: int = 32

@@ -113,7 +113,7 @@ def iter_predict(
         lo, hi = normalizer.limits(plane)
         scale = np.float32(1.0 / (hi - lo)) if hi > lo else np.float32(0.0)
         window = tuple(min(tile, n) for n in plane_shape)
-        tiles = grid_tiles(plane_shape, window, halo, blend)
+        tiles = grid_tiles(plane_shape, window, halo, blend, align=divisor)
         total = len(tiles) * len(planes)
         try:
             for first in range(0, len(tiles), batch_size):

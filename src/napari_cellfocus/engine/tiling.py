@@ -49,7 +49,7 @@ def _ramp(n: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(np.pi * t)
 
 
-def axis_tiling(length: int, window: int, halo: int, blend: int) -> AxisTiling:
+def axis_tiling(length: int, window: int, halo: int, blend: int, align: int = 1) -> AxisTiling:
     """Lay out windows along one axis.
 
     Parameters
@@ -58,6 +58,9 @@ def axis_tiling(length: int, window: int, halo: int, blend: int) -> AxisTiling:
     window : window size in pixels (clamped to ``length``).
     halo : context pixels discarded at inner window edges.
     blend : width in pixels of the cross-fade between neighbouring windows.
+    align : window starts are multiples of this (the network's pooling factor), so
+        every tile sees the same pooling grid as the whole image; the last window ends
+        at the image edge and is aligned too when ``length`` is a multiple of ``align``.
 
     Raises
     ------
@@ -78,8 +81,14 @@ def axis_tiling(length: int, window: int, halo: int, blend: int) -> AxisTiling:
                 f"tile size {window} is too small for a halo of {halo} px on both sides and "
                 f"a blend of {blend} px: use tiles larger than {2 * halo + blend} px."
             )
+        align = max(1, int(align))
         n = int(np.ceil((length - window) / stride)) + 1
-        starts = np.round(np.linspace(0, length - window, n)).astype(int)
+        while True:  # flooring starts to the alignment may widen a gap: add windows until none
+            starts = (np.linspace(0, length - window, n) // align).astype(int) * align
+            starts[-1] = length - window
+            if np.diff(starts).max() <= stride or n > length:
+                break
+            n += 1
     raw = np.zeros((len(starts), window), np.float64)
     for k, s in enumerate(starts):
         lo = 0 if s == 0 else halo  # halo only at inner edges
@@ -110,11 +119,15 @@ class Tile:
 
 
 def grid_tiles(
-    shape: tuple[int, ...], window: int | tuple[int, ...], halo: int, blend: int
+    shape: tuple[int, ...],
+    window: int | tuple[int, ...],
+    halo: int,
+    blend: int,
+    align: int = 1,
 ) -> list[Tile]:
-    """All tiles covering an n-dimensional ``shape`` in raster order."""
+    """All tiles covering an n-dimensional ``shape`` in raster order (see :func:`axis_tiling`)."""
     windows = (window,) * len(shape) if isinstance(window, int) else tuple(window)
-    axes = [axis_tiling(n, w, halo, blend) for n, w in zip(shape, windows, strict=True)]
+    axes = [axis_tiling(n, w, halo, blend, align) for n, w in zip(shape, windows, strict=True)]
     tiles = []
     for index, ks in enumerate(itertools.product(*(range(len(a.starts)) for a in axes))):
         slices = tuple(

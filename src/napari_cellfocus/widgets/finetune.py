@@ -147,7 +147,8 @@ def _preview(trainer: Any, job: dict[str, Any], step: int) -> Preview:
                 model, image[idx], normalizer=trainer.normalizer, device=trainer.device
             )
     finally:
-        model.train(was_training)
+        if was_training:
+            trainer.train_mode()  # keeps batch-norm statistics frozen when configured
     labels, count = postprocess_planes(probs, 2, job["method"], job["params"])
     return Preview(step, probs, labels, count)
 
