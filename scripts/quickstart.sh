@@ -43,4 +43,4 @@ if [ "$run_demo" = 1 ]; then
   echo ">> segmenting the sample image with the built-in default model"
   .venv/bin/cellfocus demo --out out
 fi
-echo ">> done. Open the plugin with:  .venv/bin/napari -w napari-cellfocus"
+echo ">> done. Open the plugin with:  .venv/bin/napari -w napari-cellfocus __all__"

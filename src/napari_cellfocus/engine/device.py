@@ -82,7 +82,8 @@ def describe_device(device: torch.device) -> str:
         return f"CUDA:{index} {props.name} ({props.total_memory / 2**30:.0f} GiB)"
     if device.type == "mps":
         return "MPS (Apple GPU)"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
