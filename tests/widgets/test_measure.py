@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from widget_helpers import dock, segment, wait_idle
 
+from napari_cellfocus.core.measure import cell_table, match_boxes
 from napari_cellfocus.core.metrics import evaluate
 from napari_cellfocus.widgets._layers import BOXES_NAME, LABELS_NAME
-from napari_cellfocus.widgets._measure import cell_table, match_boxes
 
 
 def test_cell_table_by_hand():

@@ -1,7 +1,7 @@
-"""Glue for the Measure widget: a per-cell table, bounding boxes and CSV writing.
+"""Per-cell measurements, detection boxes and CSV writing (numpy / scipy only).
 
-Pure numpy / scipy on label arrays (no napari), kept next to the widget because it is
-only bookkeeping: counting pixels, averaging coordinates and intensities per label.
+Used by the Measure widget and usable headless: counting pixels, averaging coordinates
+and intensities per label, and the bounding boxes of matched / missed / spurious cells.
 """
 
 from __future__ import annotations

@@ -31,6 +31,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_cellfocus.core.measure import (
+    BOX_COLOURS,
+    cell_table,
+    match_boxes,
+    write_csv,
+    write_metrics_csv,
+)
 from napari_cellfocus.core.validation import check_labels
 from napari_cellfocus.widgets._inputs import ImageSource, LayerCombo
 from napari_cellfocus.widgets._layers import (
@@ -40,13 +47,6 @@ from napari_cellfocus.widgets._layers import (
     MARK,
     remove_own,
     role_of,
-)
-from napari_cellfocus.widgets._measure import (
-    BOX_COLOURS,
-    cell_table,
-    match_boxes,
-    write_csv,
-    write_metrics_csv,
 )
 from napari_cellfocus.widgets._state import get_state, unwrap
 from napari_cellfocus.widgets._workers import Failed, start_job
