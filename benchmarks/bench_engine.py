@@ -78,16 +78,22 @@ def bench_tiling_overhead(seg: Segmenter, side: int, tile: int = 512) -> dict:
         bare = time.perf_counter() - t0
     del p
     t0 = time.perf_counter()
-    for _ in seg.iter_predict(image, tile_size=tile):
-        pass
+    seg.predict(image, tile_size=tile, batch_size=1)
     _sync(device)
     tiled = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in seg.iter_predict(image, tile_size=tile, batch_size=1, stream=True):
+        pass
+    _sync(device)
+    streamed = time.perf_counter() - t0
     return {
         "image": f"{side}x{side}",
         "tiles": len(tiles),
         "bare_forward_s": bare,
         "tiled_prediction_s": tiled,
         "ratio": tiled / bare,
+        "streamed_prediction_s": streamed,
+        "streamed_ratio": streamed / bare,
     }
 
 

@@ -66,10 +66,11 @@ def iter_predict(
     tile_size: int = 512,
     halo: int = 32,
     blend: int = 32,
-    batch_size: int = 1,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     mixed_precision: bool = True,
     name: str = "image",
+    stream: bool = True,
 ) -> Iterator[TileUpdate]:
     """Predict class probabilities tile by tile, yielding after each batch of tiles.
 
@@ -84,9 +85,13 @@ def iter_predict(
     tile_size : tile side in pixels (rounded down to the model's ``divisor``).
     halo : context pixels discarded at inner tile edges (see :mod:`.tiling`).
     blend : width of the cross-fade between tiles, in pixels.
-    batch_size : tiles per forward pass.
+    batch_size : tiles per forward pass (default: 4 on a GPU, 1 on the CPU).
     device : torch device; defaults to the model's.
     mixed_precision : float16 autocast on CUDA.
+    stream : on a GPU the weighted tiles are summed in GPU memory (one plane at a time);
+        with ``stream`` the changed region is copied into ``probs`` after every batch so
+        a viewer can show it, without it only once per plane. On the CPU results always
+        go straight into ``probs``.
 
     Yields
     ------
@@ -104,6 +109,8 @@ def iter_predict(
     planes = list(np.ndindex(*lead_shape)) if lead_shape else [()]
 
     model.eval()
+    if batch_size is None:
+        batch_size = 4 if device.type == "cuda" else 1
     probs: np.ndarray | None = None
     tile = _round_to(tile_size, divisor)
     done_planes = 0
@@ -115,21 +122,34 @@ def iter_predict(
         window = tuple(min(tile, n) for n in plane_shape)
         tiles = grid_tiles(plane_shape, window, halo, blend, align=divisor)
         total = len(tiles) * len(planes)
+        acc: torch.Tensor | None = None  # per-plane sum on the GPU
         try:
             for first in range(0, len(tiles), batch_size):
                 batch = tiles[first : first + batch_size]
-                # Tiles clipped to a short axis may differ in shape only if the axis is
-                # shorter than the tile; grid_tiles keeps every window the same size.
+                # grid_tiles keeps every window the same size, so tiles stack into a batch.
                 x = np.stack([(plane[t.slices] - np.float32(lo)) * scale for t in batch])
                 xt = torch.from_numpy(x[:, None]).to(device)
                 with torch.inference_mode(), autocast(device, mixed_precision):
-                    p = torch.softmax(model_logits(model, xt).float(), dim=1).cpu().numpy()
-                if probs is None:
-                    probs = np.zeros((p.shape[1], *arr.shape), np.float32)
-                for t, pt in zip(batch, p, strict=True):
-                    region = (slice(None), *plane_index, *t.slices)
-                    probs[region] += pt * t.weight
-                changed = (slice(None), *plane_index, *_union(b.slices for b in batch))
+                    p = torch.softmax(model_logits(model, xt).float(), dim=1)
+                    if probs is None:
+                        probs = np.zeros((p.shape[1], *arr.shape), np.float32)
+                    if device.type == "cuda":
+                        if acc is None:
+                            acc = torch.zeros((p.shape[1], *plane_shape), device=device)
+                        for t, pt in zip(batch, p, strict=True):
+                            weight = torch.from_numpy(t.weight).to(device, non_blocking=True)
+                            acc[(slice(None), *t.slices)] += pt * weight
+                    else:
+                        for t, pt in zip(batch, p.numpy(), strict=True):
+                            probs[(slice(None), *plane_index, *t.slices)] += pt * t.weight
+                    union = _union(b.slices for b in batch)
+                    last = first + len(batch) == len(tiles)
+                    if acc is not None and (stream or last):
+                        part = union if stream and not last else tuple(slice(None) for _ in union)
+                        probs[(slice(None), *plane_index, *part)] = (
+                            acc[(slice(None), *part)].cpu().numpy()
+                        )
+                changed = (slice(None), *plane_index, *union)
                 yield TileUpdate(
                     done_planes * len(tiles) + first + len(batch), total, changed, probs
                 )
@@ -141,6 +161,7 @@ def iter_predict(
                         "use the CPU or close other GPU programs."
                     ) from err
                 raise
+            acc = None
             release_memory(device)
             tile = _round_to(tile // 2, divisor)
             message = f"out of GPU memory: retrying {name} with {tile}-pixel tiles"
@@ -175,6 +196,7 @@ def predict_probabilities(
     after each tile and, when it returns True, raises :class:`InterruptedError`.
     """
     probs = None
+    kwargs.setdefault("stream", on_tile is not None)
     for update in iter_predict(model, image, **kwargs):
         probs = update.probs
         if on_tile is not None:
