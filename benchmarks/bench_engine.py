@@ -227,6 +227,7 @@ def write_docs(results: dict, path: Path) -> None:
 | measure | value | reference / goal |
 |---|---|---|
 | tiled prediction {t["image"]} ({t["tiles"]} tiles of 512 px) | {t["tiled_prediction_s"]:.2f} s | bare forward passes {t["bare_forward_s"]:.2f} s: **{t["ratio"]:.2f}x** (goal <= 1.15x) |
+| the same, streaming every tile to the viewer | {t.get("streamed_prediction_s", float("nan")):.2f} s | **{t.get("streamed_ratio", float("nan")):.2f}x** |
 | 512x512 images per second (predict + TH) | {th["images_per_s"]:.2f} /s | {th["images"]} images |
 | training steps per second (batch 4, 256 px crops) | {tr["steps_per_s"]:.2f} /s | {tr["steps"]} steps |
 | peak memory added, predicting {mem["image"]} | {mem["added_by_prediction_mib"]:.0f} MiB | result (3 float32 maps) {mem["probabilities_mib"]:.0f} MiB: **{mem["added_over_result_size"]:.2f}x** |
