@@ -1,0 +1,103 @@
+"""benchmarks/bench_papers.py: the CI smoke test (``--quick``) and its small helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "bench_papers.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_papers", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pooled_scores_by_hand():
+    """Two images: (tp 2, 3 true, 2 predicted, mean IoU 0.8) and (tp 1, 1 true, 2 predicted,
+    IoU 0.5). Pooled: TP 3, 4 true, 4 predicted -> P = R = 3/4, RQ = F1 = 2*3/(4+4) = 0.75,
+    SQ = (2*0.8 + 1*0.5)/3 = 0.7, PQ = 0.7*0.75 = 0.525."""
+    mod = _module()
+    res = mod.pooled_scores(
+        [
+            {"tp": 2, "n_true": 3, "n_pred": 2, "mean_matched_iou": 0.8},
+            {"tp": 1, "n_true": 1, "n_pred": 2, "mean_matched_iou": 0.5},
+        ]
+    )
+    assert res["precision"] == pytest.approx(0.75)
+    assert res["recall"] == pytest.approx(0.75)
+    assert res["f1"] == pytest.approx(0.75)
+    assert res["sq"] == pytest.approx(0.7)
+    assert res["pq"] == pytest.approx(0.525)
+
+
+def test_weaken_labels_drops_and_shifts_contours():
+    """Ten isolated 5x5 squares, drop fraction fixed at 0.3 -> round(3.0) = 3 cells left out,
+    7 kept. With max_shift 1 each kept square is eroded by the cross structuring element to its
+    3x3 core (9 px) or dilated to the 5x5 square plus one row on each side (25 + 4*5 = 45 px);
+    dilation never reaches another cell (gaps of 5 px)."""
+    mod = _module()
+    labels = np.zeros((30, 60), np.int32)
+    for i in range(10):
+        r, c = divmod(i, 5)
+        labels[3 + 12 * r : 8 + 12 * r, 3 + 11 * c : 8 + 11 * c] = i + 1
+    weak = mod.weaken_labels(labels, np.random.default_rng(0), drop=(0.3, 0.3), max_shift=1)
+    kept = np.unique(weak[weak > 0])
+    assert kept.size == 7
+    areas = sorted({int((weak == k).sum()) for k in kept})
+    assert set(areas) <= {9, 45}
+    for k in kept:  # every kept annotation stays centred on its own cell
+        assert labels[weak == k].max() in (0, k)
+        assert (labels[weak == k] == k).any()
+
+
+def test_quick_run_writes_every_row(tmp_path):
+    """The CI smoke test: ``--quick`` finishes, every method row is present with finite
+    scores, the correction curve has k = 0 and 5, plots are drawn, and docs are untouched."""
+    docs = tmp_path / "docs"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--docs", str(docs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "papers_quick.json").read_text())
+    mod = _module()
+    specs = mod.method_specs(3, 8)
+    expected = {(ds, m) for m, s in specs.items() for ds in s["data"]}
+    got = {(r["dataset"], r["method"]) for r in result["rows"]}
+    assert got == expected
+    for row in result["rows"]:
+        for post in ("map", "th", "wt"):
+            scores = row["test"][post]
+            for key in ("precision", "recall", "f1", "sq", "rq", "pq", "count_mae"):
+                assert math.isfinite(scores[key]), (row["method"], post, key)
+                assert scores[key] >= 0
+            assert sorted(scores["contour_f1"], key=int) == [str(r) for r in range(2, 8)]
+            assert all(0 <= v <= 1 for v in scores["contour_f1"].values())
+        assert 0 <= row["test"]["wdmc"] <= 1
+        assert len(row["loss_curve"]) == row["steps"] > 0
+        assert set(row["thresholds"]) >= {"th", "wt"}
+    rescount = next(r for r in result["rows"] if r["method"] == "ResCount")
+    assert "binary" in rescount["test"]
+    corr = result["correction"]
+    assert [r["k"] for r in corr["rows"]] == [0, 5]
+    assert corr["rows"][0]["finetune_s"] == 0.0 and corr["rows"][1]["finetune_s"] > 0
+    for r in corr["rows"]:
+        assert 0 <= r["pq_rest"] <= 1 and 0 <= r["pq_common"] <= 1
+    images = tmp_path / "papers_quick_images"
+    for name in ("training_curves", "pq_bars", "correction_curve", "overlays"):
+        assert (images / f"papers_{name}.png").stat().st_size > 0
+    assert not docs.exists()
