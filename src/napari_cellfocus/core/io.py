@@ -40,12 +40,16 @@ def write_image(path: str | Path, array: np.ndarray, compress: bool = True) -> P
     """Write ``array`` as a TIFF file, creating parent folders; returns the path.
 
     The file is written to a temporary name first and renamed, so an
-    interrupted write never leaves a half-written file under ``path``.
+    interrupted write never leaves a half-written file under ``path``. Arrays are stored
+    as grey planes (``photometric="minisblack"``), so a (3, Y, X) stack reads back as such.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    tifffile.imwrite(tmp, np.asarray(array), compression="zlib" if compress else None)
+    arr = np.asarray(array)
+    # Never let tifffile guess RGB from a trailing or leading axis of 3: stacks and
+    # (C, Y, X) probability maps are grey planes.
+    tifffile.imwrite(tmp, arr, compression="zlib" if compress else None, photometric="minisblack")
     tmp.replace(path)
     return path
 
