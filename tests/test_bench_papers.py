@@ -101,3 +101,11 @@ def test_quick_run_writes_every_row(tmp_path):
     for name in ("training_curves", "pq_bars", "correction_curve", "overlays"):
         assert (images / f"papers_{name}.png").stat().st_size > 0
     assert not docs.exists()
+    for key in ("command", "seed", "device", "date", "commit", "preset"):
+        assert key in result["meta"]
+    # the full-run page renders from such a result: every method row in its tables
+    page = mod.render_markdown(result)
+    for method in {m for _, m in expected}:
+        assert f"| {method} | WT |" in page
+    assert "## Results: weak dataset" in page and "## Correction curve" in page
+    assert "pending the first full run" in mod.render_markdown(None)
