@@ -199,3 +199,19 @@ def test_weak_finetune_teaches_the_starting_model_outside_the_annotations(scene)
     trainer.train_mode()
     norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and not any(m.training for m in norms) and trainer.model.training
+
+
+def test_learning_rate_warmup_and_cosine(scene):
+    """lr at step s (0-based) = lr * cosine(s) * min(1, (s + 1) / warmup): with lr 1e-3,
+    4 steps, warmup 2: step 0 -> cos factor 1 * 1/2 = 5e-4; step 1 -> cosine of 1/3 of the
+    way, 0.05 + 0.95 * 0.5 * (1 + cos(pi/3)) = 0.7625, times 2/2 -> 7.625e-4."""
+    cfg = TrainConfig(
+        steps=4, batch_size=1, crop_size=64, lr=1e-3, lr_schedule="cosine", warmup_steps=2
+    )
+    trainer = Trainer([scene.image], [scene.labels], cfg, network=TINY, device="cpu")
+    seen = []
+    for _ in trainer.steps():
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+    assert seen[0] == pytest.approx(5e-4)
+    assert seen[1] == pytest.approx(7.625e-4)
+    assert seen[3] == pytest.approx(1e-3 * 0.05)

@@ -70,6 +70,8 @@ class TrainConfig:
     steps : optimisation steps; batch_size : crops per step; crop_size : crop side (px).
     lr : Adam learning rate (thesis: 1e-4 with betas 0.9 / 0.99).
     lr_schedule : "constant" or "cosine" (decay to 5 % of ``lr`` over ``steps``).
+    warmup_steps : the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over
+        the first steps (Adam's first updates are ~lr per weight whatever the gradient).
     val_fraction : share of images held out for validation (0 = none); with a single
         image, validation uses the training image itself.
     val_every : steps between validation evaluations (0 = only at the end).
@@ -97,6 +99,7 @@ class TrainConfig:
     crop_size: int = 256
     lr: float = 1e-4
     lr_schedule: str = "constant"
+    warmup_steps: int = 0
     val_fraction: float = 0.0
     val_every: int = 0
     checkpoint_every: int = 50
@@ -414,10 +417,14 @@ class Trainer:
                         "of the last good step was kept. Try a lower learning rate."
                     )
                 loss.backward()
+                lr = cfg.lr
                 if cfg.lr_schedule == "cosine":
                     frac = self.step / max(1, cfg.steps - 1)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+                    lr *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
+                if self.step < cfg.warmup_steps:
+                    lr *= (self.step + 1) / cfg.warmup_steps
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
                 self.optimizer.step()
                 self.step += 1
                 if not _finite_parameters(self.model):
