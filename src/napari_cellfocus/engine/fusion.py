@@ -69,7 +69,7 @@ from napari_cellfocus.engine.device import (
 from napari_cellfocus.engine.losses import bce_loss
 from napari_cellfocus.engine.networks import build_network
 from napari_cellfocus.engine.tiling import grid_tiles
-from napari_cellfocus.engine.train import TrainProgress
+from napari_cellfocus.engine.train import SteppedTraining, TrainProgress
 
 __all__ = [
     "DEFAULT_FUSION_NETWORK",
@@ -289,7 +289,7 @@ class FusionTrainConfig:
 Sampler = Callable[[np.random.Generator], FusionSample]
 
 
-class FusionTrainer:
+class FusionTrainer(SteppedTraining):
     """Train an HF-Seg or HF-Reg network on pairs from a sampler (the simulator by default).
 
     Parameters
@@ -427,23 +427,6 @@ class FusionTrainer:
             self.model.eval()
             if self.out is not None:
                 self.save(self.out)
-
-    def run(
-        self,
-        on_step: Callable[[TrainProgress], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> tuple[torch.nn.Module, ModelInfo]:
-        """Train to the end (or until ``should_stop()``); returns the model and its info."""
-        gen = self.steps()
-        try:
-            for progress in gen:
-                if on_step is not None:
-                    on_step(progress)
-                if should_stop is not None and should_stop():
-                    break
-        finally:
-            gen.close()
-        return self.model, self.current_info()
 
     def current_info(self) -> ModelInfo:
         info = copy.deepcopy(self.info)

@@ -183,7 +183,38 @@ def prepare_sample(
     return _Sample(normalizer(img), target, weight.astype(np.float32), annotated, lab, img, ddt)
 
 
-class Trainer:
+class SteppedTraining:
+    """Shared driver of the trainers: ``steps()`` yields after every optimisation step;
+    :meth:`run` drives it to the end or until ``should_stop()``, and closing the generator
+    is what cancels (the trainer keeps its last good weights and writes them)."""
+
+    model: torch.nn.Module
+
+    def steps(self) -> Iterator[TrainProgress]:  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    def current_info(self) -> ModelInfo:  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    def run(
+        self,
+        on_step: Callable[[TrainProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[torch.nn.Module, ModelInfo]:
+        """Train to the end (or until ``should_stop()``); returns the model and its info."""
+        gen = self.steps()
+        try:
+            for progress in gen:
+                if on_step is not None:
+                    on_step(progress)
+                if should_stop is not None and should_stop():
+                    break
+        finally:
+            gen.close()
+        return self.model, self.current_info()
+
+
+class Trainer(SteppedTraining):
     """Train (or fine-tune) a segmentation network on images and instance labels.
 
     Parameters
@@ -465,24 +496,6 @@ class Trainer:
             self.model.eval()
             if self.out is not None:
                 self.save(self.out)
-
-    def run(
-        self,
-        on_step: Callable[[TrainProgress], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> tuple[torch.nn.Module, ModelInfo]:
-        """Train to the end (or until ``should_stop()``); returns the model and its info."""
-        gen = self.steps()
-        try:
-            for progress in gen:
-                if on_step is not None:
-                    on_step(progress)
-                if should_stop is not None and should_stop():
-                    gen.close()
-                    break
-        finally:
-            gen.close()
-        return self.model, self.current_info()
 
     # ------------------------------------------------------------------ results
     def current_info(self) -> ModelInfo:
