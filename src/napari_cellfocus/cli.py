@@ -12,6 +12,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -159,9 +160,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "val_fraction": args.val_fraction,
         "val_every": args.val_every,
     }
-    fields = {k: v for k, v in vars(base).items()}
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    config = TrainConfig(**fields)
+    config = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     trainer = Trainer(
         [read_image(p) for p in images],
         [read_image(p) for p in labels],
