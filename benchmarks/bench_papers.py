@@ -105,7 +105,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "corr_size": 768,
         "corr_radius": (27.0, 36.0),
         "corr_ks": (0, 5, 10, 20, 50),
-        "corr_repeats": 1,
+        "corr_repeats": 2,
         "corr_overrides": {},
     },
     "gpu": {
