@@ -97,7 +97,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "radius": (7.0, 12.0),
         "depth": 4,
         "width": 12,
-        "steps": 400,
+        "steps": 1000,
         "batch_size": 4,
         "crop_size": 96,
         "lr": 1e-3,
