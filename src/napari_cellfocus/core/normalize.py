@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 #: Largest number of pixels used to estimate percentiles (a strided subsample beyond).
-_MAX_SAMPLES = 4_000_000
+MAX_SAMPLES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class PercentileNormalization:
     def limits(self, image: np.ndarray) -> tuple[float, float]:
         """The intensities at the low and high percentiles of ``image``."""
         flat = np.asarray(image).reshape(-1)
-        if flat.size > _MAX_SAMPLES:
-            flat = flat[:: flat.size // _MAX_SAMPLES + 1]
+        if flat.size > MAX_SAMPLES:
+            flat = flat[:: flat.size // MAX_SAMPLES + 1]
         lo, hi = np.percentile(flat, [self.low, self.high])
         return float(lo), float(hi)
 

@@ -69,11 +69,15 @@ def check_image(
     image: np.ndarray,
     name: str = "image",
     ndim: Sequence[int] = (2, 3),
+    as_float: bool = True,
 ) -> np.ndarray:
     """Check a grey image of shape (Y, X) or (Z, Y, X) and return it as float32.
 
     Raises ``ValueError`` for wrong dimensions, RGB(A)-looking data where grey
-    is needed, and NaN / infinite values.
+    is needed, and NaN / infinite values. With ``as_float=False`` the array comes
+    back in its own dtype and floating-point data is *not* scanned for NaN (for a
+    caller that converts and checks it elsewhere, e.g. on a GPU); integer images
+    never need the scan.
     """
     arr = np.asarray(image)
     if arr.ndim not in tuple(ndim):
@@ -93,10 +97,18 @@ def check_image(
         )
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ValueError(f"{name}: expected a numeric image, got dtype {arr.dtype}.")
+    if not as_float:
+        return arr
+    floating = arr.dtype.kind == "f"  # integers convert to finite float32 values
     arr = arr.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: image contains NaN or infinite values.")
+    if floating and not np.all(np.isfinite(arr)):
+        raise ValueError(non_finite_message(name))
     return arr
+
+
+def non_finite_message(name: str) -> str:
+    """The error text for an image holding NaN or infinite values."""
+    return f"{name}: image contains NaN or infinite values."
 
 
 def check_probabilities(

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_cellfocus.core.normalize import PercentileNormalization
-from napari_cellfocus.core.validation import check_image
+from napari_cellfocus.core.normalize import MAX_SAMPLES, PercentileNormalization
+from napari_cellfocus.core.validation import check_image, non_finite_message
 from napari_cellfocus.engine.device import autocast, is_out_of_memory, release_memory
-from napari_cellfocus.engine.tiling import grid_tiles
+from napari_cellfocus.engine.tiling import Tile, grid_tiles
 
 #: Smallest tile the out-of-memory fallback goes down to.
 MIN_TILE = 64
@@ -71,6 +71,7 @@ def iter_predict(
     mixed_precision: bool = True,
     name: str = "image",
     stream: bool = True,
+    normalize_on_device: bool | None = None,
 ) -> Iterator[TileUpdate]:
     """Predict class probabilities tile by tile, yielding after each batch of tiles.
 
@@ -92,16 +93,24 @@ def iter_predict(
         with ``stream`` the changed region is copied into ``probs`` after every batch so
         a viewer can show it, without it only once per plane. On the CPU results always
         go straight into ``probs``.
+    normalize_on_device : upload each plane once and convert, check and normalise it on
+        the device (default: on accelerators, not on the CPU, where tile-by-tile host
+        normalisation avoids a full-size float copy).
 
     Yields
     ------
     TileUpdate
         After each batch; the last one has ``done == total`` and the complete result.
     """
-    arr = check_image(image, name=name, ndim=range(spatial_dims, spatial_dims + 3))
+    # The array keeps its dtype here: the CPU path converts one tile at a time, a GPU
+    # uploads each plane once in its own dtype and converts, checks and normalises there.
+    arr = check_image(image, name=name, ndim=range(spatial_dims, spatial_dims + 3), as_float=False)
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
+    on_device = device.type != "cpu" if normalize_on_device is None else normalize_on_device
+    if not on_device and arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ValueError(non_finite_message(name))
     normalizer = normalizer or PercentileNormalization()
     divisor = int(getattr(model, "divisor", 1))
     plane_shape = arr.shape[-spatial_dims:]
@@ -116,29 +125,25 @@ def iter_predict(
     done_planes = 0
     while done_planes < len(planes):
         plane_index = planes[done_planes]
-        plane = arr[plane_index]
-        lo, hi = normalizer.limits(plane)
-        scale = np.float32(1.0 / (hi - lo)) if hi > lo else np.float32(0.0)
         window = tuple(min(tile, n) for n in plane_shape)
         tiles = grid_tiles(plane_shape, window, halo, blend, align=divisor)
         total = len(tiles) * len(planes)
         acc: torch.Tensor | None = None  # per-plane sum on the GPU
+        source: _PlaneSource | None = None
         try:
+            source = _plane_source(arr[plane_index], normalizer, device, name, on_device)
             for first in range(0, len(tiles), batch_size):
                 batch = tiles[first : first + batch_size]
-                # grid_tiles keeps every window the same size, so tiles stack into a batch.
-                x = np.stack([(plane[t.slices] - np.float32(lo)) * scale for t in batch])
-                xt = torch.from_numpy(x[:, None]).to(device)
+                xt = source.batch(batch)
                 with torch.inference_mode(), autocast(device, mixed_precision):
                     p = torch.softmax(model_logits(model, xt).float(), dim=1)
                     if probs is None:
                         probs = np.zeros((p.shape[1], *arr.shape), np.float32)
-                    if device.type == "cuda":
+                    if on_device or device.type != "cpu":  # sum on the device
                         if acc is None:
                             acc = torch.zeros((p.shape[1], *plane_shape), device=device)
                         for t, pt in zip(batch, p, strict=True):
-                            weight = torch.from_numpy(t.weight).to(device, non_blocking=True)
-                            acc[(slice(None), *t.slices)] += pt * weight
+                            acc[(slice(None), *t.slices)] += pt * source.weight(t)
                     else:
                         for t, pt in zip(batch, p.numpy(), strict=True):
                             probs[(slice(None), *plane_index, *t.slices)] += pt * t.weight
@@ -146,8 +151,9 @@ def iter_predict(
                     last = first + len(batch) == len(tiles)
                     if acc is not None and (stream or last):
                         part = union if stream and not last else tuple(slice(None) for _ in union)
-                        probs[(slice(None), *plane_index, *part)] = (
-                            acc[(slice(None), *part)].cpu().numpy()
+                        # Straight from the device into the result, no intermediate copy.
+                        torch.from_numpy(probs[(slice(None), *plane_index, *part)]).copy_(
+                            acc[(slice(None), *part)]
                         )
                 changed = (slice(None), *plane_index, *union)
                 yield TileUpdate(
@@ -161,7 +167,7 @@ def iter_predict(
                         "use the CPU or close other GPU programs."
                     ) from err
                 raise
-            acc = None
+            acc = source = None
             release_memory(device)
             tile = _round_to(tile // 2, divisor)
             message = f"out of GPU memory: retrying {name} with {tile}-pixel tiles"
@@ -171,6 +177,120 @@ def iter_predict(
                 yield TileUpdate(done_planes * len(tiles), total, (slice(None),), probs, message)
             continue
         done_planes += 1
+
+
+class _PlaneSource:
+    """Normalised tiles of one plane, as (N, 1, *window) float32 tensors on the device."""
+
+    def batch(self, tiles: list[Tile]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def weight(self, tile: Tile) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _HostPlane(_PlaneSource):
+    """CPU-side normalisation tile by tile (the CPU path: no full-size float copy)."""
+
+    def __init__(
+        self, plane: np.ndarray, normalizer: PercentileNormalization, device: torch.device
+    ) -> None:
+        self.plane, self.device = plane, device
+        lo, hi = normalizer.limits(plane)
+        self.lo = np.float32(lo)
+        self.scale = np.float32(1.0 / (hi - lo)) if hi > lo else np.float32(0.0)
+
+    def batch(self, tiles: list[Tile]) -> torch.Tensor:
+        # grid_tiles keeps every window the same size, so tiles stack into a batch.
+        x = np.stack(
+            [(self.plane[t.slices].astype(np.float32) - self.lo) * self.scale for t in tiles]
+        )
+        return torch.from_numpy(x[:, None]).to(self.device)
+
+    def weight(self, tile: Tile) -> torch.Tensor:
+        return torch.from_numpy(tile.weight).to(self.device)
+
+
+class _DevicePlane(_PlaneSource):
+    """The whole plane uploaded once, checked and normalised on the device.
+
+    On a GPU this removes the per-tile host work (normalising, copying each tile from
+    pageable memory, which also serialises the host with the GPU), the full-size float32
+    copy on the host, and the host-side NaN scan; the percentiles are taken on the same
+    strided subsample as :meth:`PercentileNormalization.limits`. Tile weights are rebuilt
+    on the device from their per-axis factors, each factor uploaded once.
+    """
+
+    def __init__(
+        self,
+        plane: np.ndarray,
+        normalizer: PercentileNormalization,
+        device: torch.device,
+        name: str,
+    ) -> None:
+        self.device = device
+        x = _upload_as_float(plane, device)
+        if plane.dtype.kind == "f" and not bool(torch.isfinite(x).all()):
+            raise ValueError(non_finite_message(name))
+        flat = x.reshape(-1)
+        if flat.numel() > MAX_SAMPLES:
+            flat = flat[:: flat.numel() // MAX_SAMPLES + 1]
+        q = torch.tensor([normalizer.low, normalizer.high], device=device) / 100.0
+        lo, hi = torch.quantile(flat, q).tolist()
+        scale = 1.0 / (hi - lo) if hi > lo else 0.0
+        self.x = x.sub_(lo).mul_(scale)
+        self._factors: dict[tuple[int, int], torch.Tensor] = {}
+
+    def batch(self, tiles: list[Tile]) -> torch.Tensor:
+        return torch.stack([self.x[t.slices] for t in tiles])[:, None]
+
+    def weight(self, tile: Tile) -> torch.Tensor:
+        if not tile.factors:
+            return torch.from_numpy(tile.weight).to(self.device)
+        weight = None
+        for axis, (sl, factor) in enumerate(zip(tile.slices, tile.factors, strict=True)):
+            key = (axis, sl.start)
+            if key not in self._factors:
+                self._factors[key] = torch.from_numpy(factor).to(self.device)
+            f = self._factors[key]
+            weight = f if weight is None else weight[..., None] * f
+        return weight
+
+
+def _upload_as_float(plane: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``plane`` as a float32 tensor on ``device``, converted there (uploads its own dtype)."""
+    plane = np.ascontiguousarray(plane)
+    if plane.dtype == np.uint16:  # torch's uint16 is barely supported: go through int16
+        t = torch.from_numpy(plane.view(np.int16)).to(device)
+        return t.to(torch.int32).bitwise_and_(0xFFFF).float()
+    if plane.dtype == np.uint32:
+        t = torch.from_numpy(plane.view(np.int32)).to(device)
+        return t.to(torch.int64).bitwise_and_(0xFFFFFFFF).float()
+    if plane.dtype == bool:
+        plane = plane.view(np.uint8)
+    if plane.dtype.kind not in "biuf" or plane.dtype in (np.uint64, np.float16):
+        plane = plane.astype(np.float32)
+    return torch.from_numpy(plane).to(device).float()
+
+
+def _plane_source(
+    plane: np.ndarray,
+    normalizer: PercentileNormalization,
+    device: torch.device,
+    name: str,
+    on_device: bool,
+) -> _PlaneSource:
+    """Device-side normalisation if ``on_device``, host-side otherwise or when the plane
+    does not fit in device memory next to the model."""
+    if not on_device:
+        return _HostPlane(plane, normalizer, device)
+    try:
+        return _DevicePlane(plane, normalizer, device, name)
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        release_memory(device)
+        return _HostPlane(plane, normalizer, device)
 
 
 def _union(slice_groups) -> tuple[slice, ...]:

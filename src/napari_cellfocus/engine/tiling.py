@@ -111,11 +111,16 @@ def axis_tiling(length: int, window: int, halo: int, blend: int, align: int = 1)
 
 @dataclass(frozen=True)
 class Tile:
-    """One n-dimensional tile: where to read, and its normalised weight (window shape)."""
+    """One n-dimensional tile: where to read, and its normalised weight (window shape).
+
+    ``factors`` holds the per-axis weights whose outer product is ``weight`` (one 1-D
+    float32 array per axis), so a device can rebuild the weight without a full copy.
+    """
 
     index: int
     slices: tuple[slice, ...]
     weight: np.ndarray
+    factors: tuple[np.ndarray, ...] = ()
 
 
 def grid_tiles(
@@ -134,8 +139,9 @@ def grid_tiles(
             slice(int(a.starts[k]), int(a.starts[k]) + a.window)
             for a, k in zip(axes, ks, strict=True)
         )
-        weight = axes[0].weights[ks[0]]
-        for a, k in zip(axes[1:], ks[1:], strict=True):
-            weight = np.multiply.outer(weight, a.weights[k])
-        tiles.append(Tile(index, slices, weight.astype(np.float32)))
+        factors = tuple(a.weights[k] for a, k in zip(axes, ks, strict=True))
+        weight = factors[0]
+        for factor in factors[1:]:
+            weight = np.multiply.outer(weight, factor)
+        tiles.append(Tile(index, slices, weight.astype(np.float32), factors))
     return tiles
