@@ -79,6 +79,18 @@ def test_classical_method_16_bit_on_another_axis(stack_file, tmp_path):
     assert np.all((s16 == fused[..., None]).any(axis=2))
 
 
+def test_classical_method_with_a_device_runs_torch(stack_file, tmp_path, capsys):
+    """--method gff --device cpu runs the torch implementation (the summary names the
+    CPU) and writes the same image as the default numpy run (in-process entry point)."""
+    path, _ = stack_file
+    out_torch, out_numpy = tmp_path / "t.tif", tmp_path / "n.tif"
+    args = [str(path), "--method", "gff"]
+    assert cli_fuse_main([*args, "--out", str(out_torch), "--device", "cpu"]) == 0
+    assert "fused with gff" in (stdout := capsys.readouterr().out) and " on CPU" in stdout
+    assert cli_fuse_main([*args, "--out", str(out_numpy)]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out_torch), tifffile.imread(out_numpy))
+
+
 def test_errors_name_the_file(tmp_path, capsys):
     """A missing file fails with exit status 2 and a one-line message naming the file, no
     traceback (as a process); a 2D image (not a stack) likewise (in-process entry point)."""

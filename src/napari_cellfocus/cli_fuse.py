@@ -37,7 +37,7 @@ def run_fuse(args: argparse.Namespace) -> int:
     if args.rgb:
         kwargs["rgb"] = True
     if args.method in ("hf-seg", "hf-reg"):
-        kwargs.update(model=args.model, device=args.device, tile_size=args.tile_size)
+        kwargs.update(model=args.model, device=args.device or "auto", tile_size=args.tile_size)
         if args.method == "hf-seg":
             kwargs["mode"] = args.mode
         if args.method == "hf-reg":
@@ -52,11 +52,13 @@ def run_fuse(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        if args.method in ("hf-seg", "hf-reg"):
+        if args.method in ("hf-seg", "hf-reg") or args.device is not None:
             from napari_cellfocus.engine.fusion import fuse_stack
 
+            if args.method not in ("hf-seg", "hf-reg"):  # classical, a device was named
+                kwargs["device"] = args.device
             result = fuse_stack(stack, args.method, on_progress=progress, **kwargs)
-        else:  # classical methods need no torch: start faster
+        else:  # classical methods without --device: numpy, no torch import, start faster
             from napari_cellfocus.core.fusion import fuse_classical
 
             result = fuse_classical(stack, args.method, **kwargs)
@@ -72,8 +74,11 @@ def run_fuse(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     axis = kwargs["axis"]
     n = stack.shape[axis] if -stack.ndim <= axis < stack.ndim else "?"
+    where = result.info.get("device")
     print(
-        f"{stack_path}: {n} slices fused with {args.method} in {seconds:.1f} s -> {out}"
+        f"{stack_path}: {n} slices fused with {args.method} in {seconds:.1f} s"
+        + (f" on {where}" if where else "")
+        + f" -> {out}"
         + (f" (depth map {args.depth})" if args.depth is not None else "")
     )
     return 0
@@ -119,7 +124,13 @@ def add_fuse_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "--near", action="store_true", help="hf-reg: 'Near' post-processing (source pixels only)"
     )
     p.add_argument("--tile-size", type=int, default=512, help="learned methods: tile side (512)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="auto, cpu, cuda, cuda:N or mps (default: auto for hf-seg / hf-reg; the "
+        "classical methods run in numpy unless a device is given, then in torch on it, "
+        "'auto' meaning a CUDA GPU if there is one, else numpy; 'numpy' forces numpy)",
+    )
     p.set_defaults(func=run_fuse)
     return p
 

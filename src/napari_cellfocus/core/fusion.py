@@ -618,14 +618,13 @@ def haar_idwt2(approx: np.ndarray, h: np.ndarray, v: np.ndarray, d: np.ndarray) 
 
 
 def _majority(index: np.ndarray, n: int, size: int) -> np.ndarray:
-    """Consistency verification: each choice becomes the most frequent in its window."""
+    """Consistency verification: each choice becomes the most frequent in its window
+    (edge borders); votes are counted exactly, so ties go to the first slice."""
     if size <= 1:
         return index
+    ones = np.ones((size, size), np.int32)
     votes = np.stack(
-        [
-            ndi.uniform_filter((index == k).astype(np.float32), size, mode="nearest")
-            for k in range(n)
-        ]
+        [ndi.correlate((index == k).astype(np.int32), ones, mode="nearest") for k in range(n)]
     )
     return np.argmax(votes, axis=0)
 

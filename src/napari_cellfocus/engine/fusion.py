@@ -26,7 +26,9 @@ mean in one pass, softmax over slices; see :func:`iter_fuse`). Large images are 
 tile by tile with the normalised blending weights of :mod:`.tiling`; the generator
 :func:`iter_fuse` yields a :class:`FusionProgress` per tile so the widget can show
 progress and cancel. :func:`fuse_stack` is the single entry point of the CLI and the
-widget for the learned *and* the classical methods (:mod:`napari_cellfocus.core.fusion`).
+widget for the learned *and* the classical methods, which run in numpy
+(:mod:`napari_cellfocus.core.fusion`, the reference) or in torch on any device
+(:mod:`.fusion_classical`); :func:`classical_device` says which.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from napari_cellfocus.engine.device import (
     release_memory,
     select_device,
 )
+from napari_cellfocus.engine.fusion_classical import fuse_classical_torch
 from napari_cellfocus.engine.losses import bce_loss
 from napari_cellfocus.engine.networks import build_network
 from napari_cellfocus.engine.tiling import grid_tiles
@@ -82,6 +85,7 @@ __all__ = [
     "FusionTrainConfig",
     "FusionTrainer",
     "build_fusion_model",
+    "classical_device",
     "default_fusion_model_path",
     "fuse_stack",
     "hf_reg_loss",
@@ -677,6 +681,67 @@ def _iter_learned(
     yield out.astype(np.float32), depth.astype(np.float32)
 
 
+def classical_device(device: str | torch.device | None) -> torch.device | None:
+    """Where a classical method runs: ``None`` = the numpy reference implementation
+    (:mod:`napari_cellfocus.core.fusion`), else the torch device of
+    :mod:`.fusion_classical`.
+
+    * ``None`` or ``"numpy"``: numpy.
+    * ``"auto"``: a CUDA GPU when there is one, else numpy (numpy / scipy is 1.1-8 times
+      faster than torch on the CPU for these filters, ``docs/fusion.md``; MPS only when
+      asked for by name).
+    * any torch device named explicitly (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``):
+      torch on that device (an unavailable device raises ValueError).
+    """
+    if device is None:
+        return None
+    if isinstance(device, str):
+        name = device.strip().lower()
+        if name == "numpy":
+            return None
+        if name == "auto":
+            return torch.device("cuda") if torch.cuda.is_available() else None
+    return select_device(device)
+
+
+def _fuse_classical_on(
+    stack: Any,
+    method: str,
+    device: str | torch.device | None,
+    axis: int,
+    rgb: bool | None,
+    name: str,
+    params: dict[str, Any],
+) -> FusionResult:
+    """A classical method on the implementation :func:`classical_device` picks; ``info``
+    records ``implementation`` ("numpy" / "torch") and ``device``. Out of GPU memory: a
+    clear MemoryError for an explicit device, the numpy fallback for "auto" (noted in
+    ``info["fallback"]``)."""
+    dev = classical_device(device)
+    if dev is not None:
+        try:
+            return fuse_classical_torch(
+                stack, method, axis=axis, rgb=rgb, name=name, device=dev, **params
+            )
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            release_memory(dev)
+            if not (isinstance(device, str) and device.strip().lower() == "auto"):
+                raise MemoryError(
+                    f"{name}: out of {dev.type.upper()} memory fusing with {method}; use "
+                    "device='numpy' (or a smaller stack)."
+                ) from err
+            fallback = f"out of memory on {describe_device(dev)}"
+    else:
+        fallback = None
+    result = fuse_classical(stack, method, axis=axis, rgb=rgb, name=name, **params)
+    result.info = {**result.info, "implementation": "numpy", "device": "CPU (numpy)"}
+    if fallback:
+        result.info["fallback"] = fallback
+    return result
+
+
 def iter_fuse(
     stack: Any,
     method: str = DEFAULT_METHOD,
@@ -702,7 +767,12 @@ def iter_fuse(
         a 4-D array whose last axis has 3 or 4 entries).
     model : learned methods: ``None`` / "default" (built-in model), a checkpoint path, a
         ``(model, ModelInfo)`` pair or a :class:`FusionModel`.
-    device : learned methods: "auto", "cpu", "cuda", ...
+    device : "auto" (default), "cpu", "cuda", "cuda:N", "mps"; classical methods also
+        "numpy" or ``None``. Learned methods: the network's device ("auto": CUDA, MPS,
+        CPU). Classical methods: see :func:`classical_device` - numpy for ``None`` /
+        "numpy" and for "auto" without a CUDA GPU, torch on the GPU for "auto" with one,
+        torch on any device named explicitly (so ``device="cpu"`` runs the torch code on
+        the CPU). ``result.info`` records ``implementation`` and ``device``.
     mode : HF-Seg: "direct" (default: every slice against the stack mean, softmax over
         slices of the log-odds that the slice is the sharper one; ``n`` passes that do not
         depend on each other, no accumulation of errors) or "pairwise" (the n-th functional
@@ -727,7 +797,7 @@ def iter_fuse(
         raise ValueError(f"mode: expected 'pairwise' or 'direct', got {mode!r}.")
     start = time.perf_counter()
     if method in CLASSICAL_METHODS:
-        result = fuse_classical(stack, method, axis=axis, rgb=rgb, name=name, **params)
+        result = _fuse_classical_on(stack, method, device, axis, rgb, name, params)
         yield FusionProgress(1, 1, f"{method} done", result)
         return
     if params:
