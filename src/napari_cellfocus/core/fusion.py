@@ -306,6 +306,16 @@ def fuse_iteratively(
 
 
 # --------------------------------------------------------------------------- focus measures
+def _window_mean(a: np.ndarray, window: int) -> np.ndarray:
+    """Mean over ``window x window`` windows on the last two axes (reflected borders), as
+    window sums divided once: exact for integer-valued data below 2**24, so equal sums
+    stay equal (exact ties go to the first slice, here and in the torch implementation)."""
+    ones = np.ones(window, np.float32)
+    total = ndi.correlate1d(a, ones, axis=-2, mode="reflect")
+    total = ndi.correlate1d(total, ones, axis=-1, mode="reflect")
+    return total / np.float32(window * window)
+
+
 def focus_measure(image: np.ndarray, measure: str = "laplacian", window: int = 7) -> np.ndarray:
     """Local focus measure of grey images (intrinsically 2D per image).
 
@@ -326,16 +336,15 @@ def focus_measure(image: np.ndarray, measure: str = "laplacian", window: int = 7
     """
     arr = np.asarray(image, dtype=np.float32)
     window = _check_odd_size(window, "window")
-    size = (1,) * (arr.ndim - 2) + (window, window)
     if measure == "laplacian":
         if arr.ndim == 3:
             lap = np.stack([ndi.laplace(s, mode="reflect") for s in arr])
         else:
             lap = ndi.laplace(arr, mode="reflect")
-        return ndi.uniform_filter(lap * lap, size=size, mode="reflect")
+        return _window_mean(lap * lap, window)
     if measure == "variance":
-        mean = ndi.uniform_filter(arr, size=size, mode="reflect")
-        sq = ndi.uniform_filter(arr * arr, size=size, mode="reflect")
+        mean = _window_mean(arr, window)
+        sq = _window_mean(arr * arr, window)
         return np.maximum(sq - mean * mean, 0.0)
     raise ValueError(f"measure: expected 'laplacian' or 'variance', got {measure!r}.")
 
@@ -645,7 +654,11 @@ def _wavelet(
     for level in range(levels - 1, -1, -1):
         h, v, d = details[level]
         activity = (np.abs(h) + np.abs(v) + np.abs(d)).sum(axis=-1)
-        activity = ndi.uniform_filter(activity, size=(1, window, window), mode="reflect")
+        # window sums (not means): exact for quantised (8/16-bit) data, so exact ties go
+        # to the first slice here and in the torch implementation alike
+        activity = ndi.correlate(
+            activity, np.ones((1, window, window), np.float32), mode="reflect"
+        )
         index = _majority(np.argmax(activity, axis=0), n, consistency)
         fused = haar_idwt2(fused, _take(h, index), _take(v, index), _take(d, index))
         if level == 0:
