@@ -19,7 +19,8 @@ reported as such.
 
 Reported: SSIM and PSNR to the ground truth where it exists, the no-reference metrics
 (Q_MI, Q_TE, Q_NCIE, Q_G, Q_P, Q_S, Q_CB, n-source forms), and the fusion time per
-megapixel per slice on this machine's CPU (GPU: only when one is present). Writes
+megapixel per slice on this machine's CPU and, when one is present, GPU (the classical
+methods in numpy and in torch on every device, the networks on every device). Writes
 ``benchmarks/results/fusion.json``, ``docs/fusion.md`` and ``docs/images/fusion_*.png``.
 """
 
@@ -80,6 +81,17 @@ OURS = {
     "gff": ("gff", {}),
     "wavelet": ("wavelet", {}),
 }
+#: The Limits sentence on where the classical methods run (docs/fusion.md).
+CLASSICAL_IMPLEMENTATIONS = (
+    "Classical methods have two implementations that give the same images up to float32 "
+    "rounding: numpy (the reference; rows named by the method alone) and torch on any "
+    "device (`engine/fusion_classical.py`; rows `method (torch, device)` when timed, "
+    "with the time only). "
+    '`fuse_stack(..., device="auto")`, the widget and `cellfocus fuse --device auto` run '
+    "them in torch on a CUDA GPU when there is one and in numpy otherwise (numpy is faster "
+    "than torch on the CPU); a device named explicitly (`cpu`, `cuda`) runs the torch code "
+    "there, `numpy` (and `cellfocus fuse` without `--device`) the numpy code."
+)
 OPENFOCUS_METHODS = ("stackmffv3", "openfocus_b", "openfocus_c", "dtcwt", "guided_filter")
 OPENFOCUS_PACKAGES = (
     "openfocus==1.72.0",
@@ -236,14 +248,30 @@ def timed_fuse(stack: np.ndarray, method: str, kwargs: dict, repeats: int = 3):
     return result, best
 
 
+def timing(entry: dict, seconds: float) -> dict:
+    n, ny, nx = entry["stack"].shape
+    return {
+        "seconds": round(seconds, 3),
+        "s_per_mp_per_slice": round(seconds / (ny * nx / 1e6 * n), 4),
+    }
+
+
 def evaluate(entry: dict, fused: np.ndarray, seconds: float) -> dict:
-    stack = entry["stack"]
-    n, ny, nx = stack.shape
-    res = fusion_metrics(list(stack), fused, reference=entry.get("truth"))
+    res = fusion_metrics(list(entry["stack"]), fused, reference=entry.get("truth"))
     res = {k: (round(float(v), 4) if np.isfinite(v) else None) for k, v in res.items()}
-    res["seconds"] = round(seconds, 3)
-    res["s_per_mp_per_slice"] = round(seconds / (ny * nx / 1e6 * n), 4)
-    return res
+    return {**res, **timing(entry, seconds)}
+
+
+def agreement(entry: dict, ref, result) -> dict:
+    """How far a torch row's images are from the numpy reference's: largest |difference|
+    as a fraction of the stack's range, and the fraction of equal depth-map pixels (its
+    quality metrics would repeat the numpy row's)."""
+    span = float(np.ptp(entry["stack"])) or 1.0
+    diff = np.abs(result.fused.astype(np.float64) - ref.fused.astype(np.float64)).max()
+    return {
+        "max_abs_diff_vs_numpy": float(diff / span),
+        "depth_agreement_vs_numpy": float(np.mean(result.depth == ref.depth)),
+    }
 
 
 def run_all(quick: bool) -> dict:
@@ -279,16 +307,27 @@ def run_all(quick: bool) -> dict:
         fused_images[sname] = {}
         depths[sname] = {}
         stack = entry["stack"]
+        ref = None
         for label, (method, kw) in OURS.items():
-            for dev in devices if method in ("hf-seg", "hf-reg") else ["cpu"]:
-                extra = {}
-                if method in ("hf-seg", "hf-reg"):
+            learned = method in ("hf-seg", "hf-reg")
+            # classical methods: the numpy reference ("numpy", row named by the method
+            # alone), then the torch implementation on every device of the run
+            for dev in devices if learned else ["numpy", *devices]:
+                if learned:
                     extra = {"model": models[(method, dev)], **kw}
+                    key = label if dev == "cpu" else f"{label} ({dev})"
+                else:
+                    extra = {"device": dev, **kw}
+                    key = label if dev == "numpy" else f"{label} (torch, {dev})"
+                if dev != "numpy":
                     fuse_stack(stack[:2, :64, :64], method, **extra)  # warm-up
                 r, seconds = timed_fuse(stack, method, extra)
-                key = label if dev == "cpu" else f"{label} ({dev})"
-                results[sname][key] = evaluate(entry, r.fused, seconds)
-                if dev == "cpu":
+                if learned or dev == "numpy":
+                    results[sname][key] = evaluate(entry, r.fused, seconds)
+                    ref = r
+                else:  # same images as numpy: time and agreement only
+                    results[sname][key] = {**agreement(entry, ref, r), **timing(entry, seconds)}
+                if key == label:
                     fused_images[sname][label] = r.fused
                     depths[sname][label] = r.depth
                 print(sname, key, results[sname][key], flush=True)
@@ -679,9 +718,9 @@ def write_doc(run: dict, figs: dict[str, str]) -> None:
         "tissue, brightfield) the classical methods may do better: compare them in the widget.",
         "- HF-Reg changes intensities (it denoises); use Near, HF-Seg or a classical method "
         "when every output pixel must be a measured value.",
-        "- Classical methods run in numpy on the CPU; only the networks use a GPU. On this "
-        "CPU the networks are 10-100 times slower than the classical methods per slice, and "
-        "times on the shared 2-core machine vary by a factor of 3 or more between runs.",
+        "- " + CLASSICAL_IMPLEMENTATIONS + " On this CPU the networks are 10-100 times "
+        "slower than the classical methods per slice, and times on the shared 2-core machine "
+        "vary by a factor of 3 or more between runs.",
         "- HF-Reg, trained for 251 CPU steps, is the weakest method here (blurred nuclei, "
         "halos): it is kept for completeness and for its joint denoising; HF-Seg is the "
         "default.",
