@@ -91,8 +91,9 @@ def iter_predict(
     mixed_precision : float16 autocast on CUDA.
     stream : on a GPU the weighted tiles are summed in GPU memory (one plane at a time);
         with ``stream`` the changed region is copied into ``probs`` after every batch so
-        a viewer can show it, without it only once per plane. On the CPU results always
-        go straight into ``probs``.
+        a viewer can show it, without it only once per plane (and on CUDA the parts of
+        ``probs`` whose plane is not finished are undefined until then). On the CPU results
+        always go straight into ``probs``.
     normalize_on_device : upload each plane once and convert, check and normalise it on
         the device (default: on accelerators, not on the CPU, where tile-by-tile host
         normalisation avoids a full-size float copy).
@@ -138,7 +139,7 @@ def iter_predict(
                 with torch.inference_mode(), autocast(device, mixed_precision):
                     p = torch.softmax(model_logits(model, xt).float(), dim=1)
                     if probs is None:
-                        probs = np.zeros((p.shape[1], *arr.shape), np.float32)
+                        probs = _result_array((p.shape[1], *arr.shape), device, stream)
                     if on_device or device.type != "cpu":  # sum on the device
                         if acc is None:
                             acc = torch.zeros((p.shape[1], *plane_shape), device=device)
@@ -177,6 +178,27 @@ def iter_predict(
                 yield TileUpdate(done_planes * len(tiles), total, (slice(None),), probs, message)
             continue
         done_planes += 1
+
+
+#: Largest result (bytes) held in page-locked memory on CUDA.
+MAX_PINNED_BYTES = 2 << 30
+
+
+def _result_array(shape: tuple[int, ...], device: torch.device, zero: bool) -> np.ndarray:
+    """The float32 result array. On CUDA it lives in page-locked (pinned) host memory when
+    it is at most :data:`MAX_PINNED_BYTES`: copying a 4096² 3-class result there takes
+    ~4 ms instead of ~70 ms into fresh pageable memory (H100). Pinned memory is not
+    zeroed unless ``zero`` (needed when tiles are streamed into it for display)."""
+    nbytes = 4 * int(np.prod(shape))
+    if device.type == "cuda" and nbytes <= MAX_PINNED_BYTES:
+        try:
+            pinned = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        except RuntimeError:  # pinning refused (limits): fall back to pageable memory
+            return np.zeros(shape, np.float32)
+        if zero:
+            pinned.zero_()
+        return pinned.numpy()
+    return np.zeros(shape, np.float32)
 
 
 class _PlaneSource:
@@ -245,8 +267,6 @@ class _DevicePlane(_PlaneSource):
         return torch.stack([self.x[t.slices] for t in tiles])[:, None]
 
     def weight(self, tile: Tile) -> torch.Tensor:
-        if not tile.factors:
-            return torch.from_numpy(tile.weight).to(self.device)
         weight = None
         for axis, (sl, factor) in enumerate(zip(tile.slices, tile.factors, strict=True)):
             key = (axis, sl.start)
