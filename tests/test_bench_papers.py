@@ -109,3 +109,64 @@ def test_quick_run_writes_every_row(tmp_path):
         assert f"| {method} | WT |" in page
     assert "## Results: weak dataset" in page and "## Correction curve" in page
     assert "pending the first full run" in mod.render_markdown(None)
+
+
+def _row(method: str, dataset: str, wt_pq: float, map_pq: float, bde: float | None = None):
+    scores = {
+        "pq": wt_pq,
+        "f1": wt_pq,
+        "bde": bde,
+        "contour_f1": {str(r): wt_pq for r in range(2, 8)},
+    }
+    return {
+        "method": method,
+        "dataset": dataset,
+        "test": {"wt": scores, "map": {**scores, "pq": map_pq}, "wdmc": 0.5},
+    }
+
+
+def test_ranking_checks_compare_orders_and_skip_missing_methods():
+    """On the weak set W3 beats UNET3 under WT (as T Table 4 says) but loses under MAP; on
+    the crowded set J3 > J4 > W3 under MAP, so T Table 6's J4 > J3 > W3 does not hold. BDE is
+    lower-is-better: UNet1 0.5 < DDT+UNet2 0.6 < DDT+UNet1 0.9 disagrees with D. Claims
+    whose methods were not run (SAW, DWM) are left out, and one method alone is no claim."""
+    mod = _module()
+    result = {
+        "rows": [
+            _row("W3", "weak", 0.8, 0.5),
+            _row("UNET3", "weak", 0.7, 0.6),
+            _row("J3", "crowded", 0.7, 0.9),
+            _row("J4", "crowded", 0.7, 0.8),
+            _row("W3", "crowded", 0.7, 0.7),
+            _row("UNet1", "crowded", 0.7, 0.7, bde=0.5),
+            _row("DDT+UNet1", "crowded", 0.7, 0.7, bde=0.9),
+            _row("DDT+UNet2", "crowded", 0.7, 0.7, bde=0.6),
+        ]
+    }
+    checks = {c["source"]: c for c in mod.ranking_checks(result)}
+    assert checks["T Table 4 (weak labels, WT PQ)"]["agrees"] is True
+    assert checks["T Table 4 (weak labels, MAP PQ)"]["ours"] == ["UNET3", "W3"]
+    assert checks["T Table 6 (MAP PQ)"]["ours"] == ["J3", "J4", "W3"]
+    assert not checks["T Table 6 (MAP PQ)"]["agrees"]
+    assert checks["D Tables 2-3 (BDE)"]["ours"] == ["UNet1", "DDT+UNet2", "DDT+UNet1"]
+    assert not any(c.startswith("T Table 2") or c.startswith("T Table 3") for c in checks)
+    assert "T Table 6 (weak labels, MAP PQ)" not in checks  # only W3 ran on the weak set
+
+
+def test_render_keeps_the_written_analysis(tmp_path):
+    """Re-rendering docs/papers.md replaces the tables but keeps the text between the
+    analysis markers of the page it replaces."""
+    mod = _module()
+    result = json.loads((REPO / "benchmarks" / "results" / "papers_quick.json").read_text())
+    page = tmp_path / "papers.md"
+    first = mod.render_markdown(result, previous=page)
+    assert "To be written" in first
+    page.write_text(
+        first.replace(
+            first[first.index(mod.ANALYSIS_START) : first.index(mod.ANALYSIS_END)],
+            mod.ANALYSIS_START + "\nOur reading: J4 loses because of X.\n",
+        )
+    )
+    again = mod.render_markdown(result, previous=page)
+    assert "Our reading: J4 loses because of X." in again and "To be written" not in again
+    assert "| papers' claim |" in again
