@@ -89,7 +89,7 @@ CLASSICAL_IMPLEMENTATIONS = (
     "with the time only). "
     '`fuse_stack(..., device="auto")`, the widget and `cellfocus fuse --device auto` run '
     "them in torch on a CUDA GPU when there is one and in numpy otherwise (numpy is faster "
-    "than torch on the CPU); a device named explicitly (`cpu`, `cuda`) runs the torch code "
+    "than torch on a 2-core CPU; see the speed table below); a device named explicitly (`cpu`, `cuda`) runs the torch code "
     "there, `numpy` (and `cellfocus fuse` without `--device`) the numpy code."
 )
 OPENFOCUS_METHODS = ("stackmffv3", "openfocus_b", "openfocus_c", "dtcwt", "guided_filter")
@@ -726,6 +726,11 @@ def write_doc(run: dict, figs: dict[str, str]) -> None:
         "default.",
         "",
     ]
+    # Keep the CPU/GPU speed section that bench_fusion_speed.py writes into this page.
+    old = DOC.read_text() if DOC.exists() else ""
+    start, end = "<!-- fusion-speed:start -->", "<!-- fusion-speed:end -->"
+    if start in old and end in old:
+        lines += [old[old.index(start) : old.index(end) + len(end)], ""]
     DOC.write_text("\n".join(lines))
 
 

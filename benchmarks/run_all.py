@@ -15,7 +15,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_postprocess.py", "bench_engine.py", "bench_fusion.py"]
+BENCHMARKS = [
+    "bench_postprocess.py",
+    "bench_engine.py",
+    "bench_fusion.py",
+    "bench_fusion_speed.py",
+]
+#: The benchmarks that take ``--device`` (the fusion ones time every device there is).
+TAKES_DEVICE = {"bench_engine.py"}
 #: Arguments that make each benchmark a quick smoke test (small sizes, nothing written to docs).
 QUICK_ARGS = {
     "bench_postprocess.py": ["--sizes", "512", "--repeats", "2", "--no-write"],
@@ -36,7 +43,7 @@ def main() -> int:
         cmd = [sys.executable, str(script)]
         if args.quick:
             cmd += QUICK_ARGS.get(name, ["--quick"])
-        if name != "bench_postprocess.py":
+        if name in TAKES_DEVICE:
             cmd += ["--device", args.device]
         print("--", " ".join(cmd), flush=True)
         if subprocess.run(cmd, check=False).returncode != 0:
