@@ -209,3 +209,20 @@ def test_tile_weight_is_the_outer_product_of_its_factors():
     for t in grid_tiles((70, 90), 40, 8, 6):
         assert len(t.factors) == 2
         np.testing.assert_array_equal(t.weight, np.multiply.outer(*t.factors))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("stream", [False, True])
+def test_cuda_prediction_matches_the_cpu(stream):
+    """On CUDA (device-side normalisation, GPU blending, pinned result) a uint16 stack gives
+    the CPU result; float32 without autocast or TF32, so only cuDNN's summation order differs."""
+    net = _tiny_unet()
+    rng = np.random.default_rng(6)
+    stack = (rng.random((2, 200, 232)) * 60000).astype(np.uint16)
+    kw = {"tile_size": 64, "halo": 16, "blend": 8, "mixed_precision": False}
+    cpu = predict_probabilities(net, stack, **kw)
+    gpu_net = _tiny_unet().cuda()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        updates = list(iter_predict(gpu_net, stack, stream=stream, batch_size=3, **kw))
+    np.testing.assert_allclose(updates[-1].probs, cpu, atol=1e-4)
+    assert updates[-1].done == updates[-1].total
