@@ -202,7 +202,10 @@ class FuseWidget(QWidget):
             "turns the denoising off."
         )
         self.device_combo = QComboBox()
-        self.device_combo.setToolTip("Where learned methods run: auto = CUDA GPU, MPS, CPU.")
+        self.device_combo.setToolTip(
+            "Where learned methods run: auto = CUDA GPU, MPS, CPU. Classical methods always "
+            "use auto: torch on a CUDA GPU when there is one, numpy on the CPU otherwise."
+        )
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(64, 8192)
         self.tile_spin.setSingleStep(64)
