@@ -718,8 +718,8 @@ def write_doc(run: dict, figs: dict[str, str]) -> None:
         "tissue, brightfield) the classical methods may do better: compare them in the widget.",
         "- HF-Reg changes intensities (it denoises); use Near, HF-Seg or a classical method "
         "when every output pixel must be a measured value.",
-        "- " + CLASSICAL_IMPLEMENTATIONS + " On this CPU the networks are 10-100 times "
-        "slower than the classical methods per slice, and times on the shared 2-core machine "
+        "- " + CLASSICAL_IMPLEMENTATIONS + " On this CPU the networks are several times "
+        "(3-20x) slower than the classical methods per slice, and times on the shared 2-core machine "
         "vary by a factor of 3 or more between runs.",
         "- HF-Reg, trained for 251 CPU steps, is the weakest method here (blurred nuclei, "
         "halos): it is kept for completeness and for its joint denoising; HF-Seg is the "
