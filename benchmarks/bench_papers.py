@@ -948,6 +948,13 @@ do, and measures the plugin's correction curve (PQ against the number of annotat
     corr = result.get("correction")
     if corr:
         lines.append("\n## Correction curve\n")
+        cm = result.get("correction_meta")
+        if cm:
+            lines.append(
+                f"Re-run on its own after the tables above: `{cm['command']}`, seed {cm['seed']}, "
+                f"device {cm['device']}, {cm['date']}, commit `{cm['commit']}`, "
+                f"{cm['total_s'] / 60:.0f} min.\n"
+            )
         lines.append(
             "| k | PQ rest | F1 rest | PQ common cells | PQ other image | fine-tune s |\n|---|---|---|---|---|---|"
         )
@@ -1028,6 +1035,8 @@ def run(args: argparse.Namespace) -> dict:
         else args.preset or ("gpu" if args.device.startswith("cuda") else "cpu")
     )
     p = copy.deepcopy(PRESETS[preset])
+    if getattr(args, "draws", None):
+        p["corr_repeats"] = args.draws
     steps = 10 if args.estimate else (args.steps or p["steps"])
     ft_steps = 5 if args.estimate else None
     if args.threads:
@@ -1102,6 +1111,40 @@ def run(args: argparse.Namespace) -> dict:
     return {**result, "_examples": examples}
 
 
+def _correction_only(args: argparse.Namespace) -> int:
+    """Re-run the correction curve alone and put it into the saved full run (``papers.json``
+    in ``--out``), recording its own command, date and commit; then re-render the docs."""
+    path = args.out / "papers.json"
+    if not path.exists():
+        raise SystemExit(f"{path}: no saved full run to update; run the full benchmark first.")
+    saved = json.loads(path.read_text())
+    p = copy.deepcopy(saved["meta"]["preset_values"])
+    if args.draws:
+        p["corr_repeats"] = args.draws
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    saved["correction"] = correction_curve(p, args.seed, args.device, None)
+    saved["meta"]["preset_values"]["corr_repeats"] = p["corr_repeats"]
+    saved["correction_meta"] = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "seed": args.seed,
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _commit(),
+        "total_s": time.perf_counter() - start,
+    }
+    path.write_text(json.dumps(_jsonable(saved), indent=1))
+    print(f"wrote {path}", flush=True)
+    if not args.no_docs:
+        page = args.docs / "papers.md"
+        page.write_text(render_markdown(saved, previous=page))
+        make_plots(saved, {}, args.docs / "images")
+        print(f"wrote {page} and its plots", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke test; docs untouched")
@@ -1115,6 +1158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", help="comma-separated subset, e.g. SAW,W3,J4")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-correction", action="store_true")
+    parser.add_argument(
+        "--correction-only",
+        action="store_true",
+        help="re-run only the correction curve and update the saved full run and docs",
+    )
+    parser.add_argument("--draws", type=int, help="override the preset's correction draws")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--no-docs", action="store_true", help="full run without writing docs")
@@ -1125,6 +1174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only rewrite docs/papers.md and its plots from a saved full run (not the overlays)",
     )
     args = parser.parse_args(argv)
+    if args.correction_only:
+        return _correction_only(args)
     if args.render:
         page = args.docs / "papers.md"
         saved = json.loads(args.render.read_text())

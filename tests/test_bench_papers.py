@@ -170,3 +170,39 @@ def test_render_keeps_the_written_analysis(tmp_path):
     again = mod.render_markdown(result, previous=page)
     assert "Our reading: J4 loses because of X." in again and "To be written" not in again
     assert "| papers' claim |" in again
+
+
+def test_correction_only_updates_the_saved_run(tmp_path):
+    """``--correction-only --draws 2`` re-runs just the correction curve on the saved run's
+    preset (here the quick one: k = 0 and 5), keeps the method rows, records its own
+    command / date / commit, and re-renders the page and the plots."""
+    saved = json.loads((REPO / "benchmarks" / "results" / "papers_quick.json").read_text())
+    (tmp_path / "papers.json").write_text(json.dumps(saved))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--correction-only",
+            "--draws",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--docs",
+            str(docs),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "papers.json").read_text())
+    assert result["rows"] == saved["rows"]
+    rows = result["correction"]["rows"]
+    assert sorted((r["repeat"], r["k"]) for r in rows) == [(0, 0), (0, 5), (1, 0), (1, 5)]
+    assert "--correction-only" in result["correction_meta"]["command"]
+    page = (docs / "papers.md").read_text()
+    assert "Re-run on its own" in page and "2 draw(s)" in page
+    assert (docs / "images" / "papers_correction_curve.png").stat().st_size > 0
