@@ -82,8 +82,10 @@ class TrainConfig:
         own prediction (argmax) as target, with this weight relative to the median
         W3 weight of the annotated zone. Without it, a hundred steps on ten annotated cells
         let the rest of the image drift (measured: PQ on the unannotated cells of an
-        unfamiliar crowded image fell from 0.76 to 0.47; with it and frozen batch-norm
-        statistics it rose to 0.82). 0 disables it (plain W3, as for training from scratch).
+        unfamiliar crowded image fell from 0.76 to 0.47; with weight 0.3 and frozen
+        batch-norm statistics it rose to 0.82, with 1.0 to 0.86). 1.0 became the default
+        after 5 of 5 paired comparisons with 0.3 on unannotated cells favoured it (docs/
+        papers.md). 0 disables it (plain W3, as for training from scratch).
     annotation_margin : width in pixels of the background ring around annotated cells that
         is taught from the annotations rather than from the starting model.
     freeze_norm : keep batch-norm statistics fixed (eval mode) while training: a few crops
@@ -104,7 +106,7 @@ class TrainConfig:
     val_every: int = 0
     checkpoint_every: int = 50
     seed: int = 0
-    pseudo_label_weight: float = 0.3
+    pseudo_label_weight: float = 1.0
     annotation_margin: int = 3
     freeze_norm: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
