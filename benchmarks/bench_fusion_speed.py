@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,9 @@ import torch
 
 from napari_cellfocus.core.simulate import simulate_focus_stack
 from napari_cellfocus.engine.fusion import fuse_stack
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fusion import timed_fuse
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -41,23 +45,14 @@ CLASSICAL = ("max-focus", "pyramid", "gff", "wavelet")
 LEARNED = {"hf-seg": {"mode": "direct"}, "hf-reg": {}}
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def timed(stack: np.ndarray, method: str, repeats: int, **kwargs) -> float:
-    """Fastest wall time of ``repeats`` full fusions (after one warm-up on a small crop)."""
+    """Fastest wall time of ``repeats`` full fusions (``bench_fusion.timed_fuse``) after one
+    warm-up on a small crop. ``fuse_stack`` returns host arrays, so the time includes any
+    GPU work."""
     fuse_stack(stack[:2, :96, :96], method, **kwargs)
-    best = float("inf")
-    for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        result = fuse_stack(stack, method, **kwargs)
-        _sync()
-        best = min(best, time.perf_counter() - start)
-        assert result.fused.shape == stack.shape[1:] and result.fused.dtype == stack.dtype
-    return best
+    result, seconds = timed_fuse(stack, method, kwargs, repeats)
+    assert result.fused.shape == stack.shape[1:] and result.fused.dtype == stack.dtype
+    return seconds
 
 
 def run(quick: bool) -> dict:
@@ -120,26 +115,24 @@ def markdown(result: dict) -> str:
         "| method | " + " | ".join(f"{impl} {dev}" for impl, dev in columns) + " | speed-up |",
         "|---|" + "---|" * (len(columns) + 1),
     ]
+    table = {(r["method"], r["implementation"], r["device"]): r for r in rows}
     for method in dict.fromkeys(r["method"] for r in rows):
-        cells, times = [], {}
-        for impl, dev in columns:
-            hit = [
-                r
-                for r in rows
-                if r["method"] == method and r["implementation"] == impl and r["device"] == dev
-            ]
-            cells.append(f"{hit[0]['s_per_mp_per_slice']:.4f}" if hit else "")
-            if hit:
-                times[(impl, dev)] = hit[0]["seconds"]
+        found = [col for col in columns if (method, *col) in table]
+        times = {col: table[(method, *col)]["seconds"] for col in found}
+        cells = [
+            f"{table[(method, *col)]['s_per_mp_per_slice']:.4f}" if col in times else ""
+            for col in columns
+        ]
         ref = times.get(("numpy", "cpu"), times.get(("torch", "cpu")))
-        fastest = min(times.values())
         best = min(times, key=times.get)
-        speedup = f"{ref / fastest:.1f}x ({best[0]} {best[1]})" if ref else ""
+        speedup = f"{ref / times[best]:.1f}x ({best[0]} {best[1]})" if ref else ""
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {speedup} |")
+    slowest = {"seconds": float("inf")}
     faster = [
         m
         for m in CLASSICAL
-        if _seconds(rows, m, "torch", "cpu") < _seconds(rows, m, "numpy", "cpu")
+        if table.get((m, "torch", "cpu"), slowest)["seconds"]
+        < table.get((m, "numpy", "cpu"), slowest)["seconds"]
     ]
     lines += [
         "",
@@ -153,13 +146,6 @@ def markdown(result: dict) -> str:
         END,
     ]
     return "\n".join(lines)
-
-
-def _seconds(rows: list[dict], method: str, implementation: str, device: str) -> float:
-    for r in rows:
-        if (r["method"], r["implementation"], r["device"]) == (method, implementation, device):
-            return r["seconds"]
-    return float("inf")
 
 
 def _column_order(column: tuple[str, str]) -> tuple[int, int]:

@@ -1077,16 +1077,10 @@ def run(args: argparse.Namespace) -> dict:
     total = time.perf_counter() - t_start
     result = {
         "meta": {
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            **_stamp(args, total),
             "preset": preset,
             "preset_values": p,
-            "seed": args.seed,
-            "device": args.device,
-            "torch_threads": torch.get_num_threads(),
             "machine": platform.platform(),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": _commit(),
-            "total_s": total,
             "steps": steps,
         },
         "rows": rows,
@@ -1126,23 +1120,34 @@ def _correction_only(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     saved["correction"] = correction_curve(p, args.seed, args.device, None)
     saved["meta"]["preset_values"]["corr_repeats"] = p["corr_repeats"]
-    saved["correction_meta"] = {
+    saved["correction_meta"] = _stamp(args, time.perf_counter() - start)
+    path.write_text(json.dumps(_jsonable(saved), indent=1))
+    print(f"wrote {path}", flush=True)
+    if not args.no_docs:
+        _write_docs(saved, {}, args.docs)
+    return 0
+
+
+def _stamp(args: argparse.Namespace, total_s: float) -> dict[str, Any]:
+    """What the docs name for a run: command, seed, device, threads, date, commit, time."""
+    return {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "seed": args.seed,
         "device": args.device,
         "torch_threads": torch.get_num_threads(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _commit(),
-        "total_s": time.perf_counter() - start,
+        "total_s": total_s,
     }
-    path.write_text(json.dumps(_jsonable(saved), indent=1))
-    print(f"wrote {path}", flush=True)
-    if not args.no_docs:
-        page = args.docs / "papers.md"
-        page.write_text(render_markdown(saved, previous=page))
-        make_plots(saved, {}, args.docs / "images")
-        print(f"wrote {page} and its plots", flush=True)
-    return 0
+
+
+def _write_docs(result: dict, examples: dict, docs: Path) -> None:
+    """docs/papers.md (keeping its written analysis) and the plots (the overlays only when
+    ``examples`` holds the run's probability maps)."""
+    page = docs / "papers.md"
+    page.write_text(render_markdown(_jsonable(result), previous=page))
+    written = make_plots(result, examples, docs / "images")
+    print(f"wrote {page} and {', '.join(Path(w).name for w in written)}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1177,12 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.correction_only:
         return _correction_only(args)
     if args.render:
-        page = args.docs / "papers.md"
-        saved = json.loads(args.render.read_text())
-        page.write_text(render_markdown(saved, previous=page))
-        # the plots that need only the saved figures (the overlays need the run's maps)
-        written = make_plots(saved, {}, args.docs / "images")
-        print(f"wrote {page} and {', '.join(Path(w).name for w in written)}", flush=True)
+        _write_docs(json.loads(args.render.read_text()), {}, args.docs)
         return 0
     result = run(args)
     examples = result.pop("_examples")
@@ -1195,10 +1195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = make_plots(result, examples, args.out / f"papers{suffix}_images")
         print("plots:", ", ".join(written), flush=True)
     elif not args.no_docs:
-        make_plots(result, examples, args.docs / "images")
-        page = args.docs / "papers.md"
-        page.write_text(render_markdown(_jsonable(result), previous=page))
-        print(f"wrote {args.docs / 'papers.md'} and its images", flush=True)
+        _write_docs(result, examples, args.docs)
     return 0
 
 
