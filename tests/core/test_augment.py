@@ -8,6 +8,7 @@ import pytest
 from napari_cellfocus.core.augment import (
     AugmentConfig,
     augment_sample,
+    median_at,
     touching_contrast_modulation,
 )
 
@@ -32,6 +33,32 @@ def test_touching_contrast_modulation_hand_case():
             out[:, [0, 1, 2, 3, 5, 6, 7, 8]], image[:, [0, 1, 2, 3, 5, 6, 7, 8]]
         )
     np.testing.assert_array_equal(touching_contrast_modulation(image, target, a=0.0), image)
+
+
+def test_median_at_hand_case_and_edge_reflection():
+    """3-box medians at chosen pixels. Row 0 of [[1, 2, 9], [4, 5, 6], [7, 8, 3]]:
+    at (0, 0) the edge repeats (scipy "reflect"), box {1,1,2,1,1,2,4,4,5} -> median 2;
+    at (1, 1) the box is the whole image -> median 5."""
+    image = np.array([[1, 2, 9], [4, 5, 6], [7, 8, 3]], np.float32)
+    where = np.zeros((3, 3), bool)
+    where[0, 0] = where[1, 1] = True
+    np.testing.assert_array_equal(median_at(image, where, 3), [2.0, 5.0])
+    with pytest.raises(ValueError, match="odd"):
+        median_at(image, where, 4)
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (5, 20, 17), (2, 9)])
+@pytest.mark.parametrize("window", [3, 7])
+def test_median_at_equals_the_full_median_filter(shape, window):
+    """Only the wanted pixels, but the same values as scipy's median filter (2D, 3D, axes
+    shorter than the window; chunking across the pixel list)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    image = rng.random(shape).astype(np.float32)
+    where = rng.random(shape) < 0.3
+    expected = ndi.median_filter(image, size=window, mode="reflect")[where]
+    np.testing.assert_array_equal(median_at(image, where, window, chunk=50), expected)
 
 
 def _dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:

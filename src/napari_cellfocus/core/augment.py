@@ -61,8 +61,39 @@ def touching_contrast_modulation(
     out = np.array(image, dtype=np.float32, copy=True)
     if not touching.any() or a == 0:
         return out
-    med = ndi.median_filter(out, size=window, mode="reflect")
-    out[touching] = (1.0 - a) * out[touching] + a * med[touching]
+    med = median_at(out, touching, window)
+    out[touching] = (1.0 - a) * out[touching] + a * med
+    return out
+
+
+def median_at(image: np.ndarray, where: np.ndarray, window: int, chunk: int = 65536) -> np.ndarray:
+    """Median of the ``window``-sided box around each pixel where ``where`` is true.
+
+    Equal to ``ndi.median_filter(image, size=window, mode="reflect")[where]`` (odd
+    ``window``), but only the wanted pixels are computed: touching pixels are ~10 % of a
+    crowded crop, and the full filter was ~80 % of the time of augmenting a 256² crop.
+
+    Parameters
+    ----------
+    image : float array (Y, X) or (Z, Y, X).
+    where : bool mask of the same shape.
+    window : odd box side in pixels.
+    chunk : pixels per batch (bounds the temporary copy to chunk * window**ndim values).
+
+    Returns a 1-D array of ``where.sum()`` medians, in C order of ``where``.
+    """
+    if window % 2 != 1:
+        raise ValueError(f"window must be odd, got {window}.")
+    half = window // 2
+    # scipy's "reflect" repeats the edge pixel (d c b a | a b c d), numpy calls it symmetric
+    padded = np.pad(image, half, mode="symmetric")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (window,) * image.ndim)
+    coords = np.nonzero(where)
+    out = np.empty(coords[0].size, image.dtype)
+    for start in range(0, out.size, chunk):
+        part = tuple(c[start : start + chunk] for c in coords)
+        boxes = windows[part].reshape(len(part[0]), -1)
+        out[start : start + chunk] = np.median(boxes, axis=1)
     return out
 
 
