@@ -4,6 +4,8 @@
     python benchmarks/bench_papers.py --device cuda    # full size on a GPU
     python benchmarks/bench_papers.py --quick          # smoke test (tiny, a few minutes)
     python benchmarks/bench_papers.py --estimate       # 10 steps per method, extrapolated time
+    python benchmarks/bench_papers.py --device cuda --max-minutes 9 [--resume]
+                                                       # in calls of <= 9 min, e.g. on a lent GPU
 
 1. Loss-function comparison. Two simulated datasets: *crowded* (many touching nuclei, full
    labels) and *weak* (the same training images, 30-50 % of the cells unannotated, every
@@ -19,6 +21,10 @@
    (k = 0, 5, 10, 20, 50) in weak mode; one-click fine-tune (``quick_finetune_config``);
    PQ on the rest of the image, on the cells no k annotates, and on a second image of the
    domain; wall time of each fine-tune.
+
+Progress is saved after every trained method (``<out>/papers*_progress.json``, git-ignored):
+``--resume`` goes on from an interrupted or ``--max-minutes``-limited call (exit code 3 = not
+finished yet), and the result equals that of one uninterrupted run.
 
 Writes ``<out>/papers[_quick|_estimate].json``; full runs also write ``docs/papers.md`` and
 ``docs/images/papers_*.png``; quick runs draw their plots into ``<out>/papers_quick_images/``
@@ -63,12 +69,17 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SEED = 20261122
 RADII = (2, 3, 4, 5, 6, 7)
 POSTS = ("map", "th", "wt")
+#: Exit code of a call stopped by ``--max-minutes`` (progress saved, run again with --resume).
+INCOMPLETE = 3
 
 # --------------------------------------------------------------------------------------
 # sizes
 # --------------------------------------------------------------------------------------
 #: Presets. "cpu" is the reduced size for a 2-core CPU (60 min measured on 2026-11-22 with other
 #: work beside it, within the 2-hour budget), "gpu" the full size, "quick" the CI smoke test.
+#: The gpu preset has never run: 2000 steps (3000 before) is a guess at ~1.5 min per method on
+#: an H100 (crop preparation in 8 threads, ~15 ms per 256² crop on one core), ~35 min in all;
+#: run ``--estimate --device cuda`` first, then the full run in ``--max-minutes`` calls.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "size": 80,
@@ -105,7 +116,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "corr_size": 768,
         "corr_radius": (27.0, 36.0),
         "corr_ks": (0, 5, 10, 20, 50),
-        "corr_repeats": 2,
+        "corr_repeats": 3,
         "corr_overrides": {},
     },
     "gpu": {
@@ -116,7 +127,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "radius": (7.0, 14.0),
         "depth": 4,
         "width": 24,
-        "steps": 3000,
+        "steps": 2000,
         "batch_size": 8,
         "crop_size": 256,
         "lr": 1e-3,
@@ -859,6 +870,11 @@ do, and measures the plugin's correction curve (PQ against the number of annotat
 .venv/bin/python benchmarks/bench_papers.py --quick         # smoke test (CI), no docs
 .venv/bin/python benchmarks/bench_papers.py --estimate      # time estimate of the full run
 ```
+
+Every trained method is saved as it finishes: an interrupted run goes on with `--resume`, and
+`--max-minutes M` splits a long run into calls of at most about M minutes (exit code 3 until
+the last call writes the result), e.g. `--device cuda --max-minutes 9 --resume` on a GPU
+machine lent in short sessions.
 """
     if result is None:
         p = PRESETS["cpu"]
@@ -879,6 +895,12 @@ do, and measures the plugin's correction curve (PQ against the number of annotat
         f"{meta['date']}, commit `{meta['commit']}`, total {meta['total_s'] / 60:.0f} min "
         f"(preset `{meta['preset']}`).\n"
     )
+    if meta.get("sessions"):
+        calls = "; ".join(
+            f"{c['date']}, `{c['commit']}`, {c['total_s'] / 60:.0f} min, {c['runs']} run(s) done"
+            for c in meta["sessions"]
+        )
+        lines.append(f"Made in {len(meta['sessions'])} resumed calls: {calls}.\n")
     lines.append(_protocol(p))
     for ds in ("crowded", "weak"):
         rows = [r for r in result["rows"] if r["dataset"] == ds]
@@ -1027,8 +1049,69 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _progress_paths(out: Path, suffix: str) -> tuple[Path, Path]:
+    """Where an unfinished run keeps its finished rows (JSON) and example maps (npz)."""
+    return out / f"papers{suffix}_progress.json", out / f"papers{suffix}_progress_probs.npz"
+
+
+def _load_progress(
+    paths: tuple[Path, Path], key: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, np.ndarray]]:
+    """The saved progress of a run with the same settings (``key``), or None."""
+    path, probs_path = paths
+    if not path.exists():
+        return None, {}
+    saved = json.loads(path.read_text())
+    if saved.get("key") != _jsonable(key):
+        raise SystemExit(
+            f"{path} holds a run with other settings ({saved.get('key')}); delete it to start "
+            "afresh, or drop --resume."
+        )
+    probs = {}
+    if probs_path.exists():
+        with np.load(probs_path) as npz:
+            probs = {name: npz[name].astype(np.float32) for name in npz.files}
+    return saved, probs
+
+
+def _save_progress(
+    paths: tuple[Path, Path],
+    key: dict[str, Any],
+    rows: list[dict],
+    correction: dict | None,
+    chunks: list[dict],
+    probs: dict[str, np.ndarray],
+) -> None:
+    """Write the finished part of a run (atomically) so ``--resume`` can go on from it."""
+    path, probs_path = paths
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"key": key, "rows": rows, "correction": correction, "chunks": chunks}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_jsonable(doc), indent=1))
+    tmp.replace(path)
+    tmp_npz = probs_path.with_name(probs_path.stem + ".tmp.npz")
+    np.savez_compressed(tmp_npz, **{k: v.astype(np.float16) for k, v in probs.items()})
+    tmp_npz.replace(probs_path)
+
+
+def _correction_estimate_s(p: dict[str, Any], rows: list[dict]) -> float:
+    """Rough time of the correction curve: one-click fine-tunes at the measured s/step."""
+    if not rows:
+        return 0.0
+    per_step = float(np.median([r["s_per_step"] for r in rows]))
+    n_finetunes = p["corr_repeats"] * sum(1 for k in p["corr_ks"] if k > 0)
+    steps = p["corr_overrides"].get("steps", quick_finetune_config().steps)
+    return n_finetunes * (steps * per_step * 2.0 + 10.0)
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Run the whole benchmark; returns the result dict (with in-memory examples)."""
+    """Run the whole benchmark; returns the result dict (with in-memory examples).
+
+    After every trained method the finished rows are saved next to the result
+    (``papers*_progress.json``); ``--resume`` goes on from there, and ``--max-minutes`` stops
+    before a step that would not fit (the result then has ``"incomplete": True``). The
+    finished result is the same as that of one uninterrupted run.
+    """
     preset = (
         "quick"
         if args.quick
@@ -1042,42 +1125,106 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    budget_s = math.inf if args.max_minutes is None else 60.0 * args.max_minutes
     specs = method_specs(p["depth"], p["width"])
     wanted = set(args.methods.split(",")) if args.methods else set(specs)
     unknown = wanted - set(specs)
     if unknown:
         raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose among {sorted(specs)}")
     print(f"preset {preset}: {p}", flush=True)
+    suffix = _suffix(args)
+    paths = _progress_paths(args.out, suffix)
+    key = {
+        "preset": preset,
+        "preset_values": p,
+        "seed": args.seed,
+        "steps": steps,
+        "methods": sorted(wanted),
+        "correction": not args.no_correction,
+        "device": args.device,
+    }
+    saved, probs = _load_progress(paths, key) if args.resume else (None, {})
+    rows: list[dict] = list(saved["rows"]) if saved else []
+    correction = saved["correction"] if saved else None
+    chunks: list[dict] = list(saved["chunks"]) if saved else []
+    if saved:
+        print(f"resuming {paths[0]}: {len(rows)} run(s) done", flush=True)
+    done = {(r["dataset"], r["method"]) for r in rows}
     datasets = make_datasets(p, args.seed)
-    rows = []
-    examples: dict[str, Any] = {"probs": {}}
+    examples: dict[str, Any] = {"probs": probs}
     examples["test"] = {
         "image": datasets["crowded"]["test_images"][0],
         "labels": datasets["crowded"]["test_labels"][0],
     }
-    for ds in ("crowded", "weak"):
-        for name, spec in specs.items():
-            if name not in wanted or ds not in spec["data"]:
-                continue
-            row = train_one(name, spec, datasets[ds], p, args.seed, args.device, steps)
-            row["dataset"] = ds
-            if ds == "crowded":
-                examples["probs"][name] = row["_example_probs"]
-            wt = row["test"]["wt"]
-            print(
-                f"{ds:8s} {name:10s} {row['steps']} steps {row['train_s']:.1f} s "
-                f"({row['s_per_step']:.3f} s/step), eval {row['eval_s']:.1f} s: "
-                f"WT PQ {wt['pq']:.3f} F1 {wt['f1']:.3f}, MAP PQ {row['test']['map']['pq']:.3f}",
-                flush=True,
-            )
-            rows.append(row)
-    correction = None
-    if not args.no_correction:
-        correction = correction_curve(p, args.seed, args.device, ft_steps)
-    total = time.perf_counter() - t_start
+    todo = [
+        (ds, name)
+        for ds in ("crowded", "weak")
+        for name, spec in specs.items()
+        if name in wanted and ds in spec["data"] and (ds, name) not in done
+    ]
+
+    def out_of_time(next_s: float) -> bool:
+        return time.perf_counter() - t_start + next_s > budget_s
+
+    def checkpoint() -> None:
+        chunk = {**_stamp(args, time.perf_counter() - t_start), "runs": len(rows)}
+        _save_progress(paths, key, rows, correction, [*chunks, chunk], examples["probs"])
+
+    incomplete = False
+    ran = 0
+    for ds, name in todo:
+        own = rows[-ran:] if ran else []  # this call's runs time the next one
+        if own and out_of_time(np.mean([r["prep_s"] + r["train_s"] + r["eval_s"] for r in own])):
+            incomplete = True
+            break
+        spec = specs[name]
+        row = train_one(name, spec, datasets[ds], p, args.seed, args.device, steps)
+        row["dataset"] = ds
+        if ds == "crowded":
+            examples["probs"][name] = row.pop("_example_probs")
+        row.pop("_example_probs", None)
+        wt = row["test"]["wt"]
+        print(
+            f"{ds:8s} {name:10s} {row['steps']} steps {row['train_s']:.1f} s "
+            f"({row['s_per_step']:.3f} s/step), eval {row['eval_s']:.1f} s: "
+            f"WT PQ {wt['pq']:.3f} F1 {wt['f1']:.3f}, MAP PQ {row['test']['map']['pq']:.3f}",
+            flush=True,
+        )
+        rows.append(_jsonable(row))
+        ran += 1
+        checkpoint()
+    if not incomplete and not args.no_correction and correction is None:
+        if ran and out_of_time(_correction_estimate_s(p, rows)):
+            incomplete = True
+        else:
+            correction = _jsonable(correction_curve(p, args.seed, args.device, ft_steps))
+            checkpoint()
+    elapsed = time.perf_counter() - t_start
+    if incomplete:
+        todo_left = len(todo) - ran + (0 if args.no_correction or correction else 1)
+        print(
+            f"stopped within --max-minutes {args.max_minutes}: {len(rows)} run(s) done, "
+            f"{todo_left} step(s) left (saved in {paths[0]}); run the same command with "
+            "--resume to go on.",
+            flush=True,
+        )
+        return {"incomplete": True, "rows": rows, "_examples": examples}
+    total = elapsed + sum(c["total_s"] for c in chunks)
+    stamp = _stamp(args, total)
+    if chunks:
+        stamp["sessions"] = [
+            {k: c[k] for k in ("date", "commit", "total_s", "runs")} for c in chunks
+        ] + [
+            {
+                "date": stamp["date"],
+                "commit": stamp["commit"],
+                "total_s": elapsed,
+                "runs": len(rows),
+            }
+        ]
     result = {
         "meta": {
-            **_stamp(args, total),
+            **stamp,
             "preset": preset,
             "preset_values": p,
             "machine": platform.platform(),
@@ -1102,7 +1249,11 @@ def run(args: argparse.Namespace) -> dict:
             "total_s": train + corr,
         }
         print(f"estimated full run ({preset}): {(train + corr) / 60:.0f} min", flush=True)
-    return {**result, "_examples": examples}
+    return {**result, "_examples": examples, "_progress": paths}
+
+
+def _suffix(args: argparse.Namespace) -> str:
+    return "_quick" if args.quick else "_estimate" if args.estimate else ""
 
 
 def _correction_only(args: argparse.Namespace) -> int:
@@ -1144,6 +1295,7 @@ def _stamp(args: argparse.Namespace, total_s: float) -> dict[str, Any]:
 def _write_docs(result: dict, examples: dict, docs: Path) -> None:
     """docs/papers.md (keeping its written analysis) and the plots (the overlays only when
     ``examples`` holds the run's probability maps)."""
+    docs.mkdir(parents=True, exist_ok=True)
     page = docs / "papers.md"
     page.write_text(render_markdown(_jsonable(result), previous=page))
     written = make_plots(result, examples, docs / "images")
@@ -1169,6 +1321,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="re-run only the correction curve and update the saved full run and docs",
     )
     parser.add_argument("--draws", type=int, help="override the preset's correction draws")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the saved progress of an interrupted or time-limited run",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help=f"stop (exit code {INCOMPLETE}, progress saved) before a method that would not "
+        "fit; at least one method runs per call",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--no-docs", action="store_true", help="full run without writing docs")
@@ -1186,11 +1349,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     result = run(args)
     examples = result.pop("_examples")
-    suffix = "_quick" if args.quick else "_estimate" if args.estimate else ""
+    if result.get("incomplete"):
+        return INCOMPLETE
+    suffix = _suffix(args)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"papers{suffix}.json"
     path.write_text(json.dumps(_jsonable(result), indent=1))
     print(f"wrote {path}", flush=True)
+    for done in result.pop("_progress"):
+        done.unlink(missing_ok=True)
     if args.quick or args.estimate:
         written = make_plots(result, examples, args.out / f"papers{suffix}_images")
         print("plots:", ", ".join(written), flush=True)

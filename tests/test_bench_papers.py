@@ -206,3 +206,69 @@ def test_correction_only_updates_the_saved_run(tmp_path):
     page = (docs / "papers.md").read_text()
     assert "Re-run on its own" in page and "2 draw(s)" in page
     assert (docs / "images" / "papers_correction_curve.png").stat().st_size > 0
+
+
+TIMES = {"prep_s", "train_s", "eval_s", "s_per_step", "finetune_s"}
+
+
+def _untimed(x):
+    """``x`` without wall times (the only values that differ between two equal runs)."""
+    if isinstance(x, dict):
+        return {k: _untimed(v) for k, v in x.items() if k not in TIMES}
+    if isinstance(x, list):
+        return [_untimed(v) for v in x]
+    return x
+
+
+def test_time_limited_run_resumes_to_the_same_result(tmp_path):
+    """``--max-minutes 0`` runs one method per call, saves it and exits with code 3; a
+    ``--resume`` call finishes the rest and the correction curve. Rows, loss curves and the
+    correction curve equal those of one uninterrupted run; the progress files are removed
+    and the result lists the calls it was made in."""
+
+    def bench(out, *extra):
+        return subprocess.run(
+            [
+                sys.executable,
+                str(SCRIPT),
+                "--quick",
+                "--methods",
+                "UNET3,W3",
+                "--out",
+                str(out),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO,
+        )
+
+    parts = tmp_path / "parts"
+    first = bench(parts, "--max-minutes", "0")
+    assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "--resume" in first.stdout
+    progress = json.loads((parts / "papers_quick_progress.json").read_text())
+    assert [(r["dataset"], r["method"]) for r in progress["rows"]] == [("crowded", "UNET3")]
+    assert not (parts / "papers_quick.json").exists()
+
+    rest = bench(parts, "--resume")
+    assert rest.returncode == 0, rest.stdout[-3000:] + rest.stderr[-3000:]
+    assert "resuming" in rest.stdout and "1 run(s) done" in rest.stdout
+    assert not (parts / "papers_quick_progress.json").exists()
+    resumed = json.loads((parts / "papers_quick.json").read_text())
+    assert [c["runs"] for c in resumed["meta"]["sessions"]] == [1, 4]
+
+    whole = tmp_path / "whole"
+    straight = bench(whole)
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    once = json.loads((whole / "papers_quick.json").read_text())
+    assert "sessions" not in once["meta"]
+    assert _untimed(resumed["rows"]) == _untimed(once["rows"])
+    assert _untimed(resumed["correction"]) == _untimed(once["correction"])
+
+    # a resume with other settings is refused, naming the progress file
+    (parts / "papers_quick_progress.json").write_text(json.dumps({"key": {"seed": 1}}))
+    other = bench(parts, "--resume")
+    assert other.returncode != 0
+    assert "papers_quick_progress.json" in other.stderr and "other settings" in other.stderr

@@ -139,6 +139,7 @@ def test_finetune_class_mismatch_is_clear(tmp_path, scene):
 def test_training_is_deterministic_under_a_seed(scene):
     cfg = TrainConfig(steps=3, batch_size=2, crop_size=64, seed=7)
     a = Trainer([scene.image], [scene.labels], cfg, network=TINY, device="cpu")
+    assert a._pool is None  # crops made in the training thread on the CPU by default
     a.run()
     b = Trainer([scene.image], [scene.labels], cfg, network=TINY, device="cpu", workers=2)
     b.run()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -230,7 +231,10 @@ class Trainer(SteppedTraining):
     device : "auto", "cpu", "cuda", ...
     out : checkpoint path written atomically during and after training.
     names : names of the images for messages (layer or file names).
-    workers : threads preparing augmented crops (numpy/scipy release the GIL).
+    workers : threads preparing augmented crops (numpy/scipy release the GIL). ``None``:
+        one on the CPU, where the network's own threads are idle while crops are made
+        anyway; ``min(8, CPU cores)`` on an accelerator, where crop preparation bounds the
+        step time (a batch of eight 256² crops takes ~0.1 s on one core).
     """
 
     def __init__(
@@ -244,7 +248,7 @@ class Trainer(SteppedTraining):
         device: str | torch.device | None = "auto",
         out: str | Path | None = None,
         names: Sequence[str] | None = None,
-        workers: int = 1,
+        workers: int | None = None,
     ) -> None:
         self.config = config or TrainConfig()
         cfg = self.config
@@ -263,6 +267,8 @@ class Trainer(SteppedTraining):
         self.model, self.info = self._init_model(init, network)
         self.model.to(self.device)
         self.normalizer = self.info.normalizer()
+        if workers is None:
+            workers = 1 if self.device.type == "cpu" else min(8, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(workers) if workers > 1 else None
         jobs = list(zip(images, labels, names, strict=True))
 
