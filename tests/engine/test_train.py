@@ -216,3 +216,16 @@ def test_learning_rate_warmup_and_cosine(scene):
     assert seen[0] == pytest.approx(5e-4)
     assert seen[1] == pytest.approx(7.625e-4)
     assert seen[3] == pytest.approx(1e-3 * 0.05)
+
+
+def test_example_threads_one_on_cpu_more_on_accelerators():
+    """Crops are made in the training thread on the CPU, in up to 8 threads elsewhere (any
+    non-CPU device; "meta" stands in for a GPU here); an explicit count always wins."""
+    import os
+
+    from napari_cellfocus.engine.device import example_threads
+
+    assert example_threads(torch.device("cpu")) == 1
+    assert example_threads(torch.device("meta")) == min(8, os.cpu_count() or 1)
+    assert example_threads(torch.device("cpu"), 3) == 3
+    assert example_threads(torch.device("meta"), 0) == 1

@@ -64,6 +64,7 @@ from napari_cellfocus.engine.checkpoint import (
 from napari_cellfocus.engine.device import (
     autocast,
     describe_device,
+    example_threads,
     is_out_of_memory,
     release_memory,
     select_device,
@@ -305,7 +306,9 @@ class FusionTrainer(SteppedTraining):
     network : U-Net settings of a new network.
     device : "auto", "cpu", "cuda", ...
     out : checkpoint written atomically during and after training.
-    workers : threads making examples (numpy/scipy release the GIL).
+    workers : threads making examples (numpy/scipy release the GIL); ``None``:
+        :func:`~napari_cellfocus.engine.device.example_threads` (1 on the CPU, up to 8 on
+        an accelerator).
     """
 
     def __init__(
@@ -318,7 +321,7 @@ class FusionTrainer(SteppedTraining):
         channels: int = 1,
         device: str | torch.device | None = "auto",
         out: str | Path | None = None,
-        workers: int = 1,
+        workers: int | None = None,
     ) -> None:
         self.config = cfg = config or FusionTrainConfig()
         self.device = select_device(device)
@@ -338,7 +341,7 @@ class FusionTrainer(SteppedTraining):
         self.sampler = sampler or FusionPairSampler(
             (cfg.crop_size, cfg.crop_size), cfg.stack_fraction, cfg.noise
         )
-        self.workers = max(1, int(workers))
+        self.workers = example_threads(self.device, workers)
         self._pool = None
         if self.workers > 1:
             from concurrent.futures import ThreadPoolExecutor

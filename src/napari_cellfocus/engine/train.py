@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,7 @@ from napari_cellfocus.engine.checkpoint import (
     resolve_model_path,
     save_checkpoint,
 )
-from napari_cellfocus.engine.device import release_memory, select_device
+from napari_cellfocus.engine.device import example_threads, release_memory, select_device
 from napari_cellfocus.engine.losses import get_loss, mae_loss
 from napari_cellfocus.engine.networks import build_network
 
@@ -231,10 +230,9 @@ class Trainer(SteppedTraining):
     device : "auto", "cpu", "cuda", ...
     out : checkpoint path written atomically during and after training.
     names : names of the images for messages (layer or file names).
-    workers : threads preparing augmented crops (numpy/scipy release the GIL). ``None``:
-        one on the CPU, where the network's own threads are idle while crops are made
-        anyway; ``min(8, CPU cores)`` on an accelerator, where crop preparation bounds the
-        step time (a batch of eight 256² crops takes ~0.1 s on one core).
+    workers : threads preparing augmented crops (numpy/scipy release the GIL); ``None``:
+        :func:`~napari_cellfocus.engine.device.example_threads` (1 on the CPU, up to 8 on
+        an accelerator).
     """
 
     def __init__(
@@ -267,8 +265,7 @@ class Trainer(SteppedTraining):
         self.model, self.info = self._init_model(init, network)
         self.model.to(self.device)
         self.normalizer = self.info.normalizer()
-        if workers is None:
-            workers = 1 if self.device.type == "cpu" else min(8, os.cpu_count() or 1)
+        workers = example_threads(self.device, workers)
         self._pool = ThreadPoolExecutor(workers) if workers > 1 else None
         jobs = list(zip(images, labels, names, strict=True))
 
