@@ -1121,7 +1121,7 @@ def run(args: argparse.Namespace) -> dict:
     if getattr(args, "draws", None):
         p["corr_repeats"] = args.draws
     steps = 10 if args.estimate else (args.steps or p["steps"])
-    ft_steps = 5 if args.estimate else None
+    ft_steps = 5 if args.estimate else args.finetune_steps
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -1141,6 +1141,7 @@ def run(args: argparse.Namespace) -> dict:
         "steps": steps,
         "methods": sorted(wanted),
         "correction": not args.no_correction,
+        "finetune_steps": ft_steps,
         "device": args.device,
     }
     saved, probs = _load_progress(paths, key) if args.resume else (None, {})
@@ -1269,7 +1270,7 @@ def _correction_only(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    saved["correction"] = correction_curve(p, args.seed, args.device, None)
+    saved["correction"] = correction_curve(p, args.seed, args.device, args.finetune_steps)
     saved["meta"]["preset_values"]["corr_repeats"] = p["corr_repeats"]
     saved["correction_meta"] = _stamp(args, time.perf_counter() - start)
     path.write_text(json.dumps(_jsonable(saved), indent=1))
@@ -1321,6 +1322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="re-run only the correction curve and update the saved full run and docs",
     )
     parser.add_argument("--draws", type=int, help="override the preset's correction draws")
+    parser.add_argument(
+        "--finetune-steps",
+        type=int,
+        help="steps of each correction fine-tune instead of the one-click budget (100)",
+    )
     parser.add_argument(
         "--resume",
         action="store_true",

@@ -173,9 +173,10 @@ def test_render_keeps_the_written_analysis(tmp_path):
 
 
 def test_correction_only_updates_the_saved_run(tmp_path):
-    """``--correction-only --draws 2`` re-runs just the correction curve on the saved run's
-    preset (here the quick one: k = 0 and 5), keeps the method rows, records its own
-    command / date / commit, and re-renders the page and the plots."""
+    """``--correction-only --draws 2 --finetune-steps 3`` re-runs just the correction curve on
+    the saved run's preset (here the quick one: k = 0 and 5) with 3-step fine-tunes, keeps
+    the method rows, records its own command / date / commit, and re-renders the page and
+    the plots."""
     saved = json.loads((REPO / "benchmarks" / "results" / "papers_quick.json").read_text())
     (tmp_path / "papers.json").write_text(json.dumps(saved))
     docs = tmp_path / "docs"
@@ -187,6 +188,8 @@ def test_correction_only_updates_the_saved_run(tmp_path):
             "--correction-only",
             "--draws",
             "2",
+            "--finetune-steps",
+            "3",
             "--out",
             str(tmp_path),
             "--docs",
@@ -202,6 +205,8 @@ def test_correction_only_updates_the_saved_run(tmp_path):
     assert result["rows"] == saved["rows"]
     rows = result["correction"]["rows"]
     assert sorted((r["repeat"], r["k"]) for r in rows) == [(0, 0), (0, 5), (1, 0), (1, 5)]
+    assert {r["steps"] for r in rows if r["k"]} == {3}  # --finetune-steps, not the preset's 2
+    assert result["correction"]["finetune_config"]["steps"] == 3
     assert "--correction-only" in result["correction_meta"]["command"]
     page = (docs / "papers.md").read_text()
     assert "Re-run on its own" in page and "2 draw(s)" in page
