@@ -1101,6 +1101,8 @@ def _correction_estimate_s(p: dict[str, Any], rows: list[dict]) -> float:
     per_step = float(np.median([r["s_per_step"] for r in rows]))
     n_finetunes = p["corr_repeats"] * sum(1 for k in p["corr_ks"] if k > 0)
     steps = p["corr_overrides"].get("steps", quick_finetune_config().steps)
+    # fine-tune crops are larger than the benchmark's, and each fine-tune also builds its
+    # targets, predicts pseudo-labels and scores three images: x2 per step plus 10 s, generous
     return n_finetunes * (steps * per_step * 2.0 + 10.0)
 
 
@@ -1181,9 +1183,9 @@ def run(args: argparse.Namespace) -> dict:
         spec = specs[name]
         row = train_one(name, spec, datasets[ds], p, args.seed, args.device, steps)
         row["dataset"] = ds
+        example_probs = row.pop("_example_probs")
         if ds == "crowded":
-            examples["probs"][name] = row.pop("_example_probs")
-        row.pop("_example_probs", None)
+            examples["probs"][name] = example_probs
         wt = row["test"]["wt"]
         print(
             f"{ds:8s} {name:10s} {row['steps']} steps {row['train_s']:.1f} s "
@@ -1209,19 +1211,13 @@ def run(args: argparse.Namespace) -> dict:
             "--resume to go on.",
             flush=True,
         )
-        return {"incomplete": True, "rows": rows, "_examples": examples}
+        return {"incomplete": True, "_examples": examples}
     total = elapsed + sum(c["total_s"] for c in chunks)
     stamp = _stamp(args, total)
-    if chunks:
+    if chunks:  # a resumed run lists the calls it was made in
+        last = {**stamp, "total_s": elapsed, "runs": len(rows)}
         stamp["sessions"] = [
-            {k: c[k] for k in ("date", "commit", "total_s", "runs")} for c in chunks
-        ] + [
-            {
-                "date": stamp["date"],
-                "commit": stamp["commit"],
-                "total_s": elapsed,
-                "runs": len(rows),
-            }
+            {k: c[k] for k in ("date", "commit", "total_s", "runs")} for c in [*chunks, last]
         ]
     result = {
         "meta": {

@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "bench_papers.py"
 
 
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    """Run the benchmark script as a process (output captured)."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+
+
 def _module():
     spec = importlib.util.spec_from_file_location("bench_papers", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
@@ -65,13 +76,7 @@ def test_quick_run_writes_every_row(tmp_path):
     """The CI smoke test: ``--quick`` finishes, every method row is present with finite
     scores, the correction curve has k = 0 and 5, plots are drawn, and docs are untouched."""
     docs = tmp_path / "docs"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--docs", str(docs)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
+    proc = _bench("--quick", "--out", str(tmp_path), "--docs", str(docs))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "papers_quick.json").read_text())
     mod = _module()
@@ -181,24 +186,16 @@ def test_correction_only_updates_the_saved_run(tmp_path):
     (tmp_path / "papers.json").write_text(json.dumps(saved))
     docs = tmp_path / "docs"
     docs.mkdir()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--correction-only",
-            "--draws",
-            "2",
-            "--finetune-steps",
-            "3",
-            "--out",
-            str(tmp_path),
-            "--docs",
-            str(docs),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
+    proc = _bench(
+        "--correction-only",
+        "--draws",
+        "2",
+        "--finetune-steps",
+        "3",
+        "--out",
+        str(tmp_path),
+        "--docs",
+        str(docs),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "papers.json").read_text())
@@ -232,22 +229,7 @@ def test_time_limited_run_resumes_to_the_same_result(tmp_path):
     and the result lists the calls it was made in."""
 
     def bench(out, *extra):
-        return subprocess.run(
-            [
-                sys.executable,
-                str(SCRIPT),
-                "--quick",
-                "--methods",
-                "UNET3,W3",
-                "--out",
-                str(out),
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=REPO,
-        )
+        return _bench("--quick", "--methods", "UNET3,W3", "--out", str(out), *extra)
 
     parts = tmp_path / "parts"
     first = bench(parts, "--max-minutes", "0")
