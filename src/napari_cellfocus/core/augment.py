@@ -30,6 +30,10 @@ class AugmentConfig:
     brightness : maximum multiplicative gain change (0.2 = x0.8 .. x1.2) and offset.
     noise_std : maximum std of added Gaussian noise (in normalised intensity units).
     touch_contrast : apply the thesis' touching-region contrast modulation.
+    blur_prob : probability of a Gaussian blur of the image (sigma uniform in
+        ``blur_sigma`` px), for out-of-focus and low-resolution recordings.
+    background : maximum amplitude of an added linear intensity ramp across the crop
+        (uneven illumination), in normalised intensity units; 0 = none.
     """
 
     flips_rotations: bool = True
@@ -40,6 +44,9 @@ class AugmentConfig:
     brightness: float = 0.2
     noise_std: float = 0.05
     touch_contrast: bool = True
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 2.0)
+    background: float = 0.0
 
 
 def touching_contrast_modulation(
@@ -163,6 +170,15 @@ def augment_sample(
         fields = elastic_fields(image.shape, config.elastic_alpha, config.elastic_sigma, rng)
         arrays = [warp(a, fields, order=0 if i == 1 else 1) for i, a in enumerate(arrays)]
     image, target, weight = arrays[:3]
+    # Blur and background (optional; off by default so earlier training runs stay the same)
+    if config.blur_prob > 0 and rng.random() < config.blur_prob:
+        image = ndi.gaussian_filter(image, float(rng.uniform(*config.blur_sigma)))
+    if config.background > 0:
+        ramp_dir = rng.normal(size=image.ndim)
+        ramp_dir /= np.linalg.norm(ramp_dir) or 1.0
+        axes = np.meshgrid(*(np.linspace(-0.5, 0.5, n) for n in image.shape), indexing="ij")
+        ramp = sum(a * c for a, c in zip(axes, ramp_dir, strict=True))
+        image = image + float(rng.uniform(0, config.background)) * ramp.astype(np.float32)
     # Photometric: sign-preserving gamma (normalised data may dip below 0), then
     # gain/offset and noise.
     lo, hi = config.gamma_range

@@ -785,3 +785,16 @@ def weighted_dice_multiclass(
     dice = np.ones(n)
     np.divide(inter2, denom, out=dice, where=denom > 0)
     return float(np.sum(w * dice) / w.sum())
+
+
+def pool_scores(results: Sequence[dict]) -> dict:
+    """Scores of several images pooled: TP, FP, FN and matched IoU summed over the
+    images first (so a large image counts for its many cells), then the formulas of
+    :func:`evaluate`. ``results`` are :func:`evaluate` outputs at one IoU threshold."""
+    tp = sum(int(r["tp"]) for r in results)
+    n_true = sum(int(r["n_true"]) for r in results)
+    n_pred = sum(int(r["n_pred"]) for r in results)
+    iou_sum = sum(float(r["mean_matched_iou"]) * int(r["tp"]) for r in results)
+    out = _scores(tp, n_true, n_pred, iou_sum)
+    out["n_images"] = len(results)
+    return out

@@ -14,6 +14,7 @@ dicts inside)::
       "normalization": {...},     # see core.normalize
       "history": [{"step": .., "loss": .., ...}, ...],
       "training": {...},          # data, loss, seed, steps, device, time
+      "defaults": {...},          # how to use it: diameter (px), post-processing, params
       "state_dict": {...},        # torch tensors
     }
 
@@ -57,6 +58,13 @@ class ModelInfo:
     history: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     package_version: str = __version__
+    #: How the model is meant to be used, chosen on validation data and applied by the
+    #: widget, the CLI and the API alike: ``diameter`` (px, the nucleus size the model
+    #: was trained at: images are rescaled to it), ``method`` ("map" / "th" / "wt"),
+    #: ``post_params`` (that method's parameters) and ``min_size_fraction`` (objects
+    #: smaller than this share of a typical nucleus' area are dropped). Missing keys
+    #: mean: no rescaling, MAP, the method's own defaults, no relative size filter.
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:
@@ -81,6 +89,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, info: ModelInfo) -
         "normalization": dict(info.normalization),
         "history": list(info.history),
         "training": dict(info.training),
+        "defaults": dict(info.defaults),
         "state_dict": state,
     }
     tmp = path.with_name(path.name + ".part")
@@ -129,6 +138,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelInf
         history=list(payload.get("history", [])),
         training=dict(payload.get("training", {})),
         package_version=payload.get("package_version", "?"),
+        defaults=dict(payload.get("defaults", {})),
     )
     return payload["state_dict"], info
 

@@ -2,12 +2,21 @@
 
 >>> from napari_cellfocus.engine.segment import Segmenter
 >>> seg = Segmenter("default")                  # the built-in model, CUDA if present
->>> result = seg.segment(image)                  # image: (Y, X) grey; MAP by default
+>>> result = seg.segment(image)                  # image: (Y, X) grey; the model's defaults
 >>> result.labels, result.count, result.probs    # (Y, X) int32, int, (C, Y, X) float32
+>>> result.diameter                              # nucleus diameter used (px, estimated)
+
+Object size: a model that stores its training scale (``info.defaults["diameter"]``, px)
+sees every image rescaled so its nuclei have that diameter: ``diameter="auto"`` (the
+default) estimates the image's median nucleus diameter with the model itself
+(:meth:`Segmenter.estimate_diameter`), a number gives it; the probabilities come back on
+the image's own grid. The post-processing method, its thresholds and the size filter
+relative to the diameter default to what the model stores (chosen on validation data).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +25,43 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_cellfocus.core.size import (
+    disc_area,
+    median_diameter,
+    resize_block,
+    scaled_shape,
+    zoom_for,
+)
+from napari_cellfocus.core.size import resize as resize_array
 from napari_cellfocus.engine.checkpoint import ModelInfo, load_checkpoint, resolve_model_path
 from napari_cellfocus.engine.device import describe_device, select_device
 from napari_cellfocus.engine.predict import TileUpdate, iter_predict, predict_probabilities
 
+#: Passes of the size estimate at most (the first at the image's own scale).
+ESTIMATE_PASSES = 3
+#: Side (px) of the central part of a plane the size estimate looks at, at most.
+ESTIMATE_MAX_SIDE = 1024
+#: Zooms are kept in this range (nuclei of 1/4 to 4x the model's diameter... and beyond
+#: that the image is resampled by at most this factor).
+MAX_ZOOM = 4.0
+
 
 @dataclass
 class SegmentationResult:
-    """probs (C, *shape) float32; labels (*shape) int32 consecutive; count = labels.max()."""
+    """probs (C, *shape) float32; labels (*shape) int32 consecutive; count = labels.max().
+
+    diameter : nucleus diameter (px of the image) the image was segmented at, ``None``
+    when the model has no scale; zoom : the resampling factor the network saw; method and
+    post_params : the post-processing that made ``labels``.
+    """
 
     probs: np.ndarray
     labels: np.ndarray
     count: int
+    diameter: float | None = None
+    zoom: float = 1.0
+    method: str = "map"
+    post_params: dict[str, Any] | None = None
 
 
 class Segmenter:
@@ -68,6 +102,39 @@ class Segmenter:
     def n_classes(self) -> int:
         return self.info.n_classes
 
+    @property
+    def model_diameter(self) -> float | None:
+        """Nucleus diameter (px) the model was trained at; ``None``: no rescaling."""
+        value = self.info.defaults.get("diameter")
+        return float(value) if value else None
+
+    @property
+    def default_method(self) -> str:
+        """The model's own post-processing method ("map" when it stores none)."""
+        return str(self.info.defaults.get("method", "map"))
+
+    def default_post_params(self, method: str | None = None) -> dict[str, Any]:
+        """The stored parameters of ``method`` (the model's default method when None);
+        ``{}`` for another method than the stored one."""
+        method = (method or self.default_method).lower()
+        if method != self.default_method:
+            return {}
+        return dict(self.info.defaults.get("post_params", {}))
+
+    def min_size_for(self, diameter: float | None) -> int | None:
+        """Smallest object kept (px) for nuclei of ``diameter`` px, from the model's
+        ``min_size_fraction`` of a typical nucleus' area; ``None`` without either."""
+        fraction = self.info.defaults.get("min_size_fraction")
+        if not fraction or not diameter:
+            return None
+        return max(1, round(float(fraction) * disc_area(diameter)))
+
+    def zoom_for(self, diameter: float | None) -> float:
+        """Resampling factor that brings nuclei of ``diameter`` px to the model's scale,
+        limited to [1 / MAX_ZOOM, MAX_ZOOM]; 1 without a diameter or a model scale."""
+        zoom = zoom_for(diameter, self.model_diameter)
+        return float(min(MAX_ZOOM, max(1.0 / MAX_ZOOM, zoom)))
+
     def _kwargs(self, **overrides: Any) -> dict[str, Any]:
         kw: dict[str, Any] = {
             "normalizer": self.info.normalizer(),
@@ -77,35 +144,165 @@ class Segmenter:
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return kw
 
-    def iter_predict(self, image: np.ndarray, **kwargs: Any) -> Iterator[TileUpdate]:
-        """Tile-by-tile prediction generator (see :func:`engine.predict.iter_predict`)."""
-        return iter_predict(self.model, image, **self._kwargs(**kwargs))
+    def resolve_diameter(
+        self, image: np.ndarray, diameter: float | str | None = "auto", **kwargs: Any
+    ) -> float | None:
+        """The diameter (px) to segment ``image`` at: a number as given; ``"auto"`` /
+        ``None``: estimated when the model has a scale, else ``None`` (no rescaling)."""
+        if diameter is None or (isinstance(diameter, str) and diameter.lower() == "auto"):
+            if self.model_diameter is None:
+                return None
+            return self.estimate_diameter(image, **kwargs)
+        value = float(diameter)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"diameter must be 'auto' or a number of pixels > 0, got {diameter!r}."
+            )
+        return value
+
+    def estimate_diameter(self, image: np.ndarray, **kwargs: Any) -> float | None:
+        """Median nucleus diameter (px) in ``image``, measured with the model itself.
+
+        The model segments (MAP) the central part of the image (of a stack: its middle
+        plane) at the image's own scale; the median equivalent diameter of what it finds
+        sets a zoom to the model's scale, and the measurement is repeated there (up to
+        ``ESTIMATE_PASSES`` passes, until the zoom changes by less than 10 %), since the
+        model is most accurate at its own scale. ``None`` when nothing is found or the model
+        has no scale.
+        """
+        from napari_cellfocus.core.postprocess import postprocess
+
+        if self.model_diameter is None:
+            return None
+        plane = np.asarray(image)
+        while plane.ndim > self.spatial_dims:
+            plane = plane[plane.shape[0] // 2]
+        if self.spatial_dims == 2:
+            crop = tuple(
+                slice(
+                    max(0, (n - ESTIMATE_MAX_SIDE) // 2),
+                    max(0, (n - ESTIMATE_MAX_SIDE) // 2) + ESTIMATE_MAX_SIDE,
+                )
+                for n in plane.shape
+            )
+            plane = plane[crop]
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("stream", "on_tile")}
+        zoom, estimate = 1.0, None
+        for _ in range(ESTIMATE_PASSES):
+            work = (
+                plane
+                if zoom == 1.0
+                else resize_array(plane, scaled_shape(plane.shape, zoom), order=1)
+            )
+            probs = predict_probabilities(self.model, work, **self._kwargs(**kwargs))
+            labels, _ = postprocess(probs, method="map")
+            found = median_diameter(labels)
+            if found is None:
+                break
+            estimate = found / zoom
+            new_zoom = self.zoom_for(estimate)
+            if abs(new_zoom / zoom - 1.0) < 0.1:
+                break
+            zoom = new_zoom
+        return estimate
+
+    def iter_predict(
+        self, image: np.ndarray, diameter: float | None = None, **kwargs: Any
+    ) -> Iterator[TileUpdate]:
+        """Tile-by-tile prediction generator (see :func:`engine.predict.iter_predict`).
+
+        With a ``diameter`` (px) the network runs on the image rescaled to the model's
+        scale; every update then carries the probabilities on the image's own grid,
+        ``region`` being the part that changed there.
+        """
+        zoom = self.zoom_for(diameter)
+        if zoom == 1.0:
+            yield from iter_predict(self.model, image, **self._kwargs(**kwargs))
+            return
+        arr = np.asarray(image)
+        sd = self.spatial_dims
+        own = arr.shape[-sd:]
+        work_shape = scaled_shape(own, zoom)
+        work = resize_array(arr, work_shape, order=1)
+        probs = None
+        for update in iter_predict(self.model, work, **self._kwargs(**kwargs)):
+            if probs is None:
+                probs = np.zeros((update.probs.shape[0], *arr.shape), np.float32)
+            lead = update.region[1 : 1 + arr.ndim - sd]
+            spatial = update.region[1 + arr.ndim - sd :]
+            block = tuple(
+                slice(
+                    max(0, math.floor(sl.start * n / m) - 1),
+                    min(n, math.ceil(sl.stop * n / m) + 1),
+                )
+                for sl, n, m in zip(spatial, own, work_shape, strict=True)
+            )
+            source = update.probs[(slice(None), *lead)]
+            probs[(slice(None), *lead, *block)] = resize_block(source, own, block, order=1)
+            region = (slice(None), *lead, *block)
+            yield TileUpdate(update.done, update.total, region, probs, update.message)
 
     def predict(
         self,
         image: np.ndarray,
         on_tile: Callable[[TileUpdate], None] | None = None,
+        diameter: float | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        """Class probabilities (C, *image.shape) float32."""
-        return predict_probabilities(self.model, image, on_tile=on_tile, **self._kwargs(**kwargs))
+        """Class probabilities (C, *image.shape) float32; with ``diameter`` (px) the
+        network sees the image at the model's scale (see :meth:`iter_predict`)."""
+        if self.zoom_for(diameter) == 1.0:
+            return predict_probabilities(
+                self.model, image, on_tile=on_tile, **self._kwargs(**kwargs)
+            )
+        probs = None
+        kwargs.setdefault("stream", on_tile is not None)
+        for update in self.iter_predict(image, diameter=diameter, **kwargs):
+            probs = update.probs
+            if on_tile is not None:
+                on_tile(update)
+        assert probs is not None
+        return probs
+
+    def post_settings(
+        self,
+        method: str | None = None,
+        post_params: dict[str, Any] | None = None,
+        diameter: float | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """Method and parameters to post-process with: the given ones over the model's
+        defaults, plus the size filter relative to ``diameter`` unless ``min_size`` is given."""
+        method = (method or self.default_method).lower()
+        params = self.default_post_params(method)
+        params.update(post_params or {})
+        if "min_size" not in params:
+            min_size = self.min_size_for(diameter)
+            if min_size is not None:
+                params["min_size"] = min_size
+        return method, params
 
     def segment(
         self,
         image: np.ndarray,
-        method: str = "map",
+        method: str | None = None,
         post_params: dict[str, Any] | None = None,
+        diameter: float | str | None = "auto",
         **predict_kwargs: Any,
     ) -> SegmentationResult:
-        """Predict and post-process: ``method`` is "map", "th" or "wt" (see core.postprocess).
+        """Predict and post-process.
+
+        method : "map", "th" or "wt" (see core.postprocess); ``None``: the model's default.
+        post_params : that method's parameters, over the model's stored ones.
+        diameter : nucleus diameter in px, or "auto" (estimated; see :meth:`estimate_diameter`).
 
         For stacks / time series with a 2D model, each plane is post-processed on its own
         and labels are made unique across planes.
         """
-
-        probs = self.predict(image, **predict_kwargs)
-        labels, count = postprocess_planes(probs, self.spatial_dims, method, post_params or {})
-        return SegmentationResult(probs, labels, count)
+        diam = self.resolve_diameter(image, diameter, **predict_kwargs)
+        probs = self.predict(image, diameter=diam, **predict_kwargs)
+        method, params = self.post_settings(method, post_params, diam)
+        labels, count = postprocess_planes(probs, self.spatial_dims, method, params)
+        return SegmentationResult(probs, labels, count, diam, self.zoom_for(diam), method, params)
 
 
 def postprocess_planes(

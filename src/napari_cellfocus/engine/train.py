@@ -18,6 +18,7 @@ Safety rules:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,13 @@ import torch
 
 from napari_cellfocus.core.augment import AugmentConfig, augment_sample
 from napari_cellfocus.core.normalize import PercentileNormalization
+from napari_cellfocus.core.size import (
+    crop_window,
+    median_diameter,
+    resize,
+    scaled_shape,
+    zoom_for,
+)
 from napari_cellfocus.core.targets import class_target, inverse_distance_target
 from napari_cellfocus.core.validation import check_image, check_labels, check_same_shape
 from napari_cellfocus.core.weights import triplex_weight_map, weight_map
@@ -90,6 +98,15 @@ class TrainConfig:
         is taught from the annotations rather than from the starting model.
     freeze_norm : keep batch-norm statistics fixed (eval mode) while training: a few crops
         of one image are a poor estimate of them. Used by the one-click fine-tune.
+    diameter : the model's object scale in pixels. Each training image is resampled so
+        that the median equivalent diameter of its labelled cells is this many pixels
+        (``core.size``), and the model stores it, so prediction rescales images the same
+        way. ``None``: the starting model's diameter when it has one, else images are
+        used as given (no rescaling).
+    scale_range : log-uniform range of an extra zoom drawn per crop (after the diameter
+        normalisation), e.g. (0.5, 2.0) so the model also works on images whose size
+        estimate is off. Class targets and weight maps are then rebuilt per crop at the
+        crop's own scale. (1, 1) = no jitter; not available with ``weak`` labels.
     """
 
     n_classes: int = 3
@@ -109,6 +126,8 @@ class TrainConfig:
     pseudo_label_weight: float = 1.0
     annotation_margin: int = 3
     freeze_norm: bool = False
+    diameter: float | None = None
+    scale_range: tuple[float, float] = (1.0, 1.0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -127,6 +146,19 @@ class TrainConfig:
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
+        lo, hi = (float(v) for v in self.scale_range)
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {self.scale_range}.")
+        self.scale_range = (lo, hi)
+        if self.weak and self.scale_jitter:
+            raise ValueError("scale_range jitter is not available with weak labels.")
+        if self.diameter is not None and not self.diameter > 0:
+            raise ValueError(f"diameter must be > 0 pixels, got {self.diameter}.")
+
+    @property
+    def scale_jitter(self) -> bool:
+        """True when crops are drawn at a random extra zoom (``scale_range`` != (1, 1))."""
+        return tuple(self.scale_range) != (1.0, 1.0)
 
 
 @dataclass
@@ -145,12 +177,28 @@ class TrainProgress:
 @dataclass
 class _Sample:
     image: np.ndarray  # float32 normalised, (Y, X)
-    target: np.ndarray  # uint8 classes
-    weight: np.ndarray  # float32 loss weights
+    target: np.ndarray | None  # uint8 classes (None: built per crop, see scale_range)
+    weight: np.ndarray | None  # float32 loss weights (None: built per crop)
     annotated: np.ndarray | None  # coordinates of annotated pixels, for weak sampling
     labels: np.ndarray  # int instance labels, for validation
-    raw: np.ndarray  # the image as given (float32), for validation through predict
+    raw: np.ndarray  # the image (float32) at the training scale, for validation
     ddt: np.ndarray | None = None  # inverse distance-transform target (DDT models only)
+    zoom: float = 1.0  # how the image was resampled from the one given
+
+
+def target_and_weight(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Class target (uint8) and loss weight map (float32) of an instance image for ``config``."""
+    target = class_target(labels, n_classes=config.n_classes)
+    if config.weak:
+        weight = triplex_weight_map(labels)
+    elif config.weights == "none" or config.loss == "jaccard":
+        weight = np.ones(labels.shape, np.float32)
+    elif config.weights == "overcrowding":
+        weight = weight_map("overcrowding", labels)
+    else:
+        extra = {"n_classes": config.n_classes} if config.weights == "balance" else {}
+        weight = weight_map(config.weights, labels, target=target, **extra)
+    return target, weight.astype(np.float32)
 
 
 def prepare_sample(
@@ -162,7 +210,13 @@ def prepare_sample(
     with_ddt: bool = False,
 ) -> _Sample:
     """Normalise one image and build its class target and weight map (2D); with
-    ``with_ddt`` also the inverse distance-transform target of the DDT paper."""
+    ``with_ddt`` also the inverse distance-transform target of the DDT paper.
+
+    With ``config.diameter`` the image and labels are first resampled so the median
+    equivalent diameter of the labelled cells is ``config.diameter`` px. With
+    ``config.scale_jitter`` the target and weight map are left empty (``None``): they are
+    built per crop at the crop's scale.
+    """
     img = check_image(image, name=name, ndim=(2,))
     lab = check_labels(labels, name=f"labels of {name}", ndim=(2,))
     check_same_shape(img, lab, name, f"labels of {name}")
@@ -170,19 +224,20 @@ def prepare_sample(
         raise ValueError(
             f"labels of {name}: no cell is annotated (all background); paint at least one cell."
         )
-    target = class_target(lab, n_classes=config.n_classes)
-    if config.weak:
-        weight = triplex_weight_map(lab)
-    elif config.weights == "none" or config.loss == "jaccard":
-        weight = np.ones(lab.shape, np.float32)
-    elif config.weights == "overcrowding":
-        weight = weight_map("overcrowding", lab)
+    img = np.asarray(img, np.float32)
+    zoom = 1.0
+    if config.diameter is not None:
+        zoom = zoom_for(median_diameter(lab), config.diameter)
+        if zoom != 1.0:
+            shape = scaled_shape(lab.shape, zoom)
+            img, lab = resize(img, shape, order=1), resize(lab, shape, order=0)
+    if config.scale_jitter:
+        target = weight = None
     else:
-        extra = {"n_classes": config.n_classes} if config.weights == "balance" else {}
-        weight = weight_map(config.weights, lab, target=target, **extra)
+        target, weight = target_and_weight(lab, config)
     annotated = np.argwhere(lab > 0) if config.weak else None
     ddt = inverse_distance_target(lab) if with_ddt else None
-    return _Sample(normalizer(img), target, weight.astype(np.float32), annotated, lab, img, ddt)
+    return _Sample(normalizer(img), target, weight, annotated, lab, img, ddt, zoom)
 
 
 class SteppedTraining:
@@ -247,6 +302,7 @@ class Trainer(SteppedTraining):
         out: str | Path | None = None,
         names: Sequence[str] | None = None,
         workers: int | None = None,
+        image_weights: Sequence[float] | None = None,
     ) -> None:
         self.config = config or TrainConfig()
         cfg = self.config
@@ -263,6 +319,11 @@ class Trainer(SteppedTraining):
         torch.manual_seed(cfg.seed)
 
         self.model, self.info = self._init_model(init, network)
+        if cfg.diameter is None and self.info.defaults.get("diameter"):
+            # train at the scale the starting model predicts at
+            self.config = cfg = dataclasses.replace(
+                cfg, diameter=float(self.info.defaults["diameter"])
+            )
         self.model.to(self.device)
         self.normalizer = self.info.normalizer()
         workers = example_threads(self.device, workers)
@@ -293,7 +354,19 @@ class Trainer(SteppedTraining):
         self.cancelled = False
         self.finished = False
         self._good_state = copy.deepcopy(self.model.state_dict())
-        areas = np.array([smp.image.size for smp in self.train_samples], np.float64)
+        if image_weights is not None and len(image_weights) != len(samples):
+            raise ValueError(f"got {len(image_weights)} image weights for {len(samples)} images.")
+        # each training image is drawn in proportion to its area (at the training scale)
+        # times its weight, e.g. to set the share of real and simulated images in a batch
+        weights = np.ones(len(samples)) if image_weights is None else np.asarray(image_weights)
+        kept = order[n_val:] if n_val < len(samples) else np.arange(len(samples))
+        areas = np.array(
+            [
+                smp.image.size * float(weights[i])
+                for smp, i in zip(self.train_samples, kept, strict=True)
+            ],
+            np.float64,
+        )
         self._areas = areas / areas.sum()
 
     # ------------------------------------------------------------------ set-up
@@ -349,7 +422,29 @@ class Trainer(SteppedTraining):
         sample.weight[outside] = cfg.pseudo_label_weight * reference
 
     # ------------------------------------------------------------------ data
+    def _scaled_crop(self, sample: _Sample, rng: np.random.Generator) -> tuple:
+        """A crop at a random extra zoom in ``scale_range``; its class target and weight
+        map are built from the resampled labels (with a margin, so they are right at the
+        crop's edges). Pixels that fall outside the image get weight 0."""
+        cfg = self.config
+        lo, hi = cfg.scale_range
+        zoom = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        margin = 8
+        side = cfg.crop_size + 2 * margin
+        extent = side / zoom  # source pixels covered by the crop
+        starts = [
+            float(rng.uniform(min(0.0, n - extent), max(0.0, n - extent)))
+            for n in sample.image.shape
+        ]
+        img, lab, inside = crop_window(sample.image, sample.labels, starts, zoom, side)
+        target, weight = target_and_weight(lab, cfg)
+        weight = np.where(inside, weight, 0.0).astype(np.float32)
+        inner = (slice(margin, margin + cfg.crop_size),) * 2
+        return img[inner], target[inner], weight[inner], None
+
     def _crop(self, sample: _Sample, rng: np.random.Generator) -> tuple:
+        if sample.target is None:
+            return self._scaled_crop(sample, rng)
         size = self.config.crop_size
         shape = sample.image.shape
         pads = [(0, max(0, size - n)) for n in shape]
@@ -507,6 +602,8 @@ class Trainer(SteppedTraining):
         """The ModelInfo of the model as it is now (history and training settings)."""
         info = copy.deepcopy(self.info)
         info.history = list(self.history)
+        if self.config.diameter is not None:
+            info.defaults["diameter"] = float(self.config.diameter)
         cfg = asdict(self.config)
         cfg["augment"] = {
             k: list(v) if isinstance(v, tuple) else v for k, v in cfg["augment"].items()
