@@ -144,3 +144,77 @@ def test_cli_errors_are_one_line(tmp_path, cli):
     tifffile.imwrite(rgb, np.zeros((32, 32, 3), np.uint8))
     res = cli("predict", str(rgb), "--out", str(tmp_path / "o2.tif"))
     assert res.returncode == 2 and "RGB" in res.stderr
+
+
+def test_predict_folder_of_mixed_sizes_estimates_each_diameter(tmp_path, cli):
+    """A folder of images of different sizes and nucleus sizes (about 10 and 26 px):
+    `predict FOLDER` with the built-in model estimates each image's diameter (printed,
+    within 20 % of the ground truth's median) and writes labels of each image's shape."""
+    from napari_cellfocus.core.simulate import simulate_cells
+    from napari_cellfocus.core.size import median_diameter
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    truth = {}
+    for name, shape, radius in (
+        ("small", (160, 200), (4.5, 5.5)),
+        ("large", (300, 260), (12, 14)),
+    ):
+        scene = simulate_cells(shape=shape, seed=11, radius=radius, density=0.25, photons=800)
+        tifffile.imwrite(folder / f"{name}.tif", scene.image)
+        truth[name] = (shape, median_diameter(scene.labels))
+    out = tmp_path / "out"
+    res = cli("predict", str(folder), "--out", str(out), "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    for name, (shape, diameter) in truth.items():
+        line = next(ln for ln in res.stdout.splitlines() if f"{name}.tif" in ln)
+        estimate = float(line.split("nucleus diameter ")[1].split(" px")[0])
+        assert "(estimated)" in line
+        assert estimate == pytest.approx(diameter, rel=0.2), line
+        assert tifffile.imread(out / f"{name}_labels.tif").shape == shape
+
+
+def test_predict_uses_the_models_stored_defaults(tmp_path, cli):
+    """A model file that stores WT thresholds, a size filter and a scale: `predict` with
+    no --post and a given --diameter writes what Segmenter.segment gives in Python."""
+    import torch
+
+    from napari_cellfocus.core.simulate import simulate_cells
+    from napari_cellfocus.engine.checkpoint import ModelInfo, save_checkpoint
+    from napari_cellfocus.engine.networks import UNet
+    from napari_cellfocus.engine.segment import Segmenter
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, out_channels=3, depth=2, width=8).eval()
+    defaults = {
+        "diameter": 20.0,
+        "method": "wt",
+        "post_params": {"tau0": 0.45, "tau1": 0.8},
+        "min_size_fraction": 0.2,
+    }
+    path = save_checkpoint(
+        tmp_path / "m.pt", net, ModelInfo(network=net.config, defaults=defaults)
+    )
+    scene = simulate_cells(shape=(96, 96), seed=2)
+    tifffile.imwrite(tmp_path / "img.tif", scene.image)
+    res = cli(
+        "predict",
+        str(tmp_path / "img.tif"),
+        "--out",
+        str(tmp_path / "lab.tif"),
+        "--model",
+        str(path),
+        "--diameter",
+        "12",
+        "--device",
+        "cpu",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "nucleus diameter 12.0 px (given)" in res.stdout
+    api = Segmenter(path, device="cpu").segment(scene.image, diameter=12)
+    assert api.method == "wt"
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "lab.tif"), api.labels)
+    res = cli(
+        "predict", str(tmp_path / "img.tif"), "--out", str(tmp_path / "x.tif"), "--diameter", "-4"
+    )
+    assert res.returncode == 2 and "--diameter" in res.stderr

@@ -244,14 +244,37 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         result = seg.segment(
             image,
             method=args.post,
+            diameter=args.diameter,
             tile_size=args.tile_size,
             on_tile=lambda u, bar=bar: (setattr(bar, "total", u.total), bar.update(u.done)),
         )
         write_image(out, result.labels)
         if pout is not None:
             write_image(pout, result.probs)
-        print(f"{path}: {result.count} cells -> {out}")
+        size = _describe_diameter(result.diameter, args.diameter)
+        print(f"{path}: {result.count} cells{size} -> {out}")
     return 0
+
+
+def _diameter_arg(text: str) -> float | str:
+    """``--diameter``: 'auto' or a number of pixels > 0."""
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or pixels > 0, got {text!r}")
+    return value
+
+
+def _describe_diameter(diameter: float | None, asked: float | str) -> str:
+    """', nucleus diameter 23.1 px (estimated)' for the per-image line; '' without one."""
+    if diameter is None:
+        return ""
+    how = "estimated" if asked == "auto" else "given"
+    return f", nucleus diameter {diameter:.1f} px ({how})"
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -265,7 +288,17 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="labels TIFF (one image) or folder")
     p.add_argument("--model", default="default", help="model file, or 'default' (built-in)")
     p.add_argument(
-        "--post", choices=("map", "th", "wt"), default="map", help="post-processing (map)"
+        "--post",
+        choices=("map", "th", "wt"),
+        default=None,
+        help="post-processing (default: the model's own, with its stored thresholds)",
+    )
+    p.add_argument(
+        "--diameter",
+        type=_diameter_arg,
+        default="auto",
+        help="typical nucleus diameter in pixels, or 'auto' to estimate it per image "
+        "(default); images are rescaled to the model's scale and back",
     )
     p.add_argument("--probs", type=Path, default=None, help="also write probabilities (C,Y,X)")
     p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (512)")
@@ -291,7 +324,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     (image, _, _), (truth, _, _) = sample_cells()
     seg = Segmenter("default", device=args.device)
     print(f"built-in default model on {seg.device_name}", file=sys.stderr)
-    result = seg.segment(image, method="map")
+    result = seg.segment(image)  # the model's own defaults, diameter estimated
     out = Path(args.out)
     write_image(out / "sample_image.tif", image)
     write_image(out / "sample_labels.tif", result.labels)
@@ -303,7 +336,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     skio.imsave(out / "sample_overlay.png", (rgb * 255).astype(np.uint8), check_contrast=False)
     metrics = evaluate(truth, result.labels)
-    print(f"cells found: {result.count} (ground truth: {metrics['n_true']})")
+    print(
+        f"cells found: {result.count} (ground truth: {metrics['n_true']})"
+        f"{_describe_diameter(result.diameter, 'auto')}"
+    )
     print(
         f"F1 {metrics['f1']:.3f}  PQ {metrics['pq']:.3f}  precision {metrics['precision']:.3f}  "
         f"recall {metrics['recall']:.3f}"

@@ -7,6 +7,7 @@ from widget_helpers import PLUGIN, dock, segment, wait_idle
 
 from napari_cellfocus.engine.segment import Segmenter, postprocess_planes
 from napari_cellfocus.widgets._layers import LABELS_NAME, role_of
+from napari_cellfocus.widgets.segment import DiameterFound
 
 
 def test_segment_sample_shows_probabilities_labels_and_count(
@@ -35,7 +36,10 @@ def test_segment_sample_shows_probabilities_labels_and_count(
     result = widget.state.result
     assert result is not None and result.layer_name == "cells (simulated)"
     np.testing.assert_array_equal(
-        labels, postprocess_planes(result.probs, 2, "th", widget.state.post_kwargs())[0]
+        labels,
+        postprocess_planes(result.probs, 2, widget.state.post_method, widget.state.post_kwargs())[
+            0
+        ],
     )
     assert "CPU" in widget.device_label.text()
 
@@ -51,6 +55,8 @@ def test_probabilities_stream_tile_by_tile(viewer, qtbot, tiny_model):
     seen = []
 
     def on_tile(update):
+        if isinstance(update, DiameterFound):  # yielded once, before the tiles
+            return
         seen.append((update.done, update.total, "cell probability" in viewer.layers))
 
     widget.run()
@@ -95,7 +101,13 @@ def test_cancel_restores_previous_outputs(viewer, qtbot, tiny_model):
     widget.tile_spin.setValue(128)
     widget.run()
     done = []
-    widget.worker.yielded.connect(lambda u: (done.append((u.done, u.total)), widget.cancel()))
+
+    def on_update(update):
+        if not isinstance(update, DiameterFound):  # cancel at the first tile
+            done.append((update.done, update.total))
+            widget.cancel()
+
+    widget.worker.yielded.connect(on_update)
     wait_idle(qtbot, widget)
     assert done and done[-1][0] < done[-1][1]
     assert "Cancelled" in widget.status.text()
@@ -146,5 +158,40 @@ def test_model_from_file_and_16_bit_image(make_napari_viewer, qtbot, tiny_model,
     assert widget.model_combo.currentText() == "tiny.pt"
     widget.run()
     wait_idle(qtbot, widget)
-    expected = Segmenter(tiny_model, device="cpu").segment(scene.image, method="th")
+    expected = Segmenter(tiny_model, device="cpu").segment(scene.image)  # model defaults
     np.testing.assert_array_equal(viewer.layers[LABELS_NAME].data, expected.labels)
+
+
+def test_model_defaults_and_diameter_reach_the_widget(viewer, qtbot, tiny_model):
+    """A model that stores a scale and WT defaults: with Diameter on auto the widget
+    shows the estimate, segments at it with the stored WT thresholds and size filter
+    (the same labels as the API), and Tune's state shows those settings. A typed
+    diameter is used as given."""
+    import copy
+
+    model, info = tiny_model
+    info = copy.deepcopy(info)
+    info.defaults = {
+        "diameter": 14.0,
+        "method": "wt",
+        "post_params": {"tau0": 0.45, "tau1": 0.85},
+        "min_size_fraction": 0.2,
+    }
+    widget = dock(viewer, "Segment")
+    widget.use_model((model, info), "scaled tiny")
+    assert widget.diameter == "auto" and widget.diameter_spin.text() == "auto"
+    widget.run()
+    wait_idle(qtbot, widget)
+    image = viewer.layers["nuclei"].data
+    api = Segmenter((model, info), device="cpu").segment(image)
+    assert widget.last_diameter == api.diameter and api.diameter is not None
+    assert widget.diameter_label.text().startswith(f"estimated {api.diameter:.1f} px")
+    np.testing.assert_array_equal(viewer.layers[LABELS_NAME].data, api.labels)
+    assert widget.state.post_method == "wt" and not widget.state.post_user_set
+    assert widget.state.post_kwargs() == api.post_params
+    widget.diameter_spin.setValue(20.0)
+    widget.run()
+    wait_idle(qtbot, widget)
+    given = Segmenter((model, info), device="cpu").segment(image, diameter=20.0)
+    assert widget.diameter_label.text().startswith("20.0 px as given")
+    np.testing.assert_array_equal(viewer.layers[LABELS_NAME].data, given.labels)

@@ -41,10 +41,13 @@ def test_slider_relabels_without_model_call(viewer, qtbot, tiny_model, no_model_
     """Moving γ1 from 0.5 to 0.85 changes the labels layer to exactly
     TH(0.85, γ2) of the cached probabilities, and the model is not called."""
     tune = _segmented(viewer, qtbot, tiny_model)
+    assert tune.method == "map"  # the tiny model stores no defaults: MAP
+    tune.set_method("th")
+    qtbot.wait(3 * tune_module.DEBOUNCE_MS)
+    wait_idle(qtbot, tune)
     layer = viewer.layers[LABELS_NAME]
     before = np.array(layer.data)
     no_model_calls.clear()
-    assert tune.method == "th"
     tune.sliders["gamma1"].setValue(0.85)
     qtbot.waitUntil(lambda: not np.array_equal(layer.data, before), timeout=10_000)
     wait_idle(qtbot, tune)
@@ -60,6 +63,9 @@ def test_slider_relabels_without_model_call(viewer, qtbot, tiny_model, no_model_
 def test_rapid_changes_are_debounced(viewer, qtbot, tiny_model, monkeypatch):
     """Ten slider moves within the debounce window post-process once, with the last value."""
     tune = _segmented(viewer, qtbot, tiny_model)
+    tune.set_method("th")
+    qtbot.wait(3 * tune_module.DEBOUNCE_MS)
+    wait_idle(qtbot, tune)
     runs = []
     original = tune_module.relabel_job
 
@@ -141,6 +147,7 @@ def test_sliders_before_segmentation_do_nothing(make_napari_viewer, qtbot):
     """Without a segmentation the sliders only store the settings (no layer appears)."""
     viewer = make_napari_viewer()
     tune = dock(viewer, "Tune")
+    tune.set_method("th")
     tune.sliders["gamma2"].setValue(0.3)
     qtbot.wait(3 * tune_module.DEBOUNCE_MS)
     assert len(viewer.layers) == 0

@@ -109,8 +109,11 @@ class CellFocusState(QObject):
         self.current: int = 0
         self.device: str = "auto"
         self.result: Segmentation | None = None
-        self.post_method: str = "th"
+        self.post_method: str = "map"
         self.post_params: dict[str, float | int] = dict(DEFAULT_POST_PARAMS)
+        #: False until the user changes the post-processing in Tune: until then every
+        #: segmentation uses the model's own defaults (method, thresholds, size filter).
+        self.post_user_set: bool = False
         self.count: int | None = None
         self._generation = itertools.count(1)
         self._segmenter: Segmenter | None = None
@@ -180,10 +183,17 @@ class CellFocusState(QObject):
         self.result = result
         self.result_changed.emit()
 
-    def set_post(self, method: str, params: dict[str, float | int]) -> None:
+    def set_post(self, method: str, params: dict[str, float | int], by_user: bool = True) -> None:
+        """Set the post-processing; ``by_user=False`` for the model's defaults applied by a
+        segmentation (they do not stop later runs from using the next model's defaults)."""
+        changed = method != self.post_method or any(
+            self.post_params.get(k) != v for k, v in params.items()
+        )
         self.post_method = method
         self.post_params.update(params)
-        self.post_changed.emit()
+        self.post_user_set = self.post_user_set or (by_user and changed)
+        if changed:
+            self.post_changed.emit()
 
     def post_kwargs(self) -> dict[str, float | int]:
         """Keyword arguments of the selected method for ``core.postprocess.postprocess``."""

@@ -135,17 +135,24 @@ class FinetuneDone:
 
 def _preview(trainer: Any, job: dict[str, Any], step: int) -> Preview:
     """Predict the preview planes with the trainer's current weights; back to training mode."""
+    from napari_cellfocus.core.size import rescale, resize
     from napari_cellfocus.engine.predict import predict_probabilities
     from napari_cellfocus.engine.segment import postprocess_planes
 
     model = trainer.model
     was_training = model.training
     image, planes, probs = job["image"], job["planes"], job["template"].copy()
+    zoom = float(job.get("zoom", 1.0))  # the training images' zoom to the model's scale
     try:
         for idx in planes:
-            probs[(slice(None), *idx)] = predict_probabilities(
-                model, image[idx], normalizer=trainer.normalizer, device=trainer.device
+            plane = image[idx]
+            work = plane if zoom == 1.0 else rescale(plane, zoom, order=1)
+            plane_probs = predict_probabilities(
+                model, work, normalizer=trainer.normalizer, device=trainer.device
             )
+            if zoom != 1.0:
+                plane_probs = resize(plane_probs, plane.shape, order=1)
+            probs[(slice(None), *idx)] = plane_probs
     finally:
         if was_training:
             trainer.train_mode()  # keeps batch-norm statistics frozen when configured
@@ -175,6 +182,8 @@ def finetune_job(
     trainer = None
     try:
         trainer = Trainer(images, labels, config, init=init, device=device, names=names)
+        # previews see the image at the scale the model trains at (from the annotations)
+        preview = {**preview, "zoom": float(np.median([s.zoom for s in trainer.train_samples]))}
         yield f"training on {trainer.device}"
         steps = trainer.steps()
         try:

@@ -2,8 +2,10 @@
 
 The prediction runs tile by tile in a worker thread (:func:`segment_job`); each
 finished tile is shown at once in the class-probability layers, which are views of
-the array being filled. The instance labels come from the post-processing chosen in
-Tune (TH by default). Cancel stops between tiles and puts the earlier outputs back.
+the array being filled. Before that, the nucleus diameter is estimated by the model
+(Diameter = auto) or taken from the box, and the image is predicted at the model's scale.
+The instance labels come from the model's own post-processing defaults until the user
+changes them in Tune. Cancel stops between tiles and puts the earlier outputs back.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -59,23 +62,44 @@ class SegmentDone:
     count: int
     tiles: int
     seconds: float
+    diameter: float | None = None
+    method: str = "map"
+    params: dict[str, Any] | None = None
+
+
+@dataclass
+class DiameterFound:
+    """Yielded by :func:`segment_job` once the nucleus diameter is known (px, or None)."""
+
+    diameter: float | None
+    estimated: bool
 
 
 def segment_job(
     segmenter: Segmenter,
     image: np.ndarray,
     tile_size: int,
-    method: str,
-    params: dict[str, Any],
+    method: str | None,
+    params: dict[str, Any] | None,
     name: str,
     cancel: threading.Event,
+    diameter: float | str | None = "auto",
 ) -> Iterator[Any]:
-    """Worker generator: yield every :class:`TileUpdate`, return labels at the end."""
+    """Worker generator: yield the diameter (:class:`DiameterFound`), then every
+    :class:`TileUpdate`; return labels at the end. ``method=None``: the model's own
+    post-processing defaults (with its size filter relative to the diameter)."""
     from napari_cellfocus.engine.segment import postprocess_planes
 
     start = time.perf_counter()
     try:
-        tiles = segmenter.iter_predict(image, tile_size=tile_size, name=name)
+        estimated = isinstance(diameter, str) or diameter is None
+        diam = segmenter.resolve_diameter(image, diameter, tile_size=tile_size, name=name)
+        yield DiameterFound(diam, estimated)
+        if cancel.is_set():
+            return Cancelled("before the prediction")
+        if method is None:
+            method, params = segmenter.post_settings(None, None, diam)
+        tiles = segmenter.iter_predict(image, diameter=diam, tile_size=tile_size, name=name)
         update = None
         try:
             for update in tiles:
@@ -87,7 +111,16 @@ def segment_job(
         if update is None:
             return Failed(f"'{name}': nothing to segment (empty image).")
         labels, count = postprocess_planes(update.probs, segmenter.spatial_dims, method, params)
-        return SegmentDone(update.probs, labels, count, update.total, time.perf_counter() - start)
+        return SegmentDone(
+            update.probs,
+            labels,
+            count,
+            update.total,
+            time.perf_counter() - start,
+            diam,
+            method,
+            params,
+        )
     except (ValueError, MemoryError) as err:
         return Failed(str(err))
 
@@ -123,6 +156,7 @@ class SegmentWidget(QWidget):
         self._last_refresh = 0.0
         self._input = None
         self._segmenter: Segmenter | None = None
+        self.last_diameter: float | None = None
 
         self.source = ImageSource(napari_viewer)
         self.model_combo = QComboBox()
@@ -143,6 +177,19 @@ class SegmentWidget(QWidget):
             "Side of the tiles predicted at once. Smaller tiles use less memory "
             "(use them if the GPU runs out of memory); larger ones are a little faster."
         )
+        self.diameter_spin = QDoubleSpinBox()
+        self.diameter_spin.setRange(0.0, 1000.0)
+        self.diameter_spin.setDecimals(1)
+        self.diameter_spin.setSingleStep(1.0)
+        self.diameter_spin.setSuffix(" px")
+        self.diameter_spin.setSpecialValueText("auto")
+        self.diameter_spin.setValue(0.0)
+        self.diameter_spin.setToolTip(
+            "Typical nucleus diameter in pixels. 'auto' (0) lets the model measure it; the "
+            "image is rescaled so nuclei have the size the model was trained at, and the "
+            "results are mapped back. Type a value if the estimate is off."
+        )
+        self.diameter_label = QLabel("")
         self.post_label = QLabel()
         self.post_label.setWordWrap(True)
         self.run_button = QPushButton("Run")
@@ -167,6 +214,8 @@ class SegmentWidget(QWidget):
         form.addRow("Device", self.device_combo)
         form.addRow("", self.device_label)
         form.addRow("Tile size", self.tile_spin)
+        form.addRow("Diameter", self.diameter_spin)
+        form.addRow("", self.diameter_label)
         form.addRow("Labels by", self.post_label)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -262,12 +311,22 @@ class SegmentWidget(QWidget):
             self.device_label.setText(str(err))
 
     def _show_post(self) -> None:
+        if not self.state.post_user_set and self.state.result is None:
+            self.post_label.setText("the model's defaults (change them in Tune)")
+            return
         method = self.state.post_method
         kw = self.state.post_kwargs()
         names = {"gamma1": "γ1", "gamma2": "γ2", "tau0": "τ0", "tau1": "τ1"}
         parts = [f"{names[k]}={kw[k]:.2f}" for k in kw if k in names]
         text = f"{method.upper()} {' '.join(parts)}, min size {int(kw['min_size'])} px"
-        self.post_label.setText(f"{text} (set in Tune)")
+        how = "set in Tune" if self.state.post_user_set else "model defaults; Tune changes them"
+        self.post_label.setText(f"{text} ({how})")
+
+    @property
+    def diameter(self) -> float | str:
+        """The Diameter box: ``"auto"`` or pixels."""
+        value = float(self.diameter_spin.value())
+        return "auto" if value <= 0 else value
 
     def _show_count(self, count: int) -> None:
         self.count_label.setText(f"Cells: {count}")
@@ -331,9 +390,10 @@ class SegmentWidget(QWidget):
             segmenter,
             image,
             int(self.tile_spin.value()),
-            self.state.post_method,
-            self.state.post_kwargs(),
+            self.state.post_method if self.state.post_user_set else None,
+            self.state.post_kwargs() if self.state.post_user_set else None,
             self._input.layer.name,
+            diameter=self.diameter,
             yielded=self._on_tile,
             returned=self._on_done,
             finished=self._on_finished,
@@ -353,6 +413,9 @@ class SegmentWidget(QWidget):
         self._run_probs = probs
 
     def _on_tile(self, update: Any) -> None:
+        if isinstance(update, DiameterFound):
+            self._show_diameter(update)
+            return
         if update.probs is not self._run_probs:
             self._show_probs(update.probs)
             self._last_refresh = time.perf_counter()
@@ -365,6 +428,19 @@ class SegmentWidget(QWidget):
         if update.message:
             show_warning(update.message)
             self.status.setText(update.message)
+
+    def _show_diameter(self, found: DiameterFound) -> None:
+        if found.diameter is None:
+            text = "this model has no scale: the image is used as it is"
+        elif found.estimated:
+            text = f"estimated {found.diameter:.1f} px"
+        else:
+            text = f"{found.diameter:.1f} px as given"
+        zoom = self._segmenter.zoom_for(found.diameter) if self._segmenter else 1.0
+        if zoom != 1.0:
+            text += f"; predicted at {zoom:.2f}x"
+        self.diameter_label.setText(text)
+        self.last_diameter = found.diameter
 
     def _on_done(self, result: Any) -> None:
         if isinstance(result, Cancelled):
@@ -383,6 +459,8 @@ class SegmentWidget(QWidget):
         for layer in self._prob_layers:
             layer.refresh()
         put_labels(self.viewer, result.labels, src.scale, src.translate)
+        if not self.state.post_user_set:
+            self.state.set_post(result.method, result.params or {}, by_user=False)
         self.state.set_count(result.count)
         self.state.set_result(
             Segmentation(

@@ -247,7 +247,26 @@ class TuneWidget(QWidget):
         self.optimise_button.clicked.connect(self.optimise)
         self.cancel_button.clicked.connect(self.cancel_search)
         self.state.result_changed.connect(self._result_changed)
+        self.state.post_changed.connect(self._sync_from_state)
         self._result_changed()
+
+    def _sync_from_state(self) -> None:
+        """Show the state's post-processing (e.g. the model's defaults after a Segment run)
+        without re-labelling: the labels already come from these settings."""
+        if self.method == self.state.post_method and self.params() == self.state.post_kwargs():
+            return
+        widgets = [self.method_combo, self.min_size, *self.sliders.values()]
+        for w in widgets:
+            w.blockSignals(True)
+        try:
+            self.set_method(self.state.post_method)
+            for key, slider in self.sliders.items():
+                slider.setValue(float(self.state.post_params[key]))
+            self.min_size.setValue(int(self.state.post_params["min_size"]))
+            self._show_rows()
+        finally:
+            for w in widgets:
+                w.blockSignals(False)
 
     # ------------------------------------------------------------------ live relabel
     @property
