@@ -116,3 +116,18 @@ def test_crop_window_zoom_scales_the_cells():
     _, big, _ = crop_window(scene.image, scene.labels, [64.0, 64.0], 2.0, 200)
     # cut cells at the crop's edge pull the median down a little
     assert median_diameter(big) == pytest.approx(2 * d, rel=0.2)
+
+
+def test_typical_diameter_sets_fragments_aside():
+    """Four 20 x 20 nuclei and ten 3 x 3 fragments: the plain median is a fragment's
+    diameter, the typical diameter is the nuclei's (2 sqrt(400 / pi) = 22.6 px)."""
+    from napari_cellfocus.core.size import typical_diameter
+
+    lab = np.zeros((100, 100), np.int32)
+    for i, (y, x) in enumerate([(0, 0), (0, 30), (30, 0), (30, 30)], start=1):
+        lab[y : y + 20, x : x + 20] = i
+    for j in range(10):
+        lab[70 + (j // 5) * 10 : 73 + (j // 5) * 10, 5 + 10 * (j % 5) : 8 + 10 * (j % 5)] = 10 + j
+    assert median_diameter(lab) == pytest.approx(2 * math.sqrt(9 / math.pi))
+    assert typical_diameter(lab) == pytest.approx(2 * math.sqrt(400 / math.pi))
+    assert typical_diameter(np.zeros((4, 4), int)) is None

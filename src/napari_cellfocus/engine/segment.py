@@ -27,9 +27,9 @@ import torch
 
 from napari_cellfocus.core.size import (
     disc_area,
-    median_diameter,
     resize_block,
     scaled_shape,
+    typical_diameter,
     zoom_for,
 )
 from napari_cellfocus.core.size import resize as resize_array
@@ -196,7 +196,7 @@ class Segmenter:
             )
             probs = predict_probabilities(self.model, work, **self._kwargs(**kwargs))
             labels, _ = postprocess(probs, method="map")
-            found = median_diameter(labels)
+            found = typical_diameter(labels)
             if found is None:
                 break
             estimate = found / zoom
