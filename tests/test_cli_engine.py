@@ -76,7 +76,8 @@ def test_train_then_predict_then_evaluate(sim_folder, tmp_path, cli):
     )
     assert res.returncode == 0, res.stderr
     written = sorted(out.glob("*_labels.tif"))
-    assert len(written) == 4  # both images and both label files of the folder are inputs
+    # the folder's label files are not taken as images
+    assert sorted(p.name for p in written) == ["sim_000_labels.tif", "sim_001_labels.tif"]
     probs = tifffile.imread(next((tmp_path / "probs").glob("sim_000_probs.tif")))
     assert probs.shape == (3, 96, 96)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
@@ -218,3 +219,27 @@ def test_predict_uses_the_models_stored_defaults(tmp_path, cli):
         "predict", str(tmp_path / "img.tif"), "--out", str(tmp_path / "x.tif"), "--diameter", "-4"
     )
     assert res.returncode == 2 and "--diameter" in res.stderr
+
+
+def test_train_on_a_folder_pairs_images_with_their_label_files(sim_folder, tmp_path, cli):
+    """`train FOLDER --labels FOLDER` (the layout `simulate` writes) pairs sim_000.tif with
+    sim_000_labels.tif, never a file with itself."""
+    res = cli(
+        "train",
+        str(sim_folder),
+        "--labels",
+        str(sim_folder),
+        "--out",
+        str(tmp_path / "m.pt"),
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--crop-size",
+        "64",
+        "--device",
+        "cpu",
+    )
+    assert res.returncode == 0, res.stderr
+    _, info = load_checkpoint(tmp_path / "m.pt")
+    assert info.training["last_run"]["n_train_images"] == 2

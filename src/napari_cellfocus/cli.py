@@ -140,8 +140,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from napari_cellfocus.core.io import expand_paths, read_image
     from napari_cellfocus.engine.train import TrainConfig, Trainer, quick_finetune_config
 
-    images = expand_paths(args.images)
-    labels = expand_paths(args.labels)
+    images = expand_paths(args.images, role="images")
+    labels = expand_paths(args.labels, role="labels")
     if len(images) != len(labels):
         raise CliError(
             f"{len(images)} image file(s) but {len(labels)} label file(s): give one label "
@@ -229,7 +229,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from napari_cellfocus.core.io import expand_paths, output_paths, read_image, write_image
     from napari_cellfocus.engine.segment import Segmenter
 
-    images = expand_paths(args.images)
+    images = expand_paths(args.images, role="images")
     outs = output_paths(images, args.out, "_labels")
     probs_out = output_paths(images, args.probs, "_probs") if args.probs else [None] * len(images)
     seg = Segmenter(args.model, device=args.device)

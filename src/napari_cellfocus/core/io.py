@@ -54,18 +54,36 @@ def write_image(path: str | Path, array: np.ndarray, compress: bool = True) -> P
     return path
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+#: File-name endings of label and result images (``cellfocus simulate`` / ``predict``
+#: write ``NAME_labels.tif``, ``NAME_probs.tif``): never taken as images from a folder.
+LABEL_ENDINGS = ("_labels", "_label", "_masks", "_mask")
+RESULT_ENDINGS = (*LABEL_ENDINGS, "_probs", "_probabilities", "_depth", "_fused")
+
+
+def expand_paths(paths: Iterable[str | Path], role: str | None = None) -> list[Path]:
     """Expand folders into their TIFF files (sorted by name); keep files as given.
 
+    ``role="images"``: from a folder, files whose name ends in a label or result ending
+    (``_labels``, ``_masks``, ``_probs``, ... see ``RESULT_ENDINGS``) are left out, so
+    ``predict FOLDER`` does not segment its own outputs. ``role="labels"``: from a folder,
+    only the files with a label ending, or every file when none has one (a ``masks/``
+    folder named like its images). Files named one by one are always kept.
+
     Raises ``FileNotFoundError`` for a path that does not exist and
-    ``ValueError`` for a folder holding no TIFF file.
+    ``ValueError`` for a folder holding no TIFF file (of that role).
     """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES)
+            if role == "images":
+                files = [f for f in files if not f.stem.lower().endswith(RESULT_ENDINGS)]
+            elif role == "labels":
+                marked = [f for f in files if f.stem.lower().endswith(LABEL_ENDINGS)]
+                files = marked or files
             if not files:
-                raise ValueError(f"{p}: folder holds no .tif/.tiff file.")
+                what = "image " if role == "images" else ""
+                raise ValueError(f"{p}: folder holds no {what}.tif/.tiff file.")
             out.extend(files)
         elif p.exists():
             out.append(p)
