@@ -18,6 +18,9 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
+#: Largest resampling factor (either way) applied to an image: nuclei of 1/4 to 4x the
+#: model's diameter are brought to it exactly; beyond, part of the way.
+MAX_ZOOM = 4.0
 #: Zooms closer to 1 than this are not worth a resampling (the network is trained on
 #: a +-2x scale jitter around its diameter).
 NEGLIGIBLE_ZOOM = 0.05

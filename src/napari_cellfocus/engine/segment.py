@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from napari_cellfocus.core.size import (
+    MAX_ZOOM,
     disc_area,
     resize_block,
     scaled_shape,
@@ -41,9 +42,6 @@ from napari_cellfocus.engine.predict import TileUpdate, iter_predict, predict_pr
 ESTIMATE_PASSES = 3
 #: Side (px) of the central part of a plane the size estimate looks at, at most.
 ESTIMATE_MAX_SIDE = 1024
-#: Zooms are kept in this range (nuclei of 1/4 to 4x the model's diameter... and beyond
-#: that the image is resampled by at most this factor).
-MAX_ZOOM = 4.0
 
 
 @dataclass

@@ -33,6 +33,7 @@ import torch
 from napari_cellfocus.core.augment import AugmentConfig, augment_sample
 from napari_cellfocus.core.normalize import PercentileNormalization
 from napari_cellfocus.core.size import (
+    MAX_ZOOM,
     crop_window,
     median_diameter,
     resize,
@@ -227,7 +228,10 @@ def prepare_sample(
     img = np.asarray(img, np.float32)
     zoom = 1.0
     if config.diameter is not None:
+        # limited like the Segmenter's zoom, so one tiny or huge annotation cannot make
+        # a training image 100x larger (or smaller) than given
         zoom = zoom_for(median_diameter(lab), config.diameter)
+        zoom = min(MAX_ZOOM, max(1.0 / MAX_ZOOM, zoom))
         if zoom != 1.0:
             shape = scaled_shape(lab.shape, zoom)
             img, lab = resize(img, shape, order=1), resize(lab, shape, order=0)
