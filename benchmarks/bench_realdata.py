@@ -67,11 +67,19 @@ def validation_set(data: Path, seg: Segmenter, seed: int, fraction: float) -> li
     return [real[i] for i in val]
 
 
-def false_positive_sizes(preds, method, params, fraction) -> dict[str, int]:
-    """False detections by area relative to the image's median true nucleus area."""
+#: Where a false detection lies: share of its pixels on annotated nuclei.
+PLACES = (("on a nucleus (split / partial)", 0.5), ("at a nucleus edge", 0.1), ("background", 0.0))
+SIZES = (("< 1/4", 0.25), ("1/4 - 1/2", 0.5), ("1/2 - 2", 2.0), ("> 2", float("inf")))
+
+
+def false_positives(preds, method, params, fraction) -> dict[str, dict[str, int]]:
+    """False detections (unmatched predicted objects) by where they lie (the share of their
+    pixels on annotated nuclei: >= 1/2 a split or partial nucleus, 1/10 - 1/2 at a nucleus'
+    edge, less: background texture or an unannotated object) and by area relative to the
+    image's median annotated nucleus."""
     from napari_cellfocus.core.postprocess import postprocess
 
-    bins = {"< 1/4": 0, "1/4 - 1/2": 0, "1/2 - 2": 0, "> 2": 0}
+    table = {place: {size: 0 for size, _ in SIZES} for place, _ in PLACES}
     for pred in preds:
         kw = dict(params)
         if fraction and pred.diameter:
@@ -81,20 +89,18 @@ def false_positive_sizes(preds, method, params, fraction) -> dict[str, int]:
         true_areas = np.bincount(pred.labels.ravel())[1:]
         typical = float(np.median(true_areas[true_areas > 0])) if true_areas.any() else 1.0
         areas = np.bincount(lab.ravel())
+        on_nuclei = np.bincount(
+            lab.ravel(), weights=(pred.labels.ravel() > 0), minlength=areas.size
+        )
         matched = {int(i) for i in m.matched_pred}
         for obj in m.pred_ids:
             if int(obj) in matched:
                 continue
-            rel = areas[obj] / typical
-            if rel < 0.25:
-                bins["< 1/4"] += 1
-            elif rel < 0.5:
-                bins["1/4 - 1/2"] += 1
-            elif rel <= 2:
-                bins["1/2 - 2"] += 1
-            else:
-                bins["> 2"] += 1
-    return bins
+            share = on_nuclei[obj] / areas[obj]
+            place = next(name for name, low in PLACES if share >= low)
+            size = next(name for name, high in SIZES if areas[obj] / typical < high)
+            table[place][size] += 1
+    return table
 
 
 def summarise(preds, method, params, fraction) -> dict:
@@ -144,7 +150,7 @@ def evaluate_model(name: str, model, val, device: str, diameter="auto") -> dict:
         "min_size_fraction": fraction,
         "model_diameter": seg.model_diameter,
         "scores": summarise(preds, method, params, fraction),
-        "false_positives_by_size": false_positive_sizes(preds, method, params, fraction),
+        "false_positives": false_positives(preds, method, params, fraction),
         "seconds": time.perf_counter() - t,
     }
     if rel:
@@ -195,18 +201,16 @@ def write_docs(record: dict, path: Path) -> None:
             )
     lines += [
         "",
-        "False detections by area, relative to the image's median true nucleus area:",
+        "False detections (predicted objects matching no annotated nucleus at IoU > 0.5), by "
+        "where they lie and by area relative to the image's median annotated nucleus:",
         "",
-        "| model | < 1/4 | 1/4 - 1/2 | 1/2 - 2 | > 2 |",
-        "|---|---|---|---|---|",
+        "| model | where | " + " | ".join(f"area {name}" for name, _ in SIZES) + " | all |",
+        "|---|---|" + "---|" * (len(SIZES) + 1),
     ]
     for res in record["models"]:
-        fp = res["false_positives_by_size"]
-        lines.append(
-            f"| {res['model']} | "
-            + " | ".join(str(fp[k]) for k in ("< 1/4", "1/4 - 1/2", "1/2 - 2", "> 2"))
-            + " |"
-        )
+        for place, row in res["false_positives"].items():
+            cells = " | ".join(str(row[name]) for name, _ in SIZES)
+            lines.append(f"| {res['model']} | {place} | {cells} | {sum(row.values())} |")
     est = [
         r
         for r in record["models"]
