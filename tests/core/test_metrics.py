@@ -6,7 +6,6 @@ Every expected value is worked out by hand in the test's docstring.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -273,14 +272,13 @@ def test_evaluate_identical_many_cells():
     assert r["fp"] == r["fn"] == 0
 
 
-def test_evaluate_is_fast_on_large_image():
-    """1024 cells on 2048x2048: vectorised overlap must finish well under seconds."""
+def test_evaluate_on_a_large_image_with_many_cells():
+    """1024 cells on 2048x2048 (the vectorised overlap path; its speed is a benchmark
+    figure, not a test: shared machines make timed assertions flaky)."""
     grid = np.arange(1, 1025, dtype=np.int32).reshape(32, 32)
     gt = np.repeat(np.repeat(grid, 64, axis=0), 64, axis=1)
     pred = np.roll(gt, 3, axis=1)
-    t0 = time.perf_counter()
     r = evaluate(gt, pred)
-    assert time.perf_counter() - t0 < 5.0
     # Each 64x64 cell shifted 3 px: IoU = 61/67 > 0.5 for every cell.
     assert r["tp"] == 1024
     assert r["sq"] == pytest.approx(61 / 67)
