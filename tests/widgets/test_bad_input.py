@@ -7,7 +7,7 @@ import pytest
 import torch
 from widget_helpers import dock, errors_since, layer_snapshot, n_records, segment, wait_idle
 
-from napari_cellfocus.widgets._layers import LABELS_NAME
+from napari_cellfocus.widgets._layers import labels_name
 
 
 class Unchanged:
@@ -70,7 +70,7 @@ def test_rgb_image_into_grey_model(make_napari_viewer, qtbot, tiny_model, scene)
     seg.source.set_channel((2, 1))
     seg.run()
     wait_idle(qtbot, seg)
-    assert viewer.layers[LABELS_NAME].data.shape == scene.image.shape
+    assert viewer.layers[labels_name("colour")].data.shape == scene.image.shape
 
 
 def test_labels_of_another_shape(viewer, qtbot, tiny_model):

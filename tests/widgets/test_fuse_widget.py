@@ -9,7 +9,7 @@ from widget_helpers import errors_since, n_records, wait_idle
 
 from napari_cellfocus.core.fusion import fuse_classical
 from napari_cellfocus.core.simulate import simulate_focus_stack
-from napari_cellfocus.widgets._layers import role_of
+from napari_cellfocus.widgets._layers import labels_name, role_of
 from napari_cellfocus.widgets.fuse_widget import (
     DEPTH_NAME,
     DEPTH_ROLE,
@@ -142,6 +142,6 @@ def test_fuse_then_segment_hands_the_fused_layer_to_segment(
     assert widget.segment_widget() is segment
     assert segment.source.layers.layer() is viewer.layers[FUSED_NAME]
     wait_idle(qtbot, segment)
-    labels = viewer.layers["cellfocus labels"]
+    labels = viewer.layers[labels_name(FUSED_NAME)]
     assert labels.data.shape == (96, 96)
     assert segment.state.result.layer_name == FUSED_NAME

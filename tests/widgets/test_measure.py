@@ -10,7 +10,7 @@ from widget_helpers import dock, segment, wait_idle
 
 from napari_cellfocus.core.measure import cell_table, match_boxes
 from napari_cellfocus.core.metrics import evaluate
-from napari_cellfocus.widgets._layers import BOXES_NAME, LABELS_NAME
+from napari_cellfocus.widgets._layers import BOXES_NAME, labels_name
 
 
 def test_cell_table_by_hand():
@@ -72,13 +72,13 @@ def test_measure_segmentation_metrics_boxes_and_csv(viewer, qtbot, tiny_model, t
     rectangles, and the CSV files hold the same numbers."""
     segment(viewer, qtbot, tiny_model)
     widget = dock(viewer, "Measure")
-    assert widget.labels.currentText() == LABELS_NAME
+    assert widget.labels.currentText() == labels_name("nuclei")
     assert widget.gt.currentText() == "ground truth"
     assert widget.intensity.layers.currentText() == "nuclei"  # the segmented image
     widget.boxes_check.setChecked(True)
     widget.measure()
     wait_idle(qtbot, widget)
-    labels = np.asarray(viewer.layers[LABELS_NAME].data)
+    labels = np.asarray(viewer.layers[labels_name("nuclei")].data)
     gt = np.asarray(viewer.layers["ground truth"].data)
     image = np.asarray(viewer.layers["nuclei"].data, dtype=np.float64)
     ids = np.unique(labels[labels > 0])

@@ -6,7 +6,7 @@ import numpy as np
 from widget_helpers import PLUGIN, dock, segment, wait_idle
 
 from napari_cellfocus.engine.segment import Segmenter, postprocess_planes
-from napari_cellfocus.widgets._layers import LABELS_NAME, role_of
+from napari_cellfocus.widgets._layers import labels_name, probability_name, role_of
 from napari_cellfocus.widgets.segment import DiameterFound
 
 
@@ -21,8 +21,8 @@ def test_segment_sample_shows_probabilities_labels_and_count(
     widget = segment(viewer, qtbot, tiny_model, image_name="cells (simulated)")
     names = [layer.name for layer in viewer.layers]
     for cls in ("background", "cell", "touching"):
-        assert f"{cls} probability" in names
-    labels_layer = viewer.layers[LABELS_NAME]
+        assert f"cells (simulated) {cls} probability" in names
+    labels_layer = viewer.layers["cells (simulated) labels"]
     labels = np.asarray(labels_layer.data)
     assert labels.shape == (512, 512)
     count = len(np.unique(labels[labels > 0]))
@@ -31,7 +31,7 @@ def test_segment_sample_shows_probabilities_labels_and_count(
     assert widget.state.count == count
     image = viewer.layers["cells (simulated)"].data
     expected = Segmenter(tiny_model, device="cpu").predict(image, tile_size=512)
-    cell = viewer.layers["cell probability"].data
+    cell = viewer.layers[probability_name("cells (simulated)", "cell")].data
     np.testing.assert_allclose(cell, expected[1], atol=1e-5)
     result = widget.state.result
     assert result is not None and result.layer_name == "cells (simulated)"
@@ -57,7 +57,7 @@ def test_probabilities_stream_tile_by_tile(viewer, qtbot, tiny_model):
     def on_tile(update):
         if isinstance(update, DiameterFound):  # yielded once, before the tiles
             return
-        seen.append((update.done, update.total, "cell probability" in viewer.layers))
+        seen.append((update.done, update.total, "big cell probability" in viewer.layers))
 
     widget.run()
     widget.worker.yielded.connect(on_tile)
@@ -74,14 +74,14 @@ def test_probabilities_stream_tile_by_tile(viewer, qtbot, tiny_model):
 def test_rerun_replaces_own_layers_and_never_a_users_layer(viewer, qtbot, tiny_model):
     """A second run updates the plugin's layers in place (same objects, no new layers);
     a user's layer called like an output is left untouched and the output gets a new name."""
-    users = viewer.add_image(np.full((128, 128), 7.0, np.float32), name="cell probability")
+    users = viewer.add_image(np.full((128, 128), 7.0, np.float32), name="nuclei cell probability")
     widget = segment(viewer, qtbot, tiny_model)
     np.testing.assert_array_equal(users.data, 7.0)
     assert role_of(users) is None
     own = [layer for layer in viewer.layers if role_of(layer) is not None]
     assert len(own) == 4  # 3 probabilities + labels
     own_cell = next(layer for layer in own if role_of(layer) == "probability:cell")
-    assert own_cell.name != "cell probability"
+    assert own_cell.name != "nuclei cell probability"
     before = list(viewer.layers)
     widget.run()
     wait_idle(qtbot, widget)
@@ -93,8 +93,9 @@ def test_cancel_restores_previous_outputs(viewer, qtbot, tiny_model):
     """Cancel at the first tile: the run stops early, no half-filled layer is left and the
     outputs of the earlier run are back."""
     widget = segment(viewer, qtbot, tiny_model)
-    labels_before = np.array(viewer.layers[LABELS_NAME].data)
-    cell_before = viewer.layers["cell probability"].data
+    labels_before = np.array(viewer.layers["nuclei labels"].data)
+    cell_before = viewer.layers["nuclei cell probability"].data
+    names_before = [layer.name for layer in viewer.layers]
     big = np.tile(viewer.layers["nuclei"].data, (4, 4))  # 512 x 512
     viewer.add_image(big, name="big")
     widget.source.layers.set_layer(viewer.layers["big"])
@@ -111,8 +112,9 @@ def test_cancel_restores_previous_outputs(viewer, qtbot, tiny_model):
     wait_idle(qtbot, widget)
     assert done and done[-1][0] < done[-1][1]
     assert "Cancelled" in widget.status.text()
-    assert viewer.layers["cell probability"].data is cell_before
-    np.testing.assert_array_equal(viewer.layers[LABELS_NAME].data, labels_before)
+    assert [layer.name for layer in viewer.layers] == [*names_before, "big"]  # no "big ..."
+    assert viewer.layers["nuclei cell probability"].data is cell_before
+    np.testing.assert_array_equal(viewer.layers["nuclei labels"].data, labels_before)
     assert widget.state.result.layer_name == "nuclei"
 
 
@@ -129,14 +131,14 @@ def test_stack_and_channel_selection(make_napari_viewer, qtbot, tiny_model, scen
     assert widget.source.selected_channel() == (0, 1)
     widget.run()
     wait_idle(qtbot, widget)
-    labels = viewer.layers[LABELS_NAME]
+    labels = viewer.layers["two labels"]
     assert labels.data.shape == (128, 128)
     assert tuple(labels.scale) == (0.5, 0.5)
     single = np.asarray(labels.data).copy()
     widget.source.set_channel(None)
     widget.run()
     wait_idle(qtbot, widget)
-    stack = np.asarray(viewer.layers[LABELS_NAME].data)
+    stack = np.asarray(viewer.layers["two labels"].data)
     assert stack.shape == (2, 128, 128)
     np.testing.assert_array_equal(stack[1] > 0, single > 0)
     ids0, ids1 = set(np.unique(stack[0])) - {0}, set(np.unique(stack[1])) - {0}
@@ -159,7 +161,7 @@ def test_model_from_file_and_16_bit_image(make_napari_viewer, qtbot, tiny_model,
     widget.run()
     wait_idle(qtbot, widget)
     expected = Segmenter(tiny_model, device="cpu").segment(scene.image)  # model defaults
-    np.testing.assert_array_equal(viewer.layers[LABELS_NAME].data, expected.labels)
+    np.testing.assert_array_equal(viewer.layers["sixteen labels"].data, expected.labels)
 
 
 def test_model_defaults_and_diameter_reach_the_widget(viewer, qtbot, tiny_model):
@@ -186,7 +188,7 @@ def test_model_defaults_and_diameter_reach_the_widget(viewer, qtbot, tiny_model)
     api = Segmenter((model, info), device="cpu").segment(image)
     assert widget.last_diameter == api.diameter and api.diameter is not None
     assert widget.diameter_label.text().startswith(f"estimated {api.diameter:.1f} px")
-    np.testing.assert_array_equal(viewer.layers[LABELS_NAME].data, api.labels)
+    np.testing.assert_array_equal(viewer.layers[labels_name("nuclei")].data, api.labels)
     assert widget.state.post_method == "wt" and not widget.state.post_user_set
     assert widget.state.post_kwargs() == api.post_params
     widget.diameter_spin.setValue(20.0)
@@ -194,4 +196,4 @@ def test_model_defaults_and_diameter_reach_the_widget(viewer, qtbot, tiny_model)
     wait_idle(qtbot, widget)
     given = Segmenter((model, info), device="cpu").segment(image, diameter=20.0)
     assert widget.diameter_label.text().startswith("20.0 px as given")
-    np.testing.assert_array_equal(viewer.layers[LABELS_NAME].data, given.labels)
+    np.testing.assert_array_equal(viewer.layers[labels_name("nuclei")].data, given.labels)

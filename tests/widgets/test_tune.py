@@ -8,7 +8,7 @@ from widget_helpers import dock, errors_since, layer_snapshot, n_records, segmen
 
 from napari_cellfocus.core.postprocess import postprocess, search_thresholds
 from napari_cellfocus.widgets import tune as tune_module
-from napari_cellfocus.widgets._layers import LABELS_NAME
+from napari_cellfocus.widgets._layers import labels_name
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_slider_relabels_without_model_call(viewer, qtbot, tiny_model, no_model_
     tune.set_method("th")
     qtbot.wait(3 * tune_module.DEBOUNCE_MS)
     wait_idle(qtbot, tune)
-    layer = viewer.layers[LABELS_NAME]
+    layer = viewer.layers[labels_name("nuclei")]
     before = np.array(layer.data)
     no_model_calls.clear()
     tune.sliders["gamma1"].setValue(0.85)
@@ -86,7 +86,7 @@ def test_rapid_changes_are_debounced(viewer, qtbot, tiny_model, monkeypatch):
 def test_method_switch_shows_its_parameters_and_relabels(viewer, qtbot, tiny_model):
     """WT shows τ0/τ1 (hides γ), MAP shows none; each gives its own labels."""
     tune = _segmented(viewer, qtbot, tiny_model)
-    layer = viewer.layers[LABELS_NAME]
+    layer = viewer.layers[labels_name("nuclei")]
     probs = tune.state.result.probs
     tune.set_method("wt")
     assert not tune.sliders["tau0"].isHidden() and tune.sliders["gamma1"].isHidden()
@@ -122,7 +122,7 @@ def test_optimise_thresholds_against_ground_truth(viewer, qtbot, tiny_model):
     assert lines[0][0] == pytest.approx(list(direct.grid["gamma1"]))
     assert max(lines[0][1]) == pytest.approx(direct.best_score)
     expected = postprocess(probs, "th", **out.best, min_size=16)[0]
-    layer = viewer.layers[LABELS_NAME]
+    layer = viewer.layers[labels_name("nuclei")]
     qtbot.waitUntil(lambda: np.array_equal(layer.data, expected), timeout=10_000)
     assert f"{direct.best_score:.3f}" in tune.search_info.text()
 

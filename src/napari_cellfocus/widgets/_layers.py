@@ -1,13 +1,18 @@
 """The plugin's own output layers: found by a metadata marker, never a user's layer.
 
-Every layer the widgets create carries ``layer.metadata["cellfocus"] = {"role": ...}``.
-Writing a result (:func:`put_image`, :func:`put_labels`, :func:`put_probabilities`) updates
-the layer of that role in place when it exists; otherwise a new layer is added (napari
-gives it a unique name if the user already has a layer of that name).
+Every layer the widgets create carries ``layer.metadata["cellfocus"] = {"role": ...}``;
+the results of a segmentation also name the image they came from
+(``{"role": "labels", "source": "nuclei"}``), so every source image has its own
+output layers (``"nuclei labels"``, ``"nuclei cell probability"``, ...) and
+segmenting another image never replaces them. Writing a result (:func:`put_image`,
+:func:`put_labels`, :func:`put_probabilities`) updates the layer of that role and
+source in place when it exists; otherwise a new layer is added (napari gives it a
+unique name if the user already has a layer of that name).
 
 A labels layer the user has painted on is *theirs*: the next write does not overwrite
 it but renames it ``"<name> (edited)"``, drops the marker (remembering in
-``metadata["cellfocus_from"]`` where it came from) and adds a fresh output layer.
+``metadata["cellfocus_from"]`` the role and in ``metadata["cellfocus_from_image"]``
+the image it came from) and adds a fresh output layer.
 
 All functions must run on the Qt main thread.
 """
@@ -25,8 +30,9 @@ if TYPE_CHECKING:
 
 MARK = "cellfocus"
 FROM = "cellfocus_from"
+FROM_IMAGE = "cellfocus_from_image"
 
-#: Layer name, colormap and visibility of each class-probability map.
+#: Layer name (after the image's name), colormap and visibility of each class map.
 CLASS_STYLE: dict[str, tuple[str, str, bool]] = {
     "background": ("background probability", "gray", False),
     "cell": ("cell probability", "green", True),
@@ -34,6 +40,7 @@ CLASS_STYLE: dict[str, tuple[str, str, bool]] = {
     "gap": ("gap probability", "cyan", False),
 }
 LABELS_ROLE = "labels"
+#: Name of a labels output that belongs to no image (``source=None``).
 LABELS_NAME = "cellfocus labels"
 BOXES_ROLE = "boxes"
 BOXES_NAME = "cellfocus TP / FP / FN"
@@ -45,21 +52,55 @@ def role_of(layer: Layer) -> str | None:
     return mark.get("role") if isinstance(mark, dict) else None
 
 
-def own_layer(viewer: napari.Viewer, role: str) -> Layer | None:
-    """The plugin's output layer with this role, if any."""
+def source_of(layer: Layer) -> str | None:
+    """Name of the image an output came from (also for labels handed over to the user)."""
+    mark = layer.metadata.get(MARK)
+    if isinstance(mark, dict):
+        return mark.get("source")
+    return layer.metadata.get(FROM_IMAGE)
+
+
+def labels_name(source: str | None) -> str:
+    """Name of the labels output of the image ``source``: ``"<source> labels"``."""
+    return LABELS_NAME if source is None else f"{source} labels"
+
+
+def probability_name(source: str | None, class_name: str) -> str:
+    """Name of a class-probability output: ``"<source> cell probability"``."""
+    label = CLASS_STYLE.get(class_name, (f"{class_name} probability",))[0]
+    return label if source is None else f"{source} {label}"
+
+
+def own_layer(viewer: napari.Viewer, role: str, source: str | None = None) -> Layer | None:
+    """The plugin's output layer with this role made from the image ``source``, if any."""
     for layer in viewer.layers:
-        if role_of(layer) == role:
+        if role_of(layer) == role and source_of(layer) == source:
             return layer
     return None
+
+
+def own_labels(viewer: napari.Viewer, source: str | None) -> Layer | None:
+    """The labels output of the image ``source`` (e.g. ``state.result.layer_name``)."""
+    return own_layer(viewer, LABELS_ROLE, source)
 
 
 def probability_role(class_name: str) -> str:
     return f"probability:{class_name}"
 
 
-def probability_layers(viewer: napari.Viewer) -> list[Layer]:
-    """All the plugin's probability layers."""
-    return [layer for layer in viewer.layers if (role_of(layer) or "").startswith("probability:")]
+def probability_layers(viewer: napari.Viewer, source: str | None = None) -> list[Layer]:
+    """The plugin's probability layers of the image ``source``."""
+    return [
+        layer
+        for layer in viewer.layers
+        if (role_of(layer) or "").startswith("probability:") and source_of(layer) == source
+    ]
+
+
+def output_layers(viewer: napari.Viewer, source: str | None) -> list[Layer]:
+    """The probability layers and the labels layer of ``source`` (those that exist)."""
+    labels = own_labels(viewer, source)
+    return [*probability_layers(viewer, source), *([labels] if labels is not None else [])]
 
 
 def is_edited(layer: Layer) -> bool:
@@ -77,9 +118,11 @@ def _mark_edited(event: Any) -> None:
 
 def detach(layer: Layer) -> None:
     """Hand an output layer over to the user: rename it and drop the marker."""
-    role = role_of(layer)
+    role, source = role_of(layer), source_of(layer)
     layer.metadata.pop(MARK, None)
     layer.metadata[FROM] = role
+    if source is not None:
+        layer.metadata[FROM_IMAGE] = source
     layer.name = f"{layer.name} (edited)"
 
 
@@ -101,8 +144,9 @@ def _put(
     scale: Sequence[float] | None,
     translate: Sequence[float] | None,
     kwargs: dict[str, Any],
+    source: str | None = None,
 ) -> Layer:
-    layer = own_layer(viewer, role)
+    layer = own_layer(viewer, role, source)
     ndim = int(np.ndim(data))
     if layer is not None and not _reusable(layer, kind, ndim):
         if is_edited(layer):
@@ -116,8 +160,11 @@ def _put(
     if translate is not None:
         geometry["translate"] = tuple(translate)
     if layer is None:
+        mark: dict[str, Any] = {"role": role}
+        if source is not None:
+            mark["source"] = source
         add = getattr(viewer, f"add_{kind}")
-        layer = add(data, name=name, metadata={MARK: {"role": role}}, **geometry, **kwargs)
+        layer = add(data, name=name, metadata={MARK: mark}, **geometry, **kwargs)
         if kind == "labels":
             layer.events.paint.connect(_mark_edited)
         return layer
@@ -135,10 +182,11 @@ def put_image(
     name: str,
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
+    source: str | None = None,
     **kwargs: Any,
 ) -> Layer:
-    """Show ``data`` in the Image layer of ``role`` (updated in place or added)."""
-    return _put(viewer, "image", role, data, name, scale, translate, kwargs)
+    """Show ``data`` in the Image layer of ``role`` (and ``source``), updated or added."""
+    return _put(viewer, "image", role, data, name, scale, translate, kwargs, source)
 
 
 def put_labels(
@@ -147,11 +195,14 @@ def put_labels(
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
     role: str = LABELS_ROLE,
-    name: str = LABELS_NAME,
+    name: str | None = None,
+    source: str | None = None,
     **kwargs: Any,
 ) -> Layer:
-    """Show instance labels in the plugin's Labels layer (an edited one is kept aside)."""
-    return _put(viewer, "labels", role, data, name, scale, translate, kwargs)
+    """Show instance labels in the Labels layer of the image ``source`` (named
+    ``"<source> labels"`` unless ``name`` is given); an edited one is kept aside."""
+    name = labels_name(source) if name is None else name
+    return _put(viewer, "labels", role, data, name, scale, translate, kwargs, source)
 
 
 def put_probabilities(
@@ -160,15 +211,15 @@ def put_probabilities(
     classes: Sequence[str],
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
+    source: str | None = None,
 ) -> list[Layer]:
-    """One Image layer per class showing ``probs[c]`` (views, so in-place filling shows)."""
+    """One Image layer per class showing ``probs[c]`` (views, so in-place filling shows),
+    the layers of the image ``source``; other images' layers are left alone."""
     layers = []
     for c, class_name in enumerate(classes):
-        label, colormap, visible = CLASS_STYLE.get(
-            class_name, (f"{class_name} probability", "gray", False)
-        )
+        _, colormap, visible = CLASS_STYLE.get(class_name, ("", "gray", False))
         role = probability_role(class_name)
-        existing = own_layer(viewer, role)
+        existing = own_layer(viewer, role, source)
         kwargs: dict[str, Any] = {}
         if existing is None:
             kwargs = {
@@ -178,41 +229,75 @@ def put_probabilities(
                 "opacity": 0.7,
             }
         layer = put_image(
-            viewer, role, probs[c], label, scale, translate, contrast_limits=(0.0, 1.0), **kwargs
+            viewer,
+            role,
+            probs[c],
+            probability_name(source, class_name),
+            scale,
+            translate,
+            source,
+            contrast_limits=(0.0, 1.0),
+            **kwargs,
         )
         if tuple(layer.contrast_limits) != (0.0, 1.0):
             layer.contrast_limits_range = (0.0, 1.0)
             layer.contrast_limits = (0.0, 1.0)
         layers.append(layer)
-    for layer in probability_layers(viewer):  # classes of an earlier model with more classes
+    for layer in probability_layers(viewer, source):  # classes of a model with more classes
         if layer not in layers:
             viewer.layers.remove(layer)
     return layers
 
 
-def remove_own(viewer: napari.Viewer, role: str) -> None:
-    layer = own_layer(viewer, role)
+def move_to_top(viewer: napari.Viewer, layers: Sequence[Layer]) -> None:
+    """Move ``layers`` to the top of the layer list, the last one topmost."""
+    for layer in layers:
+        if layer in viewer.layers:
+            index = viewer.layers.index(layer)
+            if index != len(viewer.layers) - 1:
+                viewer.layers.move(index, len(viewer.layers))
+
+
+def remove_own(viewer: napari.Viewer, role: str, source: str | None = None) -> None:
+    layer = own_layer(viewer, role, source)
     if layer is not None:
         viewer.layers.remove(layer)
 
 
-def snapshot_outputs(viewer: napari.Viewer) -> dict[str, tuple[Layer, Any]]:
-    """``{role: (layer, data)}`` of the probability and labels outputs, to restore later."""
-    saved = {}
-    for layer in [*probability_layers(viewer), own_layer(viewer, LABELS_ROLE)]:
-        if layer is not None:
-            saved[role_of(layer)] = (layer, layer.data)
-    return saved
+Snapshot = dict[str, Any]
 
 
-def restore_outputs(viewer: napari.Viewer, saved: dict[str, tuple[Layer, Any]]) -> None:
-    """Put back the outputs of :func:`snapshot_outputs`; remove outputs added since."""
-    for layer in [*probability_layers(viewer), own_layer(viewer, LABELS_ROLE)]:
-        if layer is None:
-            continue
+def snapshot_outputs(viewer: napari.Viewer, source: str | None = None) -> Snapshot:
+    """The probability and labels outputs of the image ``source``: ``{"layers":
+    {role: (layer, data)}, "order": {role: index in the layer list}}``, to restore later."""
+    saved: dict[str, tuple[Layer, Any]] = {}
+    order: dict[str, int] = {}
+    for layer in output_layers(viewer, source):
         role = role_of(layer)
-        entry = saved.get(role)
+        saved[role] = (layer, layer.data)
+        order[role] = viewer.layers.index(layer)
+    return {"source": source, "layers": saved, "order": order}
+
+
+def restore_outputs(viewer: napari.Viewer, saved: Snapshot) -> None:
+    """Put back the outputs of :func:`snapshot_outputs` (data and place in the layer
+    list); remove the outputs of that image added since. Other images' are untouched."""
+    if not saved:
+        return
+    layers, order = saved["layers"], saved["order"]
+    for layer in output_layers(viewer, saved["source"]):
+        role = role_of(layer)
+        entry = layers.get(role)
         if entry is None or entry[0] is not layer:
             viewer.layers.remove(layer)
         elif layer.data is not entry[1]:
             layer.data = entry[1]
+    # back to their old places: moving in order of the old index rebuilds the old list
+    for role in sorted(order, key=order.get):
+        layer = layers[role][0]
+        if layer not in viewer.layers:
+            continue
+        index = viewer.layers.index(layer)
+        target = min(order[role], len(viewer.layers) - 1)
+        if index != target:
+            viewer.layers.move(index, target if target < index else target + 1)

@@ -2,9 +2,11 @@
 
 Segment writes a :class:`Segmentation` (probabilities and the image they came from),
 Tune re-labels it with new thresholds, Correct-and-fine-tune adds a new model and
-selects it, Measure reads the labels. Each viewer has one :class:`CellFocusState`
-(:func:`get_state`); it holds the viewer only through a weak reference, so closing
-the viewer frees everything.
+selects it, Measure reads the labels. The output layers are per source image: the labels
+of the last segmentation are those of the image ``result.layer_name``
+(``widgets._layers.own_labels(viewer, result.layer_name)``). Each viewer has one
+:class:`CellFocusState` (:func:`get_state`); it holds the viewer only through a weak
+reference, so closing the viewer frees everything.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class Segmentation:
 
     probs : float32 (C, *shape) class probabilities.
     image : the grey array that was segmented, shape ``shape`` (a channel already taken).
-    layer_name : name of the napari image layer it came from.
+    layer_name : name of the napari image layer it came from (its output layers carry
+        it as their source and are named after it).
     channel : ``None`` or ``(axis, index)`` picked in that layer.
     spatial_dims : 2 for a 2D model (leading axes are planes), 3 for a 3D model.
     scale, translate : of the output layers (the image layer's, channel axis dropped).

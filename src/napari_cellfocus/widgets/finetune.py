@@ -45,12 +45,15 @@ from napari_cellfocus.core.validation import check_labels
 from napari_cellfocus.widgets._inputs import ImageSource, LayerCombo
 from napari_cellfocus.widgets._layers import (
     FROM,
+    FROM_IMAGE,
     LABELS_ROLE,
+    labels_name,
     put_labels,
     put_probabilities,
     restore_outputs,
     role_of,
     snapshot_outputs,
+    source_of,
 )
 from napari_cellfocus.widgets._plots import PlotCanvas
 from napari_cellfocus.widgets._state import Segmentation, get_state, unwrap
@@ -322,22 +325,43 @@ class FinetuneWidget(QWidget):
         return None
 
     def _prefer_annotations(self, layers: list) -> Any:
-        for layer in reversed(layers):
-            if layer.metadata.get(FROM) == "annotations":
-                return layer
-        for layer in reversed(layers):
-            if layer.metadata.get(FROM) == LABELS_ROLE or role_of(layer) == LABELS_ROLE:
-                return layer
+        """Drawn annotations first, then the plugin's labels (or an edited copy), those
+        of the image segmented last before those of other images; topmost first."""
+        result = self.state.result
+        image = result.layer_name if result is not None else None
+
+        def drawn(layer: Any) -> bool:
+            return layer.metadata.get(FROM) == "annotations"
+
+        def segmented(layer: Any) -> bool:
+            return layer.metadata.get(FROM) == LABELS_ROLE or role_of(layer) == LABELS_ROLE
+
+        def mine(layer: Any) -> bool:
+            return source_of(layer) in (image, None)
+
+        for wanted, only_mine in (
+            (drawn, True),
+            (segmented, True),
+            (drawn, False),
+            (segmented, False),
+        ):
+            for layer in reversed(layers):
+                if wanted(layer) and (mine(layer) or not only_mine):
+                    return layer
         return None
 
     def _follow_result(self) -> None:
+        """A new segmentation: train on its image and on its labels (unless the chosen
+        annotations are a user's layer that belongs to no other image)."""
         result = self.state.result
         if result is None or self.worker is not None:
             return
         if result.layer_name in self.viewer.layers:
             self.source.set_source(self.viewer.layers[result.layer_name], result.channel)
-        if self.annotations.layer() is None:
-            self.annotations.refresh()
+        current = self.annotations.layer()
+        if current is None or source_of(current) not in (None, result.layer_name):
+            labels = [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
+            self.annotations.set_layer(self._prefer_annotations(labels))
 
     def _fill_start(self) -> None:
         self.start_combo.blockSignals(True)
@@ -361,7 +385,7 @@ class FinetuneWidget(QWidget):
             name="annotations",
             scale=source.scale,
             translate=source.translate,
-            metadata={FROM: "annotations"},
+            metadata={FROM: "annotations", FROM_IMAGE: source.layer.name},
         )
         self.annotations.set_layer(layer)
         self.viewer.layers.selection.active = layer
@@ -384,8 +408,9 @@ class FinetuneWidget(QWidget):
         layer = self.annotations.layer()
         if layer is None:
             raise ValueError(
-                "No annotation layer: correct the 'cellfocus labels' layer with napari's "
-                "paint tools, or press 'New annotation layer' and draw a few cells."
+                f"No annotation layer: correct the '{labels_name(source.layer.name)}' layer "
+                "with napari's paint tools, or press 'New annotation layer' and draw a few "
+                "cells."
             )
         labels = check_labels(
             np.array(layer.data, copy=True), name=f"'{layer.name}'", ndim=(2, 3, 4)
@@ -471,6 +496,7 @@ class FinetuneWidget(QWidget):
             "weak": weak,
             "reason": reason,
             "source": source,
+            "source_name": source.layer.name,
             "layer": layer,
             "start_model": entry,
         }
@@ -486,7 +512,7 @@ class FinetuneWidget(QWidget):
             self.status.setText(str(err))
             return
         self._run = run
-        self._saved = snapshot_outputs(self.viewer)
+        self._saved = snapshot_outputs(self.viewer, run["source_name"])
         self._saved_count = self.state.count
         self._losses = []
         self.previews = 0
@@ -548,8 +574,11 @@ class FinetuneWidget(QWidget):
     def _show_preview(self, preview: Preview) -> None:
         source = self._run["source"]
         classes = self._run_classes()
-        put_probabilities(self.viewer, preview.probs, classes, source.scale, source.translate)
-        put_labels(self.viewer, preview.labels, source.scale, source.translate)
+        name = self._run["source_name"]
+        put_probabilities(
+            self.viewer, preview.probs, classes, source.scale, source.translate, source=name
+        )
+        put_labels(self.viewer, preview.labels, source.scale, source.translate, source=name)
         self.state.set_count(preview.count)
         self.previews += 1
 
@@ -585,7 +614,7 @@ class FinetuneWidget(QWidget):
                 Segmentation(
                     probs=result.preview.probs,
                     image=run["preview"]["image"],
-                    layer_name=source.layer.name,
+                    layer_name=run["source_name"],
                     channel=source.channel,
                     spatial_dims=2,
                     scale=source.scale,

@@ -45,6 +45,7 @@ from napari_cellfocus.widgets._layers import (
     BOXES_ROLE,
     LABELS_ROLE,
     MARK,
+    own_labels,
     remove_own,
     role_of,
 )
@@ -108,13 +109,6 @@ def _prefer_truth(layers: list) -> Any:
     return None
 
 
-def _prefer_own_labels(layers: list) -> Any:
-    for layer in layers:
-        if role_of(layer) == LABELS_ROLE:
-            return layer
-    return None
-
-
 class MeasureWidget(QWidget):
     """Dock widget "Measure"."""
 
@@ -124,9 +118,11 @@ class MeasureWidget(QWidget):
         self.worker = None
         self.result: Measured | None = None
 
-        self.labels = LayerCombo(napari_viewer, Labels, prefer=_prefer_own_labels)
-        self.labels.setToolTip("The cells to measure (usually 'cellfocus labels').")
         self.state = get_state(napari_viewer)
+        self.labels = LayerCombo(napari_viewer, Labels, prefer=self._prefer_own_labels)
+        self.labels.setToolTip(
+            "The cells to measure (by default '<image> labels' of the image segmented last)."
+        )
         self.intensity = ImageSource(
             napari_viewer, label="Intensity", none_text="— none —", prefer=self._prefer_image
         )
@@ -178,14 +174,38 @@ class MeasureWidget(QWidget):
 
         self.measure_button.clicked.connect(self.measure)
         self.export_button.clicked.connect(self._export_clicked)
+        self.state.result_changed.connect(self._follow_result)
+
+    def _prefer_own_labels(self, layers: list) -> Any:
+        """Default labels: those of the image segmented last, else the topmost output."""
+        result = self.state.result
+        if result is not None:
+            own = own_labels(self.viewer, result.layer_name)
+            if own is not None and own in layers:
+                return own
+        for layer in reversed(layers):
+            if role_of(layer) == LABELS_ROLE:
+                return layer
+        return None
 
     def _prefer_image(self, layers: list) -> Any:
         """Default intensity image: the one last segmented, if it is still open."""
-        result = get_state(self.viewer).result
+        result = self.state.result
         for layer in layers:
             if result is not None and layer.name == result.layer_name:
                 return layer
         return None
+
+    def _follow_result(self) -> None:
+        """A new segmentation: measure its labels, with its image (and channel)."""
+        result = self.state.result
+        if result is None or self.worker is not None:
+            return
+        labels = own_labels(self.viewer, result.layer_name)
+        if labels is not None:
+            self.labels.set_layer(labels)
+        if result.layer_name in self.viewer.layers:
+            self.intensity.set_source(self.viewer.layers[result.layer_name], result.channel)
 
     # ------------------------------------------------------------------ measure
     def _inputs(self) -> tuple:

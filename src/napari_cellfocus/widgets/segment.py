@@ -6,6 +6,11 @@ the array being filled. Before that, the nucleus diameter is estimated by the mo
 (Diameter = auto) or taken from the box, and the image is predicted at the model's scale.
 The instance labels come from the model's own post-processing defaults until the user
 changes them in Tune. Cancel stops between tiles and puts the earlier outputs back.
+
+Each source image has its own output layers (``"<image> labels"``, ``"<image> cell
+probability"``, ...): segmenting another image adds its own, a re-run on the same
+image updates them. The outputs of a run move to the top of the layer list (so a
+newly opened image does not hide them) and its labels layer is selected at the end.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from qtpy.QtWidgets import (
 from napari_cellfocus.core.validation import check_image
 from napari_cellfocus.widgets._inputs import ImageSource
 from napari_cellfocus.widgets._layers import (
+    move_to_top,
     put_labels,
     put_probabilities,
     restore_outputs,
@@ -151,6 +157,7 @@ class SegmentWidget(QWidget):
         self.worker = None
         self._cancel: threading.Event | None = None
         self._saved: dict = {}
+        self._source_name: str | None = None
         self._run_probs: np.ndarray | None = None
         self._prob_layers: list = []
         self._last_refresh = 0.0
@@ -376,7 +383,8 @@ class SegmentWidget(QWidget):
             self.status.setText(str(err))
             return
         self._segmenter = segmenter
-        self._saved = snapshot_outputs(self.viewer)
+        self._source_name = self._input.layer.name
+        self._saved = snapshot_outputs(self.viewer, self._source_name)
         self._run_probs = None
         self._prob_layers = []
         self.progress.setMaximum(1)
@@ -407,10 +415,18 @@ class SegmentWidget(QWidget):
 
     def _show_probs(self, probs: np.ndarray) -> None:
         src = self._input
+        first = self._run_probs is None
         self._prob_layers = put_probabilities(
-            self.viewer, probs, self._segmenter.info.classes, src.scale, src.translate
+            self.viewer,
+            probs,
+            self._segmenter.info.classes,
+            src.scale,
+            src.translate,
+            source=self._source_name,
         )
         self._run_probs = probs
+        if first:  # the tiles stream in on top, not under a newer image
+            move_to_top(self.viewer, self._prob_layers)
 
     def _on_tile(self, update: Any) -> None:
         if isinstance(update, DiameterFound):
@@ -458,7 +474,11 @@ class SegmentWidget(QWidget):
         self._show_probs(result.probs)
         for layer in self._prob_layers:
             layer.refresh()
-        put_labels(self.viewer, result.labels, src.scale, src.translate)
+        labels = put_labels(
+            self.viewer, result.labels, src.scale, src.translate, source=self._source_name
+        )
+        move_to_top(self.viewer, [*self._prob_layers, labels])
+        self.viewer.layers.selection.active = labels
         if not self.state.post_user_set:
             self.state.set_post(result.method, result.params or {}, by_user=False)
         self.state.set_count(result.count)
@@ -466,7 +486,7 @@ class SegmentWidget(QWidget):
             Segmentation(
                 probs=result.probs,
                 image=src.data,
-                layer_name=src.layer.name,
+                layer_name=self._source_name,
                 channel=src.channel,
                 spatial_dims=self._segmenter.spatial_dims,
                 scale=src.scale,

@@ -3,7 +3,8 @@
 Moving a slider never runs the model: after a 50 ms pause (debounce) the last
 segmentation's probabilities are post-processed again (MAP, TH(γ1, γ2) or
 WT(τ0, τ1), see :mod:`napari_cellfocus.core.postprocess`) in a worker thread and
-the plugin's labels layer is updated. "Optimise thresholds" runs the grid search
+the labels layer of the segmented image (``"<image> labels"``) is updated.
+"Optimise thresholds" runs the grid search
 of :func:`~napari_cellfocus.core.postprocess.search_thresholds` against a reference
 labels layer, one row of the grid at a time so that it shows progress and can be
 cancelled, plots F1 against each threshold and moves the sliders to the best values.
@@ -335,7 +336,9 @@ class TuneWidget(QWidget):
         result = self.state.result
         if result is None or out.generation != result.generation:
             return  # a newer segmentation arrived meanwhile
-        put_labels(self.viewer, out.labels, result.scale, result.translate)
+        put_labels(
+            self.viewer, out.labels, result.scale, result.translate, source=result.layer_name
+        )
         self.state.set_count(out.count)
         self.last_relabel_ms = out.milliseconds
         self.info.setText(
