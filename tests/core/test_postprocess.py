@@ -16,6 +16,7 @@ from skimage.segmentation import watershed
 from napari_cellfocus.core.postprocess import (
     ThresholdSearch,
     average_probabilities,
+    best_grid_index,
     binary_watershed_labels,
     fill_holes,
     map_labels,
@@ -551,8 +552,9 @@ def test_search_thresholds_recovers_known_best():
     """
     probs, ref = _search_scene()
     grid = {"gamma1": [0.3, 0.5, 0.7], "gamma2": [0.1, 0.2, 0.3]}
-    result = search_thresholds(probs, ref, method="th", grid=grid, min_size=0)
+    result = search_thresholds(probs, ref, method="th", grid=grid, objective="f1", min_size=0)
     assert isinstance(result, ThresholdSearch)
+    assert result.objective == result.metric == "f1"
     assert result.best_params == {"gamma1": 0.5, "gamma2": 0.2}
     assert result.best_score == pytest.approx(1.0)
     expected = [[4 / 8, 6 / 7, 2 / 6], [4 / 7, 1.0, 2 / 5], [0.0, 0.0, 0.0]]
@@ -566,12 +568,13 @@ def test_search_thresholds_pools_counts_over_images():
     probs, ref = _search_scene()
     empty = from_classes(np.zeros((7, 11), int))
     grid = {"gamma1": [0.3, 0.5, 0.7], "gamma2": [0.1, 0.2, 0.3]}
-    single = search_thresholds(probs, ref, grid=grid, min_size=0)
-    both = search_thresholds([probs, empty], [ref, np.zeros((7, 11), int)], grid=grid, min_size=0)
+    f1 = {"grid": grid, "objective": "f1", "min_size": 0}
+    single = search_thresholds(probs, ref, **f1)
+    both = search_thresholds([probs, empty], [ref, np.zeros((7, 11), int)], **f1)
     np.testing.assert_allclose(both.scores, single.scores)
     assert both.best_params == single.best_params
     # One map with its reference wrapped in a list is still one image.
-    wrapped = search_thresholds(probs, [ref], grid=grid, min_size=0)
+    wrapped = search_thresholds(probs, [ref], **f1)
     np.testing.assert_allclose(wrapped.scores, single.scores)
 
 
@@ -581,7 +584,8 @@ def test_search_binary_threshold():
     fg = _disc_scene((40, 60), [(12, 12), (12, 45)], 5) / 0.9 * 0.6
     fg += _disc_scene((40, 60), [(30, 28)], 5) / 0.9 * 0.35
     ref = ndimage.label(fg >= 0.5)[0]
-    result = search_thresholds(fg, ref, method="binary", grid={"threshold": [0.3, 0.5, 0.7]})
+    grid = {"threshold": [0.3, 0.5, 0.7]}
+    result = search_thresholds(fg, ref, method="binary", grid=grid, objective="f1")
     np.testing.assert_allclose(result.scores, [0.8, 1.0, 0.0])
     assert result.best_params == {"threshold": 0.5}
 
@@ -596,6 +600,10 @@ def test_search_thresholds_errors():
         search_thresholds([probs, probs], [ref])
     with pytest.raises(ValueError, match="metric"):
         search_thresholds(probs, ref, metric="count_error")
+    with pytest.raises(ValueError, match="objective"):
+        search_thresholds(probs, ref, objective="count_error")
+    with pytest.raises(ValueError, match="give one of them"):
+        search_thresholds(probs, ref, objective="f1", metric="sq")
     with pytest.raises(ValueError, match="method"):
         search_thresholds(probs, ref, method="map")
 
@@ -653,3 +661,84 @@ def test_non_contiguous_inputs_give_the_same_result():
         got = func(np.asfortranarray(probs), min_size=0)
         want = func(probs, min_size=0)
         np.testing.assert_array_equal(got[0], want[0])
+
+
+def _squares_scene(squares, shape=(20, 40)):
+    """3-class map and reference from ``(y0, y1, x0, x1, p_cell, in_reference)`` squares
+    (later ones drawn over earlier ones); no touching class, background = 1 - cell."""
+    cell = np.zeros(shape, np.float32)
+    ref = np.zeros(shape, np.int32)
+    for y0, y1, x0, x1, p, truth in squares:
+        cell[y0:y1, x0:x1] = p
+        if truth:
+            ref[y0:y1, x0:x1] = ref.max() + 1
+    probs = np.stack([1 - cell, cell, np.zeros_like(cell)])
+    return probs, ref
+
+
+def test_search_objective_pq_and_f1_pick_different_thresholds():
+    """Two 6 x 6 cells of P(cell) 0.9, each in a 1-pixel ring of 0.5 outside the reference,
+    and a faint 3 x 3 cell of 0.5; gamma1 in {0.4, 0.7}, gamma2 = 0.5 (no touching pixel):
+
+    * gamma1 = 0.4: the two cells come out 8 x 8 (IoU 36/64 = 0.5625 > 0.5, so they match)
+      and the faint one exactly: TP 3 -> F1 = 1; PQ = (0.5625 + 0.5625 + 1) / 3 = 0.708.
+    * gamma1 = 0.7: the two cells exactly, the faint one missed: TP 2, FN 1 ->
+      F1 = 4/5 = 0.8; PQ = (1 + 1) / (2 + 1/2) = 0.8.
+
+    F1 picks 0.4 (too large cells), PQ picks 0.7; PQ is the default objective."""
+    probs, ref = _squares_scene(
+        [
+            (2, 10, 2, 10, 0.5, False),
+            (3, 9, 3, 9, 0.9, True),
+            (2, 10, 14, 22, 0.5, False),
+            (3, 9, 15, 21, 0.9, True),
+            (12, 15, 30, 33, 0.5, True),
+        ]
+    )
+    grid = {"gamma1": [0.4, 0.7], "gamma2": [0.5]}
+    f1 = search_thresholds(probs, ref, grid=grid, objective="f1", min_size=0)
+    np.testing.assert_allclose(f1.scores[:, 0], [1.0, 0.8])
+    assert f1.best_params == {"gamma1": 0.4, "gamma2": 0.5}
+    pq = search_thresholds(probs, ref, grid=grid, min_size=0)
+    assert pq.objective == "pq"
+    np.testing.assert_allclose(pq.scores[:, 0], [2.125 / 3, 0.8])
+    assert pq.best_params == {"gamma1": 0.7, "gamma2": 0.5}
+    assert search_thresholds(probs, ref, grid=grid, metric="f1", min_size=0).best_params == (
+        f1.best_params
+    )
+
+
+def test_search_tie_goes_to_the_middle_of_the_plateau():
+    """Two exact cells of P(cell) 0.8 and a faint false blob of 0.15; gamma1 on
+    0.1, 0.2, ..., 0.6, 0.9: 0.1 adds the blob (F1 4/5), 0.2-0.6 find exactly the two
+    cells (F1 = PQ = 1), 0.9 nothing. The best is the middle of 0.2-0.6, 0.4, for both
+    objectives (the first grid point of the plateau would be 0.2)."""
+    probs, ref = _squares_scene(
+        [(2, 8, 2, 8, 0.8, True), (2, 8, 20, 26, 0.8, True), (12, 16, 30, 34, 0.15, False)]
+    )
+    grid = {"gamma1": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.9], "gamma2": [0.5]}
+    for objective in ("pq", "f1"):
+        result = search_thresholds(probs, ref, grid=grid, objective=objective, min_size=0)
+        np.testing.assert_allclose(result.scores[:, 0], [0.8, 1, 1, 1, 1, 1, 0])
+        assert result.best_params == {"gamma1": 0.4, "gamma2": 0.5}
+        assert result.best_score == 1.0
+
+
+def test_best_grid_index_by_hand():
+    """1-D: plateau at 1..5 -> 3; an even plateau 1..4 -> 2 (the first of the two middle
+    points). 2-D: a 3 x 3 block of best values at rows 1-3, columns 2-4 -> its centre
+    (2, 3); of two parts the larger one wins even when the other comes first; a single
+    best is itself."""
+    assert best_grid_index([0, 1, 1, 1, 1, 1, 0.5]) == (3,)
+    assert best_grid_index([0, 1, 1, 1, 1, 0]) == (2,)
+    block = np.zeros((5, 6))
+    block[1:4, 2:5] = 0.9
+    assert best_grid_index(block) == (2, 3)
+    two = np.zeros((4, 8))
+    two[0, 0] = 0.9
+    two[1:4, 4:7] = 0.9
+    assert best_grid_index(two) == (2, 5)
+    one = np.zeros((3, 3))
+    one[2, 0] = 1.0
+    assert best_grid_index(one) == (2, 0)
+    assert best_grid_index([0.5, 0.5 + 1e-12, 0.2]) == (0,)  # equal within atol

@@ -102,15 +102,17 @@ def test_method_switch_shows_its_parameters_and_relabels(viewer, qtbot, tiny_mod
 
 
 def test_optimise_thresholds_against_ground_truth(viewer, qtbot, tiny_model):
-    """The search finds the same best F1 as core.search_thresholds on the full grid, moves
-    the sliders there, plots F1 against each threshold and re-labels with the best pair."""
+    """The search (objective PQ by default) finds the same best PQ as
+    core.search_thresholds on the full grid, moves the sliders there, plots PQ against each
+    threshold and re-labels with the best pair."""
     tune = _segmented(viewer, qtbot, tiny_model)
     assert tune.reference.currentText() == "ground truth"
+    assert tune.objective == "pq"
     tune.optimise()
     wait_idle(qtbot, tune, "search_worker")
     gt = np.asarray(viewer.layers["ground truth"].data)
     probs = tune.state.result.probs
-    direct = search_thresholds(probs, gt, method="th", min_size=16)
+    direct = search_thresholds(probs, gt, method="th", objective="pq", min_size=16)
     out = tune.last_search
     assert out.best_score == pytest.approx(direct.best_score)
     assert out.best == pytest.approx(direct.best_params)
@@ -124,7 +126,36 @@ def test_optimise_thresholds_against_ground_truth(viewer, qtbot, tiny_model):
     expected = postprocess(probs, "th", **out.best, min_size=16)[0]
     layer = viewer.layers[labels_name("nuclei")]
     qtbot.waitUntil(lambda: np.array_equal(layer.data, expected), timeout=10_000)
-    assert f"{direct.best_score:.3f}" in tune.search_info.text()
+    assert f"Best PQ {direct.best_score:.3f}" in tune.search_info.text()
+    assert tune.plot.ylabel == "PQ" and out.objective == "pq"
+
+
+def test_objective_box_drives_the_search(viewer, qtbot, tiny_model):
+    """With "F1" chosen in the Objective box the search maximises F1: its scores and best
+    pair are core.search_thresholds(objective="f1")'s, not the PQ ones, and the plot and
+    the message say F1. Back on PQ, the next search gives the PQ scores again."""
+    tune = _segmented(viewer, qtbot, tiny_model)
+    gt = np.asarray(viewer.layers["ground truth"].data)
+    probs = tune.state.result.probs
+    tune.set_method("wt")
+    tune.set_objective("f1")
+    assert tune.objective == "f1"
+    tune.optimise()
+    wait_idle(qtbot, tune, "search_worker")
+    f1 = search_thresholds(probs, gt, method="wt", objective="f1", min_size=16)
+    pq = search_thresholds(probs, gt, method="wt", objective="pq", min_size=16)
+    assert not np.allclose(f1.scores, pq.scores)
+    out = tune.last_search
+    assert out.objective == "f1" and out.method == "wt"
+    np.testing.assert_allclose(out.scores, f1.scores)
+    assert out.best == pytest.approx(f1.best_params)
+    assert tune.plot.ylabel == "F1"
+    assert tune.search_info.text().startswith(f"Best F1 {f1.best_score:.3f}")
+    tune.set_objective("pq")
+    tune.optimise()
+    wait_idle(qtbot, tune, "search_worker")
+    np.testing.assert_allclose(tune.last_search.scores, pq.scores)
+    assert tune.last_search.best == pytest.approx(pq.best_params)
 
 
 def test_optimise_needs_a_reference_of_the_same_shape(viewer, qtbot, tiny_model):

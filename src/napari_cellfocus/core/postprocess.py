@@ -20,8 +20,9 @@ Methods and where they are defined
 * :func:`binary_watershed_labels` -- counting paper (C) 4.3: binary threshold,
   cleaning, distance-transform watershed sized by the mean cell size.
 * :func:`average_probabilities` -- COMB ensemble (T 4.3).
-* :func:`search_thresholds` -- thresholds maximising F1 against reference
-  instances (C 5.1, Fig. 8; T 4.3 "exploration over the parameters space").
+* :func:`search_thresholds` -- thresholds maximising PQ (or F1) against reference
+  instances (C 5.1, Fig. 8; T 4.3 "exploration over the parameters space"); ties
+  go to the middle of the plateau of best values (:func:`best_grid_index`).
 
 Defaults
 --------
@@ -72,6 +73,7 @@ __all__ = [
     "METHODS",
     "ThresholdSearch",
     "average_probabilities",
+    "best_grid_index",
     "binary_watershed_labels",
     "default_grid",
     "fill_holes",
@@ -810,7 +812,8 @@ class ThresholdSearch:
     Attributes
     ----------
     best_params : dict
-        Threshold values with the best score (first one in grid order on ties).
+        Threshold values with the best score (on ties, the middle of the plateau of
+        best values: :func:`best_grid_index`).
     best_score : float
         The score reached with ``best_params``.
     scores : float array
@@ -818,7 +821,7 @@ class ThresholdSearch:
     grid : dict of str -> float array
         The values tried for each parameter.
     method, metric : str
-        What was searched and what was maximised.
+        What was searched and what was maximised (``metric`` is also ``objective``).
     """
 
     best_params: dict
@@ -826,7 +829,11 @@ class ThresholdSearch:
     scores: np.ndarray
     grid: dict = field(default_factory=dict)
     method: str = "th"
-    metric: str = "f1"
+    metric: str = "pq"
+
+    @property
+    def objective(self) -> str:
+        return self.metric
 
 
 def default_grid(method: str) -> dict[str, np.ndarray]:
@@ -847,6 +854,36 @@ def default_grid(method: str) -> dict[str, np.ndarray]:
 
 
 _POOLED = {"f1", "rq", "precision", "recall", "ap"}
+#: Scores :func:`search_thresholds` can maximise (keys of ``core.metrics.evaluate``).
+OBJECTIVES = ("pq", "f1", "rq", "sq", "precision", "recall", "ap")
+
+
+def best_grid_index(scores: np.ndarray, atol: float = 1e-9) -> tuple[int, ...]:
+    """Index of the best score on a grid, ties broken towards the middle of the plateau.
+
+    The plateau is the set of grid points whose score is within ``atol`` of the
+    maximum. Of its connected parts (neighbours along any axis or diagonal) the
+    largest is kept (the first in grid order among equally large ones), and of its
+    points the one closest (in grid steps) to the part's centre of mass (the first
+    in grid order among equally close ones). A plateau of thresholds 0.2-0.6 on a
+    0.1 grid gives 0.4, not 0.2: a threshold with room on both sides, so small
+    changes of the image do not push it off the best values.
+    """
+    scores = np.asarray(scores, dtype=float)
+    if scores.size == 0:
+        raise ValueError("scores: expected at least one grid point.")
+    if scores.ndim == 0:
+        return ()
+    finite = np.where(np.isnan(scores), -np.inf, scores)
+    plateau = finite >= finite.max() - atol
+    parts = ndimage.label(plateau, structure=np.ones((3,) * scores.ndim, bool))[0]
+    sizes = np.bincount(parts.ravel())[1:]
+    part = parts == int(np.argmax(sizes)) + 1
+    points = np.argwhere(part)  # grid order
+    centre = points.mean(axis=0)
+    distance = ((points - centre) ** 2).sum(axis=1)
+    best = points[int(np.argmin(distance))]  # argmin: the first of equally close ones
+    return tuple(int(i) for i in best)
 
 
 def _pooled_score(results: list[dict], metric: str) -> float:
@@ -872,16 +909,23 @@ def search_thresholds(
     reference_labels: np.ndarray | Sequence[np.ndarray],
     method: str = "th",
     grid: Mapping[str, Sequence[float]] | None = None,
-    metric: str = "f1",
+    objective: str = "pq",
     iou_threshold: float = 0.5,
+    metric: str | None = None,
     **fixed,
 ) -> ThresholdSearch:
-    """Thresholds that maximise a detection score against reference instances.
+    """Thresholds that maximise a segmentation score against reference instances.
 
     Grid search as in C 5.1 / Fig. 8 (cutoff chosen by F1 on the training images)
     and T 4.3 (exploration of the (gamma1, gamma2) and (tau0, tau1) planes).  Every
     grid point is post-processed and compared with the reference by
     :func:`napari_cellfocus.core.metrics.evaluate` (objects match at IoU > 0.5).
+
+    The default objective is PQ (panoptic quality = F1 x mean IoU of the matches):
+    F1 only counts matches, so the F1-best thresholds may give cells that just pass
+    IoU 0.5 (too large or too small) and a lower PQ than the defaults; PQ rewards
+    thresholds that also draw the cells' outlines well. Ties go to the middle of the
+    plateau of best values (:func:`best_grid_index`), not to the first grid point.
 
     With several images the detection scores (``f1``, ``rq``, ``precision``,
     ``recall``, ``ap``) are computed from the true/false positives pooled over all
@@ -899,11 +943,13 @@ def search_thresholds(
     grid : dict of str -> sequence of float, optional
         Values to try for each threshold (names as in the method's signature);
         :func:`default_grid` when omitted.
-    metric : str
+    objective : {"pq", "f1", "rq", "sq", "precision", "recall", "ap"}
         Key of :func:`~napari_cellfocus.core.metrics.evaluate` to maximise
-        (higher must be better): f1, rq, precision, recall, ap, pq, sq.
+        (higher is better); "pq" by default, "f1" as in the counting paper.
     iou_threshold : float
         Matching threshold passed to ``evaluate``.
+    metric : str, optional
+        Older name of ``objective`` (used instead of it when given).
     **fixed
         Other parameters of the method kept fixed (e.g. ``min_size=30``).
 
@@ -925,9 +971,17 @@ def search_thresholds(
             raise ValueError(f"grid[{k!r}]: expected a non-empty 1-D list of values.")
         for value in v:
             _check_unit(value, f"grid[{k!r}]")
-    if metric not in {"f1", "rq", "precision", "recall", "ap", "pq", "sq"}:
+    if metric is not None:
+        if objective not in ("pq", metric):
+            raise ValueError(
+                f"objective {objective!r} and metric {metric!r}: give one of them (metric "
+                "is the older name of objective)."
+            )
+        objective = metric
+    objective = str(objective).lower()
+    if objective not in OBJECTIVES:
         raise ValueError(
-            f"metric: expected one of f1, rq, precision, recall, ap, pq, sq, got {metric!r}."
+            f"objective (metric): expected one of {', '.join(OBJECTIVES)}, got {objective!r}."
         )
     # One array is one image (its first axis holds classes, not images).
     prob_list = [probs] if isinstance(probs, np.ndarray) else list(probs)
@@ -991,8 +1045,8 @@ def search_thresholds(
             evaluate(ref, run(arr, **kw)[0], iou_threshold=iou_threshold)
             for arr, ref in zip(prepared, refs, strict=True)
         ]
-        scores[index] = _pooled_score(results, metric)
-    best = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        scores[index] = _pooled_score(results, objective)
+    best = best_grid_index(scores)
     best_params = {k: float(grid[k][j]) for k, j in zip(names, best, strict=True)}
     return ThresholdSearch(
         best_params=best_params,
@@ -1000,5 +1054,5 @@ def search_thresholds(
         scores=scores,
         grid=grid,
         method=method,
-        metric=metric,
+        metric=objective,
     )

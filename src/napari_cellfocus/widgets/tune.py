@@ -1,13 +1,14 @@
-"""Tune dock widget: re-label the cached probabilities live, and optimise thresholds by F1.
+"""Tune dock widget: re-label the cached probabilities live, and optimise thresholds.
 
 Moving a slider never runs the model: after a 50 ms pause (debounce) the last
 segmentation's probabilities are post-processed again (MAP, TH(γ1, γ2) or
 WT(τ0, τ1), see :mod:`napari_cellfocus.core.postprocess`) in a worker thread and
 the labels layer of the segmented image (``"<image> labels"``) is updated.
-"Optimise thresholds" runs the grid search
-of :func:`~napari_cellfocus.core.postprocess.search_thresholds` against a reference
-labels layer, one row of the grid at a time so that it shows progress and can be
-cancelled, plots F1 against each threshold and moves the sliders to the best values.
+"Optimise thresholds" runs the grid search of
+:func:`~napari_cellfocus.core.postprocess.search_thresholds` against a reference labels
+layer, one row of the grid at a time so that it shows progress and can be cancelled,
+maximising the chosen objective (PQ by default, or F1), plots it against each threshold
+and moves the sliders to the best values (the middle of a plateau of equal best values).
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ SLIDERS = (
     ("tau1", "τ1 cell marker", "WT: cell markers where P(cell) ≥ τ1."),
 )
 SYMBOL = {"gamma1": "γ1", "gamma2": "γ2", "tau0": "τ0", "tau1": "τ1"}
+#: What "Optimise thresholds" can maximise: (key of core.metrics.evaluate, text).
+OBJECTIVES = (
+    ("pq", "PQ: finds the cells and draws them well"),
+    ("f1", "F1: finds the cells (any IoU > 0.5)"),
+)
 
 
 @dataclass
@@ -92,9 +98,10 @@ def relabel_job(
 class Optimised:
     method: str
     grid: dict[str, np.ndarray]
-    scores: np.ndarray  # (len(first), len(second)) F1
+    scores: np.ndarray  # (len(first), len(second)) values of the objective
     best: dict[str, float]
     best_score: float
+    objective: str = "pq"
 
 
 def optimise_job(
@@ -103,10 +110,12 @@ def optimise_job(
     spatial_dims: int,
     method: str,
     min_size: int,
+    objective: str,
     cancel: threading.Event,
 ) -> Iterator[Any]:
-    """Worker generator: F1 on the default grid, one row (first parameter value) per yield."""
-    from napari_cellfocus.core.postprocess import default_grid, search_thresholds
+    """Worker generator: ``objective`` (PQ or F1) on the default grid, one row (first
+    parameter value) per yield; the best is the middle of the plateau of best values."""
+    from napari_cellfocus.core.postprocess import best_grid_index, default_grid, search_thresholds
 
     grid = default_grid(method)
     first, second = list(grid)
@@ -124,6 +133,7 @@ def optimise_job(
                 refs,
                 method=method,
                 grid={first: [float(value)], second: grid[second]},
+                objective=objective,
                 min_size=min_size,
             )
             scores[i] = row.scores[0]
@@ -132,9 +142,9 @@ def optimise_job(
                 return Cancelled(f"after {i + 1} of {grid[first].size} rows")
     except ValueError as err:
         return Failed(str(err))
-    i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    i, j = best_grid_index(scores)
     best = {first: float(grid[first][i]), second: float(grid[second][j])}
-    return Optimised(method, grid, scores, best, float(scores[i, j]))
+    return Optimised(method, grid, scores, best, float(scores[i, j]), objective)
 
 
 def _prefer_reference(layers: list) -> Any:
@@ -203,10 +213,19 @@ class TuneWidget(QWidget):
             "Labels to compare with (ground truth or labels you corrected), "
             "same size as the segmented image."
         )
+        self.objective_combo = QComboBox()
+        for key, text in OBJECTIVES:
+            self.objective_combo.addItem(text, key)
+        self.objective_combo.setToolTip(
+            "What the search maximises against the reference. PQ (panoptic quality = "
+            "F1 x mean IoU of the matched cells) also rewards well-drawn outlines; F1 only "
+            "counts cells found (IoU > 0.5), so its best thresholds can draw cells too "
+            "large or too small."
+        )
         self.optimise_button = QPushButton("Optimise thresholds")
         self.optimise_button.setToolTip(
             "Try a grid of thresholds of the chosen method (TH or WT) and keep the "
-            "pair with the best F1 against the reference."
+            "pair with the best objective (PQ or F1) against the reference."
         )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -214,13 +233,14 @@ class TuneWidget(QWidget):
         self.progress.setMaximum(1)
         self.progress.setValue(0)
         self.progress.setFormat("")
-        self.plot = PlotCanvas("F1 vs threshold", "threshold", "F1")
+        self.plot = PlotCanvas("PQ vs threshold", "threshold", "PQ")
         self.search_info = QLabel("")
         self.search_info.setWordWrap(True)
         group = QGroupBox("Optimise thresholds")
         gl = QVBoxLayout(group)
         gform = QFormLayout()
         gform.addRow("Reference", self.reference)
+        gform.addRow("Objective", self.objective_combo)
         gl.addLayout(gform)
         buttons = QHBoxLayout()
         buttons.addWidget(self.optimise_button)
@@ -273,6 +293,14 @@ class TuneWidget(QWidget):
     @property
     def method(self) -> str:
         return self.method_combo.currentData()
+
+    @property
+    def objective(self) -> str:
+        """What "Optimise thresholds" maximises: "pq" or "f1"."""
+        return self.objective_combo.currentData()
+
+    def set_objective(self, objective: str) -> None:
+        self.objective_combo.setCurrentIndex([k for k, _ in OBJECTIVES].index(objective))
 
     def set_method(self, method: str) -> None:
         self.method_combo.setCurrentIndex([m for m, _ in METHODS].index(method))
@@ -397,6 +425,7 @@ class TuneWidget(QWidget):
             result.spatial_dims,
             method,
             int(self.min_size.value()),
+            self.objective,
             yielded=self._search_progress,
             returned=self._searched,
             finished=self._search_finished,
@@ -420,6 +449,8 @@ class TuneWidget(QWidget):
             self.search_info.setText(out.message)
             return
         self.last_search = out
+        name = out.objective.upper()
+        self.plot.ylabel = name
         first, second = list(out.grid)
         i = int(np.argmin(np.abs(out.grid[first] - out.best[first])))
         j = int(np.argmin(np.abs(out.grid[second] - out.best[second])))
@@ -436,14 +467,14 @@ class TuneWidget(QWidget):
                     f"{SYMBOL[second]} ({SYMBOL[first]}={out.best[first]:.2f})",
                 ),
             ],
-            title=f"F1 vs threshold (best {out.best_score:.3f})",
+            title=f"{name} vs threshold (best {out.best_score:.3f})",
             ylim=(max(0.0, min(out.scores[:, j].min(), out.scores[i, :].min()) - 0.05), 1.01),
         )
         self.set_method(out.method)
         for key, value in out.best.items():
             self.sliders[key].setValue(value)
         text = (
-            f"Best F1 {out.best_score:.3f} at {SYMBOL[first]} = {out.best[first]:.2f}, "
+            f"Best {name} {out.best_score:.3f} at {SYMBOL[first]} = {out.best[first]:.2f}, "
             f"{SYMBOL[second]} = {out.best[second]:.2f} ({out.scores.size} settings tried "
             f"against '{self.reference.currentText()}'). Sliders moved there."
         )
