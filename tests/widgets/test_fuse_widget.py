@@ -145,3 +145,29 @@ def test_fuse_then_segment_hands_the_fused_layer_to_segment(
     labels = viewer.layers[labels_name(FUSED_NAME)]
     assert labels.data.shape == (96, 96)
     assert segment.state.result.layer_name == FUSED_NAME
+
+
+def test_stack_box_defaults_to_a_stack(make_napari_viewer, stack_scene):
+    """A (Z, Y, X) stack, then a 2D image and a 2D RGB image on top of it: the Stack box of
+    a newly docked Fuse picks the stack, not the last layer. Docked with only a 2D image,
+    the box switches to a stack once one is opened, and keeps it when more 2D images
+    come; a user's choice of another stack is kept too."""
+    viewer = make_napari_viewer()
+    viewer.add_image(stack_scene.stack, name="stack")
+    viewer.add_image(stack_scene.stack[0], name="one slice")
+    viewer.add_image(np.zeros((96, 96, 3), np.uint8), name="colour", rgb=True)
+    widget = dock_fuse(viewer)
+    assert widget.stack_combo.layer() is viewer.layers["stack"]
+
+    other = make_napari_viewer()
+    other.add_image(stack_scene.stack[0], name="one slice")
+    widget = dock_fuse(other)
+    assert widget.stack_combo.layer() is other.layers["one slice"]  # nothing better yet
+    other.add_image(stack_scene.stack, name="stack")
+    assert widget.stack_combo.layer() is other.layers["stack"]
+    other.add_image(stack_scene.stack[1], name="another slice")
+    assert widget.stack_combo.layer() is other.layers["stack"]
+    other.add_image(stack_scene.stack[::-1], name="reversed")
+    widget.stack_combo.set_layer(other.layers["reversed"])
+    other.add_image(stack_scene.stack[::2], name="every other")
+    assert widget.stack_combo.layer() is other.layers["reversed"]

@@ -147,6 +147,20 @@ class LayerChecklist(QListWidget):
             )
 
 
+def is_stack(layer: Layer) -> bool:
+    """A layer that can be fused as it is: 3 or more axes (an RGB layer's colour axis
+    does not count)."""
+    return layer.ndim >= 3
+
+
+def prefer_stack(layers: list[Layer]) -> Layer | None:
+    """Default of the Stack box: the topmost grey stack (ndim >= 3, not RGB), else the
+    topmost RGB stack, else ``None`` (the box then takes the last layer)."""
+    stacks = [layer for layer in reversed(layers) if is_stack(layer)]
+    grey = [layer for layer in stacks if not getattr(layer, "rgb", False)]
+    return (grey or stacks or [None])[0]
+
+
 class FuseWidget(QWidget):
     """Dock widget "Fuse"."""
 
@@ -167,7 +181,7 @@ class FuseWidget(QWidget):
         self.mode_combo.setToolTip(
             "Fuse the slices of one z-stack layer, or several 2D image layers of the same field."
         )
-        self.stack_combo = LayerCombo(napari_viewer, Image)
+        self.stack_combo = LayerCombo(napari_viewer, Image, prefer=prefer_stack)
         self.stack_combo.setToolTip("The focus stack: a 3D (Z, Y, X) or RGB (Z, Y, X, 3) layer.")
         self.axis_spin = QSpinBox()
         self.axis_spin.setRange(0, 3)
@@ -247,6 +261,7 @@ class FuseWidget(QWidget):
         self.mode_combo.currentIndexChanged.connect(self.pages.setCurrentIndex)
         self.method_combo.currentIndexChanged.connect(self._method_changed)
         self.stack_combo.layer_changed.connect(self._stack_changed)
+        napari_viewer.layers.events.inserted.connect(self._layer_added)
         self.run_button.clicked.connect(lambda: self.run(segment=False))
         self.segment_button.clicked.connect(lambda: self.run(segment=True))
         self.cancel_button.clicked.connect(self.cancel)
@@ -277,6 +292,21 @@ class FuseWidget(QWidget):
         self.near_check.setEnabled(method == "hf-reg")
         self.device_combo.setEnabled(learned)
         self.tile_spin.setEnabled(learned)
+
+    def _layer_added(self, *_: Any) -> None:
+        """A stack was opened while the Stack box holds a 2D image: pick the stack."""
+        try:
+            current = self.stack_combo.layer()
+        except RuntimeError:  # the widget is gone (viewer closed)
+            self.viewer.layers.events.inserted.disconnect(self._layer_added)
+            return
+        if current is not None and is_stack(current):
+            return
+        from napari.layers import Image
+
+        stack = prefer_stack([layer for layer in self.viewer.layers if isinstance(layer, Image)])
+        if stack is not None:
+            self.stack_combo.set_layer(stack)
 
     def _stack_changed(self, *_: Any) -> None:
         layer = self.stack_combo.layer()
