@@ -36,7 +36,7 @@ CANDIDATE_METHODS: tuple[tuple[str, dict[str, float]], ...] = (
 )
 #: Relative size filters tried on the best method: objects below this share of a
 #: typical nucleus' area (at the estimated diameter) are dropped.
-CANDIDATE_MIN_SIZE_FRACTIONS: tuple[float, ...] = (0.1, 0.15, 0.2, 0.3)
+CANDIDATE_MIN_SIZE_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 @dataclass
