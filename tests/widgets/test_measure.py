@@ -11,6 +11,7 @@ from widget_helpers import dock, segment, wait_idle
 from napari_cellfocus.core.measure import cell_table, match_boxes
 from napari_cellfocus.core.metrics import evaluate
 from napari_cellfocus.widgets._layers import BOXES_NAME, labels_name
+from napari_cellfocus.widgets.measure import camera_of
 
 
 def test_cell_table_by_hand():
@@ -133,3 +134,59 @@ def test_mean_intensity_in_a_chosen_channel(make_napari_viewer, qtbot):
     assert widget.result.table["mean_intensity"].tolist() == [5.0]
     assert widget.result.metrics is None
     assert widget.metrics_table.rowCount() == 0
+
+
+def _click_row(qtbot, table, row):
+    """A real mouse click on the first cell of ``row`` of a QTableWidget."""
+    from qtpy.QtCore import Qt
+
+    item = table.item(row, 0)
+    table.scrollToItem(item)
+    rect = table.visualItemRect(item)
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+
+
+def test_clicking_a_row_selects_and_centres_the_cell(make_napari_viewer, qtbot):
+    """2D labels with scale (2, 0.5) and translate (10, 5): label 3 covers rows 4-5,
+    columns 10-13 (centroid (4.5, 11.5) in pixels, world (10 + 2 * 4.5, 5 + 0.5 * 11.5) =
+    (19, 10.75)); label 8 is one pixel at (30, 50), world (70, 30). Clicking its row
+    selects the label in the layer and centres the camera there."""
+    viewer = make_napari_viewer()
+    lab = np.zeros((40, 60), np.int32)
+    lab[4:6, 10:14] = 3
+    lab[30, 50] = 8
+    layer = viewer.add_labels(lab, name="cells", scale=(2, 0.5), translate=(10, 5))
+    widget = dock(viewer, "Measure")
+    widget.measure()
+    wait_idle(qtbot, widget)
+    assert widget.cells_table.rowCount() == 2
+    qtbot.waitExposed(widget.cells_table)
+    _click_row(qtbot, widget.cells_table, 1)
+    assert layer.selected_label == 8
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], (70.0, 30.0))
+    _click_row(qtbot, widget.cells_table, 0)
+    assert layer.selected_label == 3
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], (19.0, 10.75))
+
+
+def test_clicking_a_row_of_a_stack_goes_to_its_plane(make_napari_viewer, qtbot):
+    """A (3, 40, 60) stack with z scale 4: label 5 lies in plane 2 at rows 20-21, columns
+    30-31 (centroid (20.5, 30.5)), label 2 in plane 0. Clicking label 5's row moves the z
+    slider to plane 2 (world z 8), centres the view on (20.5, 30.5) and selects label 5."""
+    viewer = make_napari_viewer()
+    lab = np.zeros((3, 40, 60), np.int32)
+    lab[0, 5:8, 5:8] = 2
+    lab[2, 20:22, 30:32] = 5
+    layer = viewer.add_labels(lab, name="stack cells", scale=(4, 1, 1))
+    viewer.dims.set_point(0, 0)
+    widget = dock(viewer, "Measure")
+    widget.measure()
+    wait_idle(qtbot, widget)
+    qtbot.waitExposed(widget.cells_table)
+    _click_row(qtbot, widget.cells_table, 1)
+    assert layer.selected_label == 5
+    assert viewer.dims.current_step[0] == 2
+    assert viewer.dims.point[0] == pytest.approx(8.0)
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], (20.5, 30.5))
+    _click_row(qtbot, widget.cells_table, 0)
+    assert layer.selected_label == 2 and viewer.dims.current_step[0] == 0

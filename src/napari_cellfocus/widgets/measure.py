@@ -5,6 +5,8 @@ the chosen channel). With a ground-truth layer the scores of
 :func:`napari_cellfocus.core.metrics.evaluate` are shown (objects match when their
 IoU exceeds the threshold) and, optionally, a Shapes layer of bounding boxes:
 green = true positive, red = false positive, yellow = false negative (missed).
+Clicking a row of the cell table selects that cell in the labels layer
+(``selected_label``) and centres the view on it (for stacks, on its plane).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
+    QAbstractItemView,
     QCheckBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -100,6 +103,13 @@ def measure_job(
     return Measured(table, metrics, shapes or [], status or [], labels_name, scale, translate)
 
 
+def camera_of(viewer: napari.Viewer) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera``
+    before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def _prefer_truth(layers: list) -> Any:
     """Default ground truth: a user's labels layer named like one (else none)."""
     for layer in layers:
@@ -150,6 +160,10 @@ class MeasureWidget(QWidget):
         self.metrics_table.setMaximumHeight(190)
         self.cells_table = QTableWidget(0, 0)
         self.cells_table.verticalHeader().setVisible(False)
+        self.cells_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.cells_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.cells_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.cells_table.setToolTip("Click a cell to select it in the labels and go to it.")
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -174,6 +188,8 @@ class MeasureWidget(QWidget):
 
         self.measure_button.clicked.connect(self.measure)
         self.export_button.clicked.connect(self._export_clicked)
+        self.cells_table.cellClicked.connect(lambda row, _col: self.go_to_cell(row))
+        self.cells_table.currentCellChanged.connect(self._current_cell_changed)
         self.state.result_changed.connect(self._follow_result)
 
     def _prefer_own_labels(self, layers: list) -> Any:
@@ -310,6 +326,7 @@ class MeasureWidget(QWidget):
         names = list(table)
         n = len(table["label"])
         shown = min(n, MAX_ROWS)
+        self.cells_table.blockSignals(True)  # refilling is not the user picking a cell
         self.cells_table.clear()
         self.cells_table.setColumnCount(len(names))
         self.cells_table.setRowCount(shown)
@@ -319,6 +336,8 @@ class MeasureWidget(QWidget):
                 value = table[name][row]
                 text = str(int(value)) if name in ("label", "area") else f"{float(value):.2f}"
                 self.cells_table.setItem(row, col, QTableWidgetItem(text))
+        self.cells_table.setCurrentCell(-1, -1)
+        self.cells_table.blockSignals(False)
         self.cells_table.resizeColumnsToContents()
         if n > shown:
             self.status.setText(f"Showing the first {shown} of {n} cells; the CSV has all.")
@@ -336,6 +355,37 @@ class MeasureWidget(QWidget):
             self.metrics_table.setItem(row, 0, QTableWidgetItem(key))
             self.metrics_table.setItem(row, 1, QTableWidgetItem(text))
         self.metrics_table.resizeColumnsToContents()
+
+    # ------------------------------------------------------------------ go to a cell
+    def _current_cell_changed(self, row: int, _col: int, previous: int, _pcol: int) -> None:
+        if row != previous:  # keyboard navigation (a click also arrives as cellClicked)
+            self.go_to_cell(row)
+
+    def go_to_cell(self, row: int) -> bool:
+        """Select the cell of table row ``row`` in its labels layer and centre the view on
+        its centroid; for a stack, the dims slider moves to its plane. False when the
+        measured layer is gone or changed shape."""
+        out = self.result
+        if out is None or not 0 <= row < min(len(out.table["label"]), MAX_ROWS):
+            return False
+        layer = (
+            self.viewer.layers[out.labels_name] if out.labels_name in self.viewer.layers else None
+        )
+        columns = [name for name in out.table if name.startswith("centroid_")]
+        if not isinstance(layer, Labels) or layer.ndim != len(columns):
+            return False
+        point = np.array([float(out.table[name][row]) for name in columns])
+        dims = self.viewer.dims
+        offset = dims.ndim - layer.ndim  # the layer's axes are the viewer's last ones
+        shown = [axis - offset for axis in dims.displayed if axis >= offset]
+        hidden = [d for d in range(layer.ndim) if d not in shown]
+        point[hidden] = np.round(point[hidden])  # the plane the centroid lies in
+        world = np.asarray(layer.data_to_world(point), dtype=float)
+        for d in hidden:
+            dims.set_point(d + offset, float(world[d]))
+        camera_of(self.viewer).center = tuple(float(world[d]) for d in shown)
+        layer.selected_label = int(out.table["label"][row])
+        return True
 
     # ------------------------------------------------------------------ export
     def _export_clicked(self) -> None:
