@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         check=False,
     ).stdout.strip()
     record = {
-        "command": "python benchmarks/bench_realdata.py --data " + args.data.name,
+        "command": f"python benchmarks/bench_realdata.py --data {args.data}",
         "commit": commit,
         "date": time.strftime("%Y-%m-%d"),
         "device": f"{args.device} ({torch.get_num_threads()} threads)",
