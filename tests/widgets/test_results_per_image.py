@@ -161,7 +161,7 @@ def test_tune_measure_and_finetune_follow_the_last_image(two_images, qtbot, tiny
     tune.set_method("th")
     tune.sliders["gamma1"].setValue(0.9)
     qtbot.waitUntil(lambda: not np.array_equal(second.data, before), timeout=10_000)
-    qtbot.wait(3 * tune_module.DEBOUNCE_MS)
+    qtbot.wait(3 * tune_module.THROTTLE_MS)
     wait_idle(qtbot, tune)
     probs = tune.state.result.probs
     expected = postprocess(probs, "th", gamma1=0.9, gamma2=0.1, min_size=16)[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from widget_helpers import dock, errors_since, layer_snapshot, n_records, segment, wait_idle
@@ -43,7 +45,7 @@ def test_slider_relabels_without_model_call(viewer, qtbot, tiny_model, no_model_
     tune = _segmented(viewer, qtbot, tiny_model)
     assert tune.method == "map"  # the tiny model stores no defaults: MAP
     tune.set_method("th")
-    qtbot.wait(3 * tune_module.DEBOUNCE_MS)
+    qtbot.wait(3 * tune_module.THROTTLE_MS)
     wait_idle(qtbot, tune)
     layer = viewer.layers[labels_name("nuclei")]
     before = np.array(layer.data)
@@ -60,27 +62,51 @@ def test_slider_relabels_without_model_call(viewer, qtbot, tiny_model, no_model_
     assert tune.last_relabel_ms is not None
 
 
-def test_rapid_changes_are_debounced(viewer, qtbot, tiny_model, monkeypatch):
-    """Ten slider moves within the debounce window post-process once, with the last value."""
+def test_rapid_changes_are_throttled(viewer, qtbot, tiny_model, monkeypatch):
+    """Slider updates are throttled, not debounced. Ten moves at once (no event in
+    between) post-process once, with the last value. A drag of 16 moves 25 ms apart
+    (about 0.4 s) shows labels while it goes on (the first relabel starts before the last
+    move; a debounce would wait for the end), relabels fewer times than it moves (at most
+    one per THROTTLE_MS, plus the first and the last), and the last relabel has the
+    final value."""
     tune = _segmented(viewer, qtbot, tiny_model)
     tune.set_method("th")
-    qtbot.wait(3 * tune_module.DEBOUNCE_MS)
+    qtbot.wait(3 * tune_module.THROTTLE_MS)
     wait_idle(qtbot, tune)
     runs = []
     original = tune_module.relabel_job
 
     def counting(probs, spatial_dims, method, params, generation, cancel):
-        runs.append(dict(params))
+        runs.append((time.perf_counter(), dict(params)))
         return original(probs, spatial_dims, method, params, generation, cancel)
+
+    def settle():
+        qtbot.waitUntil(lambda: not tune.timer.isActive(), timeout=5_000)
+        wait_idle(qtbot, tune)
+        qtbot.wait(2 * tune_module.THROTTLE_MS)
+        wait_idle(qtbot, tune)
 
     monkeypatch.setattr(tune_module, "relabel_job", counting)
     for value in np.linspace(0.3, 0.75, 10):
         tune.sliders["gamma1"].setValue(float(value))
-    qtbot.waitUntil(lambda: len(runs) == 1, timeout=5_000)
-    wait_idle(qtbot, tune)
-    qtbot.wait(3 * tune_module.DEBOUNCE_MS)
+    settle()
     assert len(runs) == 1
-    assert runs[0]["gamma1"] == pytest.approx(0.75)
+    assert runs[0][1]["gamma1"] == pytest.approx(0.75)
+
+    runs.clear()
+    values = np.round(np.linspace(0.2, 0.8, 16), 2)
+    start = time.perf_counter()
+    for value in values:
+        tune.sliders["gamma1"].setValue(float(value))
+        last_move = time.perf_counter()
+        qtbot.wait(25)
+    drag_s = last_move - start
+    settle()
+    assert runs[0][0] < last_move  # labels shown during the drag, not only after it
+    # at most one per THROTTLE_MS of dragging, plus the first and the last (the drag takes
+    # about 0.4 s: about 6 relabels for 16 moves; more on a busy machine, slower waits)
+    assert 2 <= len(runs) <= drag_s / (tune_module.THROTTLE_MS / 1000) + 2
+    assert runs[-1][1]["gamma1"] == pytest.approx(values[-1])
 
 
 def test_method_switch_shows_its_parameters_and_relabels(viewer, qtbot, tiny_model):
@@ -180,6 +206,6 @@ def test_sliders_before_segmentation_do_nothing(make_napari_viewer, qtbot):
     tune = dock(viewer, "Tune")
     tune.set_method("th")
     tune.sliders["gamma2"].setValue(0.3)
-    qtbot.wait(3 * tune_module.DEBOUNCE_MS)
+    qtbot.wait(3 * tune_module.THROTTLE_MS)
     assert len(viewer.layers) == 0
     assert tune.state.post_params["gamma2"] == pytest.approx(0.3)

@@ -1,9 +1,11 @@
 """Tune dock widget: re-label the cached probabilities live, and optimise thresholds.
 
-Moving a slider never runs the model: after a 50 ms pause (debounce) the last
-segmentation's probabilities are post-processed again (MAP, TH(γ1, γ2) or
-WT(τ0, τ1), see :mod:`napari_cellfocus.core.postprocess`) in a worker thread and
-the labels layer of the segmented image (``"<image> labels"``) is updated.
+Moving a slider never runs the model: the last segmentation's probabilities are
+post-processed again (MAP, TH(γ1, γ2) or WT(τ0, τ1), see
+:mod:`napari_cellfocus.core.postprocess`) in a worker thread and the labels layer of the
+segmented image (``"<image> labels"``) is updated. The updates are throttled, not
+debounced: while a slider is dragged the labels follow at most every ``THROTTLE_MS``
+(100 ms), and once more with the final values after the last move.
 "Optimise thresholds" runs the grid search of
 :func:`~napari_cellfocus.core.postprocess.search_thresholds` against a reference labels
 layer, one row of the grid at a time so that it shows progress and can be cancelled,
@@ -13,6 +15,7 @@ and moves the sliders to the best values (the middle of a plateau of equal best 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -47,7 +50,8 @@ from napari_cellfocus.widgets._workers import Cancelled, Failed, start_job
 if TYPE_CHECKING:
     import napari
 
-DEBOUNCE_MS = 50
+#: While a slider moves, the labels are re-made at most once per this many milliseconds.
+THROTTLE_MS = 100
 METHODS = (
     ("map", "MAP: most likely class"),
     ("th", "TH: thresholds γ1, γ2"),
@@ -168,6 +172,7 @@ class TuneWidget(QWidget):
         self._pending = False
         self._search_cancel: threading.Event | None = None
         self.last_relabel_ms: float | None = None
+        self._last_apply = -math.inf  # time.perf_counter() of the last throttled update
         self.last_search: Optimised | None = None
 
         self.method_combo = QComboBox()
@@ -258,8 +263,7 @@ class TuneWidget(QWidget):
 
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
-        self.timer.setInterval(DEBOUNCE_MS)
-        self.timer.timeout.connect(self.apply)
+        self.timer.timeout.connect(self._throttled)
         index = [m for m, _ in METHODS].index(self.state.post_method)
         self.method_combo.setCurrentIndex(index)
         self._show_rows()
@@ -322,8 +326,18 @@ class TuneWidget(QWidget):
         self._schedule()
 
     def _schedule(self, *_: Any) -> None:
-        """Restart the debounce timer: the labels update 50 ms after the last change."""
-        self.timer.start()
+        """Throttle: update now if the last update is ``THROTTLE_MS`` old, else when it
+        will be. A change while an update is pending only waits for it (the update reads
+        the newest values), so a drag updates every ``THROTTLE_MS`` and the last value is
+        always shown (a change after the last update schedules another)."""
+        if self.timer.isActive():
+            return
+        wait_ms = max(0.0, THROTTLE_MS - 1000 * (time.perf_counter() - self._last_apply))
+        self.timer.start(math.ceil(wait_ms))
+
+    def _throttled(self) -> None:
+        self._last_apply = time.perf_counter()
+        self.apply()
 
     def _result_changed(self) -> None:
         result = self.state.result
