@@ -103,13 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     get_settings().application.gui_notification_level = "error"
 
     from napari_cellfocus.engine.checkpoint import default_model_path
-    from napari_cellfocus.widgets._layers import LABELS_NAME
+    from napari_cellfocus.widgets._layers import labels_name, probability_name
 
     viewer = napari.Viewer(show=True, title="napari-cellfocus")
     viewer.window.resize(1500, 980)
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     viewer.open_sample(PLUGIN, "cells")
     image_name, gt_name = "cells (simulated)", "cells ground truth"
+    labels_out = labels_name(image_name)  # the output layers are named after the image
+    background = probability_name(image_name, "background")
     docks = {}
 
     def show(name: str):
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     seg.tile_spin.setValue(256)  # several tiles, so the progress bar means something
     seg.run()
     wait(lambda: seg.worker is None)
-    viewer.layers[LABELS_NAME].opacity = 0.5
+    viewer.layers[labels_out].opacity = 0.5
     shot("segment")
 
     # 2. Tune ----------------------------------------------------------------------
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. Correct: repaint the worst cell with napari's brush --------------------------
     ft = show("Correct and fine-tune")
-    labels_layer = viewer.layers[LABELS_NAME]
+    labels_layer = viewer.layers[labels_out]
     gt = np.asarray(viewer.layers[gt_name].data)
     pred = np.asarray(labels_layer.data)
     target = worst_cell(gt, pred)
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     # 4. Fine-tune (screenshot while it runs, and at the end) -------------------------
     labels_layer.mode = "pan_zoom"
     for layer in viewer.layers:
-        if layer.name.endswith("probability") and layer.name != "background probability":
+        if layer.name.endswith("probability") and layer.name != background:
             layer.visible = True
     viewer.reset_view()
     ft.start()
@@ -188,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     shot("finetune_running")
     wait(lambda: ft.worker is None)
-    labels_layer = viewer.layers[LABELS_NAME]
+    labels_layer = viewer.layers[labels_out]
     labels_layer.opacity = 0.5
-    viewer.layers[f"{LABELS_NAME} (edited)"].visible = False
+    viewer.layers[f"{labels_out} (edited)"].visible = False
     shot("finetune")
 
     # 5. Measure -------------------------------------------------------------------
