@@ -182,6 +182,11 @@ def test_objective_box_drives_the_search(viewer, qtbot, tiny_model):
     wait_idle(qtbot, tune, "search_worker")
     np.testing.assert_allclose(tune.last_search.scores, pq.scores)
     assert tune.last_search.best == pytest.approx(pq.best_params)
+    # the sliders moved to the best pair start a relabel: let it land before teardown
+    qtbot.waitUntil(
+        lambda: tune.worker is None and not tune.timer.isActive() and not tune._pending,
+        timeout=30_000,
+    )
 
 
 def test_optimise_needs_a_reference_of_the_same_shape(viewer, qtbot, tiny_model):
