@@ -12,8 +12,12 @@ from widget_helpers import dock, segment, wait_idle
 from napari_cellfocus.engine.checkpoint import load_checkpoint
 from napari_cellfocus.engine.segment import Segmenter
 from napari_cellfocus.engine.train import Trainer
-from napari_cellfocus.widgets._layers import LABELS_NAME, role_of
+from napari_cellfocus.widgets._layers import labels_name, probability_name, role_of
 from napari_cellfocus.widgets.finetune import annotation_coverage, choose_mode
+
+#: The outputs of segmenting the 'nuclei' image (named after it).
+LABELS = labels_name("nuclei")
+CELL = probability_name("nuclei", "cell")
 
 FAST = {"batch_size": 2, "crop_size": 64}
 
@@ -47,11 +51,11 @@ def test_paint_then_finetune_updates_layers_and_model(
     the probability layers change, the new model becomes the one Segment uses, the
     corrected layer is kept aside (not overwritten), and the model can be saved."""
     seg = segment(viewer, qtbot, tiny_model)
-    labels = viewer.layers[LABELS_NAME]
+    labels = viewer.layers[LABELS]
     labels.paint((20, 20), 99)  # napari's own paint tool, as a brush stroke does
     painted = np.array(labels.data)
     assert painted[20, 20] == 99
-    cell_before = np.array(viewer.layers["cell probability"].data)
+    cell_before = np.array(viewer.layers[CELL].data)
     first_model = seg.state.model
 
     widget = _finetune_widget(viewer, steps=6, preview=2)
@@ -63,17 +67,17 @@ def test_paint_then_finetune_updates_layers_and_model(
     assert widget.previews == 3  # steps 2 and 4, then the final model
     assert len(widget.plot.line_data()[0][0]) == 6  # the loss curve
     assert "dense" in widget._run["reason"]
-    cell_after = np.asarray(viewer.layers["cell probability"].data)
+    cell_after = np.asarray(viewer.layers[CELL].data)
     assert np.abs(cell_after - cell_before).max() > 1e-3
     assert releases == [6]
 
     state = seg.state
     assert state.model is not first_model and state.model.kind == "session"
     assert seg.model_combo.currentText() == state.model.name
-    edited = viewer.layers[f"{LABELS_NAME} (edited)"]
+    edited = viewer.layers[f"{LABELS} (edited)"]
     assert role_of(edited) is None
     np.testing.assert_array_equal(edited.data, painted)
-    assert role_of(viewer.layers[LABELS_NAME]) == "labels"
+    assert role_of(viewer.layers[LABELS]) == "labels"
 
     new_model, new_info = state.model.spec
     expected = Segmenter((new_model, new_info), device="cpu").predict(viewer.layers["nuclei"].data)
@@ -86,15 +90,23 @@ def test_paint_then_finetune_updates_layers_and_model(
 
     seg.run()  # Segment now runs the fine-tuned model
     wait_idle(qtbot, seg)
-    np.testing.assert_allclose(viewer.layers["cell probability"].data, expected[1], atol=1e-5)
+    np.testing.assert_allclose(viewer.layers[CELL].data, expected[1], atol=1e-5)
 
 
 def test_event_loop_keeps_running_during_finetuning(viewer, qtbot, tiny_model):
-    """A 10 ms QTimer keeps firing while 40 training steps run in the worker: it ticks
-    many times between the first and the last training step, nine pauses in ten are
-    short, and none is a freeze. (Training on the Qt thread would give no tick at all
-    in that interval. The bounds leave room for a busy shared machine and for Python's
-    garbage collector, which can pause any thread of a napari process.)"""
+    """A 10 ms QTimer keeps firing while 40 training steps run in the worker. Judged
+    against the time the training actually took (``span``, first to last step seen),
+    since a loaded machine stretches the training and the pauses of the UI thread
+    alike: at least 5 ticks fall within ``span`` and no pause without a tick lasts half
+    of it. Training on the Qt thread gives no tick within ``span`` (one pause that is
+    all of it).
+
+    Measured on this project's 2-core CI machine (AMD EPYC) while a long training ran
+    beside it: 99 ticks in 2.9 s, longest pause 0.41 s (14 % of ``span``); with two
+    more busy-loop processes as well: 10 ticks in 9.6 s, longest pause 1.5 s (16 %),
+    and 11 ticks in 21.8 s, longest pause 5.2 s (24 %). Absolute bounds (20 ticks,
+    pauses under 1.5 s) failed there.
+    """
     segment(viewer, qtbot, tiny_model)
     widget = _finetune_widget(viewer, steps=40)
     ticks = []
@@ -108,11 +120,16 @@ def test_event_loop_keeps_running_during_finetuning(viewer, qtbot, tiny_model):
     wait_idle(qtbot, widget)
     timer.stop()
     assert widget.last_progress.step == 40
+    span = steps_seen[-1] - steps_seen[0]
     during = [t for t in ticks if steps_seen[0] <= t <= steps_seen[-1]]
-    assert len(during) >= 20
     gaps = np.diff([steps_seen[0], *during, steps_seen[-1]])
-    assert np.percentile(gaps, 90) < 0.2
-    assert gaps.max() < 1.5, f"the UI thread was blocked for {gaps.max():.2f} s"
+    seen = (
+        f"{len(during)} ticks in {span:.2f} s of training (an idle event loop: "
+        f"{span / 0.010:.0f}), longest pause {gaps.max():.2f} s"
+    )
+    print(seen)
+    assert len(during) >= 5, seen
+    assert gaps.max() < span / 2, f"the UI thread was blocked for half of the training: {seen}"
 
 
 def test_cancel_keeps_previous_model_and_ui_responsive(viewer, qtbot, tiny_model, releases):
@@ -121,7 +138,7 @@ def test_cancel_keeps_previous_model_and_ui_responsive(viewer, qtbot, tiny_model
     reacts (a timer fires, buttons are back)."""
     seg = segment(viewer, qtbot, tiny_model)
     first_model = seg.state.model
-    cell_layer = viewer.layers["cell probability"]
+    cell_layer = viewer.layers[CELL]
     cell_data = cell_layer.data
     widget = _finetune_widget(viewer, steps=100_000, preview=2)
     widget.start()
@@ -153,7 +170,7 @@ def test_training_uses_a_snapshot_of_the_layers(viewer, qtbot, tiny_model, monke
         original(self, images, labels, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "__init__", capture)
-    layer = viewer.layers[LABELS_NAME]
+    layer = viewer.layers[LABELS]
     at_start = np.array(layer.data)
     widget = _finetune_widget(viewer, steps=8)
     widget.start()
