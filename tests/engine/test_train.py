@@ -45,29 +45,63 @@ def test_tiny_model_overfits_one_image(scene):
 
 
 def test_weak_labels_do_not_teach_background_on_unannotated_cells():
-    """Half of the cells are left unannotated. Trained as weak labels (W3), the model must
-    still find most unannotated cells; trained as if the labels were complete, it learns to
-    call part of them background. Same seed, data and budget for both."""
-    sc = simulate_cells(
-        shape=(128, 128), seed=5, radius=(7, 10), density=0.3, photons=500, cluster_fraction=0.3
-    )
-    n = int(sc.labels.max())
-    annotated = np.random.default_rng(0).permutation(np.arange(1, n + 1))[: n // 2]
-    weak = np.where(np.isin(sc.labels, annotated), sc.labels, 0)
-    hidden = np.where(np.isin(sc.labels, annotated), 0, sc.labels)
+    """Cells are annotated in the left third of the image only, as when a user corrects
+    one region. Trained as weak labels (W3), the model still finds the unannotated cells
+    that lie farther than W3's ``beta`` (30 px) from every annotation; trained on the
+    same labels as if they were complete (plain cross entropy), it learns to call them
+    background. Same seed, data and budget for both; the recalls are averaged over two
+    scenes, so that no single 150-step run (whose floats differ between CPU kinds and
+    thread counts) sits on the threshold.
 
-    def hidden_recall(weak_mode: bool) -> float:
-        cfg = TrainConfig(
-            steps=150, batch_size=2, crop_size=96, lr=5e-3, weak=weak_mode, weights="balance"
+    Measured on AMD EPYC (recall on those cells, scenes 5 / 7): weak 0.74 / 0.95 (mean
+    0.85) with 2 threads, 0.78 / 0.95 (0.87) with 1 thread, 0.87 / 1.00 with training
+    seed 1 (1 thread); dense 0.00 in every run (it cannot tell these cells from the
+    annotated ones and misses those too). 27 s on 2 idle cores. Controls, not run here: plain cross
+    entropy on the complete labels finds 0.78 / 0.73 of the same cells, so the dense
+    failure is the missing labels, not the budget; class-balanced dense weights
+    ("balance") partly make up for the missing labels and scatter (0.35 to 0.96 over
+    four runs), too noisy a contrast. The earlier version left half of the cells out at
+    random in a crowded image: most unannotated cells then lie within ``beta`` of an
+    annotated one, where W3 does teach background, and weak vs balanced dense recall
+    was 0.727 vs 0.727 on this machine (means 0.81 vs 0.79 over 13 seeds and scenes).
+    """
+    from scipy import ndimage as ndi
+
+    def hidden_recalls(scene_seed: int) -> tuple[float, float]:
+        sc = simulate_cells(
+            shape=(128, 256),
+            seed=scene_seed,
+            radius=(7, 10),
+            density=0.3,
+            photons=500,
+            cluster_fraction=0.3,
         )
-        model, info = Trainer([sc.image], [weak], cfg, network=TINY, device="cpu").run()
-        pred = Segmenter((model, info), device="cpu").segment(sc.image, method="map").labels
-        on_hidden = np.unique(pred[hidden > 0])
-        return evaluate(hidden, np.where(np.isin(pred, on_hidden), pred, 0))["recall"]
+        ids = np.arange(1, int(sc.labels.max()) + 1)
+        centres = ndi.center_of_mass(sc.labels > 0, sc.labels, ids)
+        annotated = [i for i, (_, x) in zip(ids, centres, strict=True) if x < 256 / 3]
+        weak = np.where(np.isin(sc.labels, annotated), sc.labels, 0)
+        far = ndi.distance_transform_edt(weak == 0) > 30
+        hidden_ids = [i for i in ids if i not in annotated and far[sc.labels == i].all()]
+        hidden = np.where(np.isin(sc.labels, hidden_ids), sc.labels, 0)
+        assert len(hidden_ids) >= 15
 
-    weak_recall, dense_recall = hidden_recall(True), hidden_recall(False)
-    assert weak_recall >= 0.8
-    assert weak_recall > dense_recall
+        def recall(weak_mode: bool) -> float:
+            # weights: the dense run's; the weak run uses W3 whatever this says.
+            cfg = TrainConfig(
+                steps=150, batch_size=2, crop_size=96, lr=5e-3, weak=weak_mode, weights="none"
+            )
+            model, info = Trainer([sc.image], [weak], cfg, network=TINY, device="cpu").run()
+            pred = Segmenter((model, info), device="cpu").segment(sc.image, method="map").labels
+            on_hidden = np.unique(pred[hidden > 0])
+            return evaluate(hidden, np.where(np.isin(pred, on_hidden), pred, 0))["recall"]
+
+        return recall(True), recall(False)
+
+    weak_recalls, dense_recalls = zip(*(hidden_recalls(seed) for seed in (5, 7)), strict=True)
+    weak_recall, dense_recall = float(np.mean(weak_recalls)), float(np.mean(dense_recalls))
+    print(f"weak {weak_recalls} -> {weak_recall:.3f}, dense {dense_recalls} -> {dense_recall:.3f}")
+    assert weak_recall >= 0.6, weak_recalls
+    assert dense_recall <= 0.3, dense_recalls
 
 
 def test_cancel_keeps_a_loadable_checkpoint(tmp_path, scene):
