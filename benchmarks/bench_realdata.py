@@ -37,7 +37,7 @@ from napari_cellfocus.core.metrics import match_instances, pool_scores  # noqa: 
 from napari_cellfocus.core.size import median_diameter  # noqa: E402
 from napari_cellfocus.engine.checkpoint import default_model_path  # noqa: E402
 from napari_cellfocus.engine.segment import Segmenter  # noqa: E402
-from napari_cellfocus.engine.validation import predict_all, score  # noqa: E402
+from napari_cellfocus.engine.validation import post_labels, predict_all, score  # noqa: E402
 
 #: The simulator-only default model, as shipped before the real-data one.
 PREVIOUS = "6751289:src/napari_cellfocus/data/default_model.pt"
@@ -77,14 +77,10 @@ def false_positives(preds, method, params, fraction) -> dict[str, dict[str, int]
     pixels on annotated nuclei: >= 1/2 a split or partial nucleus, 1/10 - 1/2 at a nucleus'
     edge, less: background texture or an unannotated object) and by area relative to the
     image's median annotated nucleus."""
-    from napari_cellfocus.core.postprocess import postprocess
 
     table = {place: {size: 0 for size, _ in SIZES} for place, _ in PLACES}
     for pred in preds:
-        kw = dict(params)
-        if fraction and pred.diameter:
-            kw["min_size"] = max(1, round(fraction * np.pi * (pred.diameter / 2) ** 2))
-        lab, _ = postprocess(pred.probs, method=method, **kw)
+        lab = post_labels(pred, method, params, fraction)
         m = match_instances(pred.labels, lab)
         true_areas = np.bincount(pred.labels.ravel())[1:]
         typical = float(np.median(true_areas[true_areas > 0])) if true_areas.any() else 1.0

@@ -694,3 +694,22 @@ def test_parameter_errors():
         centroid_match_f1(a, a, max_distance=0)
     with pytest.raises(ValueError, match="spacing"):
         boundary_displacement_error(a, a, spacing=(1, 1, 1))
+
+
+def test_pool_scores_sums_matches_over_images_first():
+    """Image A: 3 true, 3 predicted, 2 matched with IoU 0.8 and 0.6; image B: 1 true,
+    3 predicted, 1 matched with IoU 1.0. Pooled: TP 3, FP 3, FN 1 -> precision 1/2,
+    recall 3/4, F1 = 6/10, SQ = (0.8 + 0.6 + 1.0) / 3 = 0.8, PQ = 0.48 (not the mean of
+    the two images' scores)."""
+    from napari_cellfocus.core.metrics import _scores, pool_scores
+
+    a = _scores(2, 3, 3, 1.4)
+    b = _scores(1, 1, 3, 1.0)
+    pooled = pool_scores([a, b])
+    assert pooled["tp"] == 3 and pooled["fp"] == 3 and pooled["fn"] == 1
+    assert pooled["precision"] == pytest.approx(0.5)
+    assert pooled["recall"] == pytest.approx(0.75)
+    assert pooled["f1"] == pytest.approx(0.6)
+    assert pooled["sq"] == pytest.approx(0.8)
+    assert pooled["pq"] == pytest.approx(0.48)
+    assert pooled["n_images"] == 2

@@ -11,14 +11,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from napari_cellfocus.core.metrics import evaluate, pool_scores
 from napari_cellfocus.core.postprocess import postprocess
-from napari_cellfocus.core.size import median_diameter
+from napari_cellfocus.core.size import disc_area, median_diameter
 from napari_cellfocus.engine.segment import Segmenter
 
 #: Post-processing settings tried when choosing a model's defaults: MAP, and TH / WT on a
@@ -50,7 +50,6 @@ class Prediction:
     diameter: float | None  # estimated (px)
     true_diameter: float | None  # median of the ground truth (px)
     seconds: float  # estimate + prediction
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def predict_all(
@@ -86,14 +85,20 @@ def score(
 ) -> list[dict[str, Any]]:
     """:func:`~napari_cellfocus.core.metrics.evaluate` of every prediction post-processed
     with ``method`` / ``params`` and the size filter relative to its estimated diameter."""
-    rows = []
-    for pred in predictions:
-        kw = dict(params)
-        if min_size_fraction and pred.diameter:
-            kw["min_size"] = max(1, round(min_size_fraction * np.pi * (pred.diameter / 2) ** 2))
-        lab, _ = postprocess(pred.probs, method=method, **kw)
-        rows.append(evaluate(pred.labels, lab))
-    return rows
+    return [
+        evaluate(p.labels, post_labels(p, method, params, min_size_fraction)) for p in predictions
+    ]
+
+
+def post_labels(
+    pred: Prediction, method: str, params: dict[str, Any], min_size_fraction: float
+) -> np.ndarray:
+    """Instance labels of one prediction: ``method`` / ``params`` and objects under
+    ``min_size_fraction`` of a typical nucleus' area (at its estimated diameter) dropped."""
+    kw = dict(params)
+    if min_size_fraction and pred.diameter:
+        kw["min_size"] = max(1, round(min_size_fraction * disc_area(pred.diameter)))
+    return postprocess(pred.probs, method=method, **kw)[0]
 
 
 def choose_defaults(
