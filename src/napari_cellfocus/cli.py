@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_cellfocus import __version__
+from napari_cellfocus.cli_common import CliError, ProgressBar, format_seconds
 
-
-class CliError(Exception):
-    """An error in the user's input, printed without a traceback."""
+__all__ = ["CliError", "ProgressBar", "build_parser", "main"]
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -107,34 +106,6 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_simulate)
 
 
-# --------------------------------------------------------------------------- progress
-class ProgressBar:
-    """A one-line terminal progress bar on stderr (no dependency)."""
-
-    def __init__(self, total: int, label: str, width: int = 30) -> None:
-        self.total, self.label, self.width = max(1, total), label, width
-        self.tty = sys.stderr.isatty()
-        self._last_pct = -1
-
-    def update(self, done: int, extra: str = "") -> None:
-        pct = int(100 * done / self.total)
-        if not self.tty and pct // 10 == self._last_pct // 10 and done != self.total:
-            return  # in logs, print every 10 % only
-        self._last_pct = pct
-        filled = int(self.width * done / self.total)
-        bar = "#" * filled + "-" * (self.width - filled)
-        line = f"{self.label} [{bar}] {done}/{self.total} {extra}"
-        if self.tty:
-            print("\r" + line, end="" if done < self.total else "\n", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 # --------------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace) -> int:
     from napari_cellfocus.core.io import expand_paths, read_image
@@ -181,7 +152,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer.run(
         on_step=lambda p: bar.update(
             p.step,
-            f"loss {p.loss:.4f} eta {_format_seconds(p.eta_s)}"
+            f"loss {p.loss:.4f} eta {format_seconds(p.eta_s)}"
             + "".join(f" {k} {v:.3f}" for k, v in p.metrics.items()),
         )
     )
@@ -312,13 +283,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 # --------------------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import numpy as np
-    from skimage import io as skio
-    from skimage.segmentation import find_boundaries
-
     from napari_cellfocus._sample_data import sample_cells
     from napari_cellfocus.core.io import write_image
     from napari_cellfocus.core.metrics import evaluate
+    from napari_cellfocus.core.overlay import write_overlay_png
     from napari_cellfocus.engine.segment import Segmenter
 
     (image, _, _), (truth, _, _) = sample_cells()
@@ -329,12 +297,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     write_image(out / "sample_image.tif", image)
     write_image(out / "sample_labels.tif", result.labels)
     write_image(out / "sample_probabilities.tif", result.probs)
-    grey = image.astype(np.float32)
-    grey = (grey - grey.min()) / max(1e-6, float(np.ptp(grey)))
-    rgb = np.stack([grey] * 3, axis=-1)
-    rgb[find_boundaries(result.labels, mode="inner")] = (1.0, 0.8, 0.0)
-    out.mkdir(parents=True, exist_ok=True)
-    skio.imsave(out / "sample_overlay.png", (rgb * 255).astype(np.uint8), check_contrast=False)
+    write_overlay_png(out / "sample_overlay.png", image, result.labels)
     metrics = evaluate(truth, result.labels)
     print(
         f"cells found: {result.count} (ground truth: {metrics['n_true']})"

@@ -42,7 +42,7 @@ def run_fuse(args: argparse.Namespace) -> int:
             kwargs["mode"] = args.mode
         if args.method == "hf-reg":
             kwargs["near_post"] = args.near
-    from napari_cellfocus.cli import ProgressBar
+    from napari_cellfocus.cli_common import ProgressBar
 
     bar = ProgressBar(1, f"fuse {stack_path.name}")
 
