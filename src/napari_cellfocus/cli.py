@@ -195,95 +195,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-# --------------------------------------------------------------------------- predict
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from napari_cellfocus.core.io import expand_paths, output_paths, read_image, write_image
-    from napari_cellfocus.engine.segment import Segmenter
-
-    images = expand_paths(args.images, role="images")
-    outs = output_paths(images, args.out, "_labels")
-    probs_out = output_paths(images, args.probs, "_probs") if args.probs else [None] * len(images)
-    seg = Segmenter(args.model, device=args.device)
-    print(f"model {seg.source} on {seg.device_name}", file=sys.stderr)
-    for path, out, pout in zip(images, outs, probs_out, strict=True):
-        image = read_image(path)
-        if args.channel is not None:
-            if image.ndim < 3:
-                raise CliError(f"{path}: --channel given but the image has no channel axis.")
-            image = image[..., args.channel] if args.channel_last else image[args.channel]
-        bar = ProgressBar(1, f"predict {path.name}")
-        result = seg.segment(
-            image,
-            method=args.post,
-            diameter=args.diameter,
-            tile_size=args.tile_size,
-            on_tile=lambda u, bar=bar: (setattr(bar, "total", u.total), bar.update(u.done)),
-        )
-        write_image(out, result.labels)
-        if pout is not None:
-            write_image(pout, result.probs)
-        size = _describe_diameter(result.diameter, args.diameter)
-        print(f"{path}: {result.count} cells{size} -> {out}")
-    return 0
-
-
-def _diameter_arg(text: str) -> float | str:
-    """``--diameter``: 'auto' or a number of pixels > 0."""
-    if text.lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or pixels > 0, got {text!r}")
-    return value
-
-
-def _describe_diameter(diameter: float | None, asked: float | str) -> str:
-    """', nucleus diameter 23.1 px (estimated)' for the per-image line; '' without one."""
-    if diameter is None:
-        return ""
-    how = "estimated" if asked == "auto" else "given"
-    return f", nucleus diameter {diameter:.1f} px ({how})"
-
-
-def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="segment images with a model (the built-in default if none is given)",
-        description="Segment images (TIFF files or folders): writes instance labels as TIFF and "
-        "prints the cell count of each image.",
-    )
-    p.add_argument("images", nargs="+", type=Path, help="image TIFFs or folders of them")
-    p.add_argument("--out", required=True, type=Path, help="labels TIFF (one image) or folder")
-    p.add_argument("--model", default="default", help="model file, or 'default' (built-in)")
-    p.add_argument(
-        "--post",
-        choices=("map", "th", "wt"),
-        default=None,
-        help="post-processing (default: the model's own, with its stored thresholds)",
-    )
-    p.add_argument(
-        "--diameter",
-        type=_diameter_arg,
-        default="auto",
-        help="typical nucleus diameter in pixels, or 'auto' to estimate it per image "
-        "(default); images are rescaled to the model's scale and back",
-    )
-    p.add_argument("--probs", type=Path, default=None, help="also write probabilities (C,Y,X)")
-    p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (512)")
-    p.add_argument("--channel", type=int, default=None, help="channel to segment")
-    p.add_argument(
-        "--channel-last", action="store_true", help="the channel axis is the last one (Y,X,C)"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.set_defaults(func=_cmd_predict)
-
-
 # --------------------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     from napari_cellfocus._sample_data import sample_cells
+    from napari_cellfocus.cli_predict import describe_diameter
     from napari_cellfocus.core.io import write_image
     from napari_cellfocus.core.metrics import evaluate
     from napari_cellfocus.core.overlay import write_overlay_png
@@ -301,7 +216,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     metrics = evaluate(truth, result.labels)
     print(
         f"cells found: {result.count} (ground truth: {metrics['n_true']})"
-        f"{_describe_diameter(result.diameter, 'auto')}"
+        f"{describe_diameter(result.diameter, 'auto')}"
     )
     print(
         f"F1 {metrics['f1']:.3f}  PQ {metrics['pq']:.3f}  precision {metrics['precision']:.3f}  "
@@ -325,6 +240,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
+    from napari_cellfocus.cli_fuse import add_fuse_parser
+    from napari_cellfocus.cli_predict import add_predict_parser
+
     parser = argparse.ArgumentParser(
         prog="cellfocus",
         description="Deep-learning segmentation and counting of cells, and multi-focus "
@@ -334,12 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_demo(sub)
-    _add_predict(sub)
+    add_predict_parser(sub)
     _add_train(sub)
     _add_simulate(sub)
     _add_evaluate(sub)
-    from napari_cellfocus.cli_fuse import add_fuse_parser
-
     add_fuse_parser(sub)
     return parser
 
