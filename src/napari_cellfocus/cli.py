@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,39 +21,6 @@ from napari_cellfocus import __version__
 from napari_cellfocus.cli_common import CliError, ProgressBar, format_seconds
 
 __all__ = ["CliError", "ProgressBar", "build_parser", "main"]
-
-
-# --------------------------------------------------------------------------- evaluate
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from napari_cellfocus.core.io import read_image
-    from napari_cellfocus.core.metrics import evaluate
-
-    gt = read_image(args.gt)
-    pred = read_image(args.pred)
-    result = evaluate(gt, pred, iou_threshold=args.iou)
-    result = {k: (v.item() if hasattr(v, "item") else v) for k, v in result.items()}
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        width = max(map(len, result))
-        for key, value in result.items():
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            print(f"{key:<{width}}  {shown}")
-    return 0
-
-
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="compare a predicted label image with ground truth",
-        description="Instance-segmentation metrics (precision, recall, F1, PQ, SQ, RQ, ...) "
-        "of a predicted label TIFF against a ground-truth label TIFF.",
-    )
-    p.add_argument("--gt", required=True, type=Path, help="ground-truth instance labels (TIFF)")
-    p.add_argument("--pred", required=True, type=Path, help="predicted instance labels (TIFF)")
-    p.add_argument("--iou", type=float, default=0.5, help="IoU threshold for a match (0.5)")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.set_defaults(func=_cmd_evaluate)
 
 
 # --------------------------------------------------------------------------- simulate
@@ -240,6 +206,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
+    from napari_cellfocus.cli_evaluate import add_evaluate_parser
     from napari_cellfocus.cli_fuse import add_fuse_parser
     from napari_cellfocus.cli_predict import add_predict_parser
 
@@ -255,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(sub)
     _add_train(sub)
     _add_simulate(sub)
-    _add_evaluate(sub)
+    add_evaluate_parser(sub)
     add_fuse_parser(sub)
     return parser
 
