@@ -1,13 +1,18 @@
-"""``cellfocus fuse``: multi-focus fusion of a focus stack from the command line.
+"""``cellfocus fuse``: multi-focus fusion of focus stacks from the command line.
 
     cellfocus fuse STACK.tif --out FUSED.tif [--depth DEPTH.tif]
         [--method hf-seg|hf-reg|max-focus|pyramid|gff|wavelet] [--axis 0]
+    cellfocus fuse STACKS/ [more.tif ...] --out FUSED/ [--depth DEPTHS/]
+        [--include GLOB] [--exclude GLOB]
 
 The fused image has the stack's XY shape and dtype (8/16-bit stays 8/16-bit); the
-depth map is a float32 TIFF of slice indices along ``--axis``. Registered by
-``napari_cellfocus.cli`` through :func:`add_fuse_parser`; errors in the user's input
-raise ``ValueError`` / ``FileNotFoundError`` with a message naming the file, which
-the caller prints as one line.
+depth map is a float32 TIFF of slice indices along ``--axis``. Several stacks (files or
+folders) write ``NAME_fused.tif`` / ``NAME_depth.tif`` per stack into the ``--out`` /
+``--depth`` folders; from a folder, label and result files (``*_labels``, ``*_fused``,
+``*_depth``, ...) are never taken as stacks. Registered by ``napari_cellfocus.cli``
+through :func:`add_fuse_parser`; errors in the user's input raise ``ValueError`` /
+``FileNotFoundError`` (``CliError`` for name filters that leave nothing) with a message
+naming the file, which the caller prints as one line.
 """
 
 from __future__ import annotations
@@ -17,33 +22,40 @@ import sys
 import time
 from pathlib import Path
 
+from napari_cellfocus.cli_common import CliError, add_name_filters
+
 __all__ = ["add_fuse_parser", "run_fuse"]
 
 _METHODS = ("hf-seg", "hf-reg", "max-focus", "pyramid", "gff", "wavelet")
 
 
-def run_fuse(args: argparse.Namespace) -> int:
-    """Body of ``cellfocus fuse`` (``args`` as parsed by the ``fuse`` sub-parser)."""
-    from napari_cellfocus.core.io import read_image, write_image
+def _output_files(stacks: list[Path], out: Path, flag: str, suffix: str) -> list[Path]:
+    """One output TIFF per stack: ``out`` itself for one stack and a ``.tif`` name, else
+    ``out/<stem><suffix>.tif``; ``ValueError`` for another file suffix or clashing names."""
+    from napari_cellfocus.core.io import TIFF_SUFFIXES, output_paths
 
-    stack_path = Path(args.stack)
-    stack = read_image(stack_path)
-    out = Path(args.out)
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise ValueError(f"--out {out}: expected a .tif/.tiff file name.")
-    if args.depth is not None and Path(args.depth).suffix.lower() not in (".tif", ".tiff"):
-        raise ValueError(f"--depth {args.depth}: expected a .tif/.tiff file name.")
-    kwargs: dict = {"axis": args.axis, "name": str(stack_path)}
-    if args.rgb:
-        kwargs["rgb"] = True
-    if args.method in ("hf-seg", "hf-reg"):
-        kwargs.update(model=args.model, device=args.device or "auto", tile_size=args.tile_size)
-        if args.method == "hf-seg":
-            kwargs["mode"] = args.mode
-        if args.method == "hf-reg":
-            kwargs["near_post"] = args.near
+    if len(stacks) == 1 and out.suffix and out.suffix.lower() not in TIFF_SUFFIXES:
+        if not out.is_dir():
+            raise ValueError(f"{flag} {out}: expected a .tif/.tiff file name or a folder.")
+    try:
+        paths = output_paths(stacks, out, suffix)
+    except ValueError as err:
+        raise ValueError(str(err).replace("--out", flag, 1)) from err
+    seen: dict[Path, Path] = {}
+    for stack, path in zip(stacks, paths, strict=True):
+        if path in seen:
+            raise ValueError(f"{seen[path]} and {stack} would both be written to {path}.")
+        seen[path] = stack
+    return paths
+
+
+def _fuse_one(stack_path: Path, args: argparse.Namespace, kwargs: dict) -> tuple:
+    """Fuse one stack file: ``(result, n_slices, seconds)``; errors name the file."""
     from napari_cellfocus.cli_common import ProgressBar
+    from napari_cellfocus.core.io import read_image
 
+    stack = read_image(stack_path)
+    kwargs = {**kwargs, "name": str(stack_path)}
     bar = ProgressBar(1, f"fuse {stack_path.name}")
 
     def progress(update) -> None:
@@ -55,8 +67,6 @@ def run_fuse(args: argparse.Namespace) -> int:
         if args.method in ("hf-seg", "hf-reg") or args.device is not None:
             from napari_cellfocus.engine.fusion import fuse_stack
 
-            if args.method not in ("hf-seg", "hf-reg"):  # classical, a device was named
-                kwargs["device"] = args.device
             result = fuse_stack(stack, args.method, on_progress=progress, **kwargs)
         else:  # classical methods without --device: numpy, no torch import, start faster
             from napari_cellfocus.core.fusion import fuse_classical
@@ -68,19 +78,63 @@ def run_fuse(args: argparse.Namespace) -> int:
         if str(stack_path) not in message:
             message = f"{stack_path}: {message}"
         raise ValueError(message) from err
-    write_image(out, result.fused)
-    if args.depth is not None:
-        write_image(args.depth, result.depth)
-    seconds = time.perf_counter() - start
     axis = kwargs["axis"]
     n = stack.shape[axis] if -stack.ndim <= axis < stack.ndim else "?"
-    where = result.info.get("device")
-    print(
-        f"{stack_path}: {n} slices fused with {args.method} in {seconds:.1f} s"
-        + (f" on {where}" if where else "")
-        + f" -> {out}"
-        + (f" (depth map {args.depth})" if args.depth is not None else "")
+    return result, n, time.perf_counter() - start
+
+
+def run_fuse(args: argparse.Namespace) -> int:
+    """Body of ``cellfocus fuse`` (``args`` as parsed by the ``fuse`` sub-parser).
+
+    One stack file and ``--out FUSED.tif``: that file. Several files or folders (their
+    TIFFs, less label and result files such as ``*_fused.tif`` / ``*_depth.tif``, then
+    ``--include`` / ``--exclude``): ``--out`` (and ``--depth``) are folders receiving
+    ``NAME_fused.tif`` (``NAME_depth.tif``) per stack. A learned model is loaded once.
+    """
+    from napari_cellfocus.cli_common import filter_names
+    from napari_cellfocus.core.io import expand_paths, write_image
+
+    stacks = filter_names(expand_paths(args.stacks, role="images"), args.include, args.exclude)
+    outs = _output_files(stacks, Path(args.out), "--out", "_fused")
+    depths = (
+        _output_files(stacks, Path(args.depth), "--depth", "_depth")
+        if args.depth is not None
+        else [None] * len(stacks)
     )
+    kwargs: dict = {"axis": args.axis}
+    if args.rgb:
+        kwargs["rgb"] = True
+    if args.method in ("hf-seg", "hf-reg"):
+        from napari_cellfocus.engine.fusion import FusionModel
+
+        kwargs.update(tile_size=args.tile_size)
+        kwargs["model"] = FusionModel(args.model, args.method, args.device or "auto")
+        if args.method == "hf-seg":
+            kwargs["mode"] = args.mode
+        if args.method == "hf-reg":
+            kwargs["near_post"] = args.near
+    elif args.device is not None:  # classical in torch on the named device
+        kwargs["device"] = args.device
+    for stack_path, out, depth in zip(stacks, outs, depths, strict=True):
+        try:
+            result, n, seconds = _fuse_one(stack_path, args, kwargs)
+        except ValueError as err:
+            if len(stacks) > 1 and "focus stack" in str(err):
+                hint = " --include / --exclude choose which files of a folder are fused."
+                raise ValueError(f"{err}{hint}") from err
+            raise
+        write_image(out, result.fused)
+        if depth is not None:
+            write_image(depth, result.depth)
+        where = result.info.get("device")
+        print(
+            f"{stack_path}: {n} slices fused with {args.method} in {seconds:.1f} s"
+            + (f" on {where}" if where else "")
+            + f" -> {out}"
+            + (f" (depth map {depth})" if depth is not None else "")
+        )
+    if len(stacks) > 1:
+        print(f"{len(stacks)} stacks fused into {args.out}")
     return 0
 
 
@@ -91,16 +145,30 @@ def add_fuse_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     """
     p = subparsers.add_parser(
         "fuse",
-        help="fuse a focus stack into one all-in-focus image (and a depth map)",
-        description="Multi-focus fusion of a focus stack TIFF (Z, Y, X) or colour stack "
-        "(Z, Y, X, C): writes the all-in-focus image with the stack's XY shape and dtype, "
-        "and optionally the depth map (slice index of every pixel, float32). The default "
+        help="fuse focus stacks into all-in-focus images (and depth maps)",
+        description="Multi-focus fusion of focus stack TIFFs (Z, Y, X) or colour stacks "
+        "(Z, Y, X, C), one file or folders of them: writes the all-in-focus image with the "
+        "stack's XY shape and dtype, and optionally the depth map (slice index of every "
+        "pixel, float32), per stack (NAME_fused.tif, NAME_depth.tif in folders). The default "
         "method is the best learned one (hf-seg with a direct whole-stack focus map, built-in "
         "model trained on simulated data only).",
     )
-    p.add_argument("stack", type=Path, help="focus stack TIFF")
-    p.add_argument("--out", required=True, type=Path, help="fused image TIFF to write")
-    p.add_argument("--depth", type=Path, default=None, help="also write the depth map TIFF")
+    p.add_argument(
+        "stacks", nargs="+", type=Path, metavar="STACK", help="focus stack TIFFs or folders"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="fused image TIFF (one stack) or folder (NAME_fused.tif per stack)",
+    )
+    p.add_argument(
+        "--depth",
+        type=Path,
+        default=None,
+        help="also write the depth map: TIFF (one stack) or folder (NAME_depth.tif)",
+    )
+    add_name_filters(p, "stacks")
     p.add_argument(
         "--method",
         choices=_METHODS,
@@ -143,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(["fuse", *(sys.argv[1:] if argv is None else argv)])
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, MemoryError) as err:
+    except (CliError, ValueError, FileNotFoundError, MemoryError) as err:
         print(f"cellfocus: error: {err}", file=sys.stderr)
         return 2
 
