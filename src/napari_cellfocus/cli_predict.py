@@ -176,10 +176,11 @@ def run_predict(args: argparse.Namespace) -> int:
     """Body of ``cellfocus predict`` (``args`` as parsed by the ``predict`` sub-parser)."""
     from napari_cellfocus.core.io import expand_paths, read_image, write_image
     from napari_cellfocus.core.measure import cell_table, write_csv
-    from napari_cellfocus.engine.segment import Segmenter
 
     images = filter_names(expand_paths(args.images, role="images"), args.include, args.exclude)
     places = _output_places(images, args)
+    from napari_cellfocus.engine.segment import Segmenter  # torch: after the cheap checks
+
     seg = Segmenter(args.model, device=args.device)
     method = (args.post or seg.default_method).lower()
     params = post_params_from_args(args.param, method, seg.n_classes)
