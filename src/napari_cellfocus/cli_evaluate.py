@@ -7,9 +7,10 @@ Two folders pair up by name: a file's *key* is its name without the ``.tif`` / `
 extension and without one trailing label ending (``_labels``, ``_label``, ``_masks``,
 ``_mask``, any case), so ``gt/img1.tif``, ``gt/img1_masks.tif`` and
 ``pred/img1_labels.tif`` (what ``cellfocus predict`` writes) all have the key ``img1``.
-From a folder holding both images and label files (``cellfocus simulate``'s layout), only
-the label files are taken. Every key must be on both sides, once: otherwise the command
-fails listing the unmatched names. Rows: one per pair (metrics of
+From a folder holding any file with a label ending, only those files are taken, so images
+next to their labels (``cellfocus simulate``'s layout) and ``NAME_probs.tif`` are left out;
+a folder without any (``masks/img1.tif``) is taken whole. Every key must be on both sides,
+once: otherwise the command fails listing the unmatched names. Rows: one per pair (metrics of
 :func:`napari_cellfocus.core.metrics.evaluate`) and a pooled row
 (:func:`napari_cellfocus.core.metrics.pool_scores`: TP, FP, FN and matched IoU summed over
 the images, then the same formulas).
@@ -59,7 +60,7 @@ def pair_by_name(gt: Path, pred: Path) -> list[tuple[str, Path, Path]]:
     """``(key, gt_file, pred_file)`` for two files (key: the ground truth's name) or for
     two folders paired by :func:`label_key`, in sorted order; :class:`CliError` when a
     name has no partner (all such names listed)."""
-    from napari_cellfocus.core.io import expand_paths
+    from napari_cellfocus.core.io import TIFF_SUFFIXES, expand_paths
 
     for path in (gt, pred):
         if not path.exists():
@@ -78,9 +79,20 @@ def pair_by_name(gt: Path, pred: Path) -> list[tuple[str, Path, Path]]:
             parts.append(f"no prediction in {pred} for {', '.join(gts[k].name for k in no_pred)}")
         if no_gt:
             parts.append(f"no ground truth in {gt} for {', '.join(preds[k].name for k in no_gt)}")
+        left = [
+            str(folder)
+            for folder, taken in ((gt, gts), (pred, preds))
+            if len(taken) < sum(f.suffix.lower() in TIFF_SUFFIXES for f in folder.iterdir())
+        ]
+        note = (
+            f" From {' and '.join(left)}, only the files with such an ending were taken "
+            "(the others are images)."
+            if left
+            else ""
+        )
         raise CliError(
             "; ".join(parts) + ". Files pair by name without .tif and without a trailing "
-            "_labels / _label / _masks / _mask."
+            "_labels / _label / _masks / _mask." + note
         )
     return [(k, gts[k], preds[k]) for k in sorted(gts)]
 
