@@ -133,3 +133,46 @@ def test_parser_registers_the_documented_arguments():
         parser.parse_args(["fuse", "s.tif", "--out", "f.tif", "--method", method])
     with pytest.raises(SystemExit):
         parser.parse_args(["fuse", "s.tif", "--out", "f.tif", "--method", "median"])
+
+
+def test_fuse_a_folder_writes_one_output_per_stack(tmp_path):
+    """A folder of two stacks, a depth map and a 2D picture: `fuse FOLDER --exclude` writes
+    NAME_fused.tif / NAME_depth.tif per stack into the --out / --depth folders, each equal to
+    fusing that stack alone; the depth map (a result file) is never taken as a stack."""
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    for i in range(2):
+        scene = simulate_focus_stack((48, 40), n_slices=3, seed=10 + i)
+        tifffile.imwrite(folder / f"s{i}.tif", scene.stack, photometric="minisblack")
+    tifffile.imwrite(folder / "s0_depth.tif", np.zeros((48, 40), np.float32))
+    tifffile.imwrite(folder / "preview.tif", np.zeros((48, 40), np.uint8))
+    out, depth = tmp_path / "fused", tmp_path / "depth"
+    args = ["--method", "max-focus", "--exclude", "preview*"]
+    proc = run_fuse(str(folder), "--out", str(out), "--depth", str(depth), *args)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["s0_fused.tif", "s1_fused.tif"]
+    assert sorted(p.name for p in depth.iterdir()) == ["s0_depth.tif", "s1_depth.tif"]
+    assert "2 stacks fused" in proc.stdout
+    for i in range(2):
+        alone = tmp_path / f"alone{i}.tif"
+        assert cli_fuse_main([str(folder / f"s{i}.tif"), "--out", str(alone), *args[:2]]) == 0
+        fused = tifffile.imread(out / f"s{i}_fused.tif")
+        assert fused.shape == (48, 40)
+        np.testing.assert_array_equal(fused, tifffile.imread(alone))
+        assert tifffile.imread(depth / f"s{i}_depth.tif").shape == (48, 40)
+
+
+def test_fuse_several_stacks_need_folders(stack_file, tmp_path, capsys):
+    """Two stacks and --out FILE.tif: exit 2, nothing written; a folder holding a 2D image
+    names it and says how to leave it out."""
+    path, _ = stack_file
+    out = tmp_path / "f.tif"
+    assert cli_fuse_main([str(path), str(path), "--out", str(out), "--method", "gff"]) == 2
+    assert "need a folder" in capsys.readouterr().err and not out.exists()
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", tifffile.imread(path), photometric="minisblack")
+    tifffile.imwrite(folder / "flat.tif", np.zeros((16, 16), np.uint8))
+    assert cli_fuse_main([str(folder), "--out", str(tmp_path / "o"), "--method", "gff"]) == 2
+    err = capsys.readouterr().err
+    assert "flat.tif" in err and "--exclude" in err
