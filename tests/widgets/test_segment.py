@@ -7,7 +7,7 @@ from widget_helpers import PLUGIN, dock, segment, wait_idle
 
 from napari_cellfocus.engine.segment import Segmenter, postprocess_planes
 from napari_cellfocus.widgets._layers import labels_name, probability_name, role_of
-from napari_cellfocus.widgets.segment import DiameterFound
+from napari_cellfocus.widgets.segment import DiameterFound, ModelReady
 
 
 def test_segment_sample_shows_probabilities_labels_and_count(
@@ -41,7 +41,8 @@ def test_segment_sample_shows_probabilities_labels_and_count(
             0
         ],
     )
-    assert "CPU" in widget.device_label.text()
+    assert "CPU" in widget.device_picker.in_use.text()
+    assert "Memory: RAM" in widget.device_picker.memory.text()
 
 
 def test_probabilities_stream_tile_by_tile(viewer, qtbot, tiny_model):
@@ -55,7 +56,7 @@ def test_probabilities_stream_tile_by_tile(viewer, qtbot, tiny_model):
     seen = []
 
     def on_tile(update):
-        if isinstance(update, DiameterFound):  # yielded once, before the tiles
+        if isinstance(update, (ModelReady, DiameterFound)):  # once each, before the tiles
             return
         seen.append((update.done, update.total, "big cell probability" in viewer.layers))
 
@@ -104,7 +105,7 @@ def test_cancel_restores_previous_outputs(viewer, qtbot, tiny_model):
     done = []
 
     def on_update(update):
-        if not isinstance(update, DiameterFound):  # cancel at the first tile
+        if not isinstance(update, (ModelReady, DiameterFound)):  # cancel at the first tile
             done.append((update.done, update.total))
             widget.cancel()
 

@@ -134,3 +134,36 @@ def inference_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             yield model
     finally:
         model.train(was_training)
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
+def memory_in_use(device: torch.device | str | None = None) -> str:
+    """What memory this process holds, for the widgets' "Memory" line.
+
+    ``"RAM 1.4 GiB of 24.0 GiB"`` (the process' resident memory, of the machine's),
+    plus on a CUDA device ``" · GPU 0.8 GiB (1.0 GiB reserved) of 80.0 GiB"``
+    (memory of live tensors, the cache torch keeps, the card's total).
+    """
+    import psutil
+
+    rss, total_ram = psutil.Process().memory_info().rss, psutil.virtual_memory().total
+    text = f"RAM {_gib(rss)} of {_gib(total_ram)}"
+    if isinstance(device, str):
+        try:
+            device = select_device(device)
+        except ValueError:
+            device = None
+    if device is not None and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        text += (
+            f" · GPU {_gib(torch.cuda.memory_allocated(index))} "
+            f"({_gib(torch.cuda.memory_reserved(index))} reserved) of {_gib(total)}"
+        )
+    elif device is not None and device.type == "mps":
+        with contextlib.suppress(Exception):
+            text += f" · GPU {_gib(torch.mps.current_allocated_memory())}"
+    return text

@@ -19,10 +19,12 @@ All functions must run on the Qt main thread.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qtpy.QtCore import QTimer
 
 if TYPE_CHECKING:
     import napari
@@ -39,6 +41,11 @@ CLASS_STYLE: dict[str, tuple[str, str, bool]] = {
     "touching": ("touching probability", "magenta", True),
     "gap": ("gap probability", "cyan", False),
 }
+#: Probability maps whose planes are larger than this (pixels along Y or X) are shown
+#: as napari multiscale layers (see :func:`display_levels`).
+MULTISCALE_ABOVE = 2048
+#: Side (pixels) at or under which the coarsest level of such a layer stops.
+COARSEST_SIDE = 512
 LABELS_ROLE = "labels"
 #: Name of a labels output that belongs to no image (``source=None``).
 LABELS_NAME = "cellfocus labels"
@@ -126,11 +133,37 @@ def detach(layer: Layer) -> None:
     layer.name = f"{layer.name} (edited)"
 
 
-def _reusable(layer: Layer | None, kind: str, ndim: int) -> bool:
+def display_levels(array: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    """``array`` itself, or for planes over ``MULTISCALE_ABOVE`` pixels a napari
+    multiscale pyramid of *strided views* of it: ``[a, a[..., ::2, ::2], a[..., ::4,
+    ::4], ...]`` down to ``COARSEST_SIDE``.
+
+    Views share memory with ``array``, so tiles written into it show at every level
+    without copying, and napari draws only the level that fits the screen and, at
+    full resolution, only the part in view: refreshing a streamed 4096 x 4096 map then
+    uploads about a screen's worth of pixels, not 16 million. (Nearest-neighbour
+    levels are for display only; the data itself is ``levels[0]``.)
+    """
+    side = max(array.shape[-2:])
+    if side <= MULTISCALE_ABOVE:
+        return array
+    levels, step = [array], 2
+    while side / step >= COARSEST_SIDE:
+        levels.append(array[..., ::step, ::step])
+        step *= 2
+    return levels
+
+
+def _ndim(data: Any) -> int:
+    return int(np.ndim(data[0] if isinstance(data, list) else data))
+
+
+def _reusable(layer: Layer | None, kind: str, ndim: int, multiscale: bool) -> bool:
     return (
         layer is not None
         and type(layer).__name__.lower() == kind
         and layer.ndim == ndim
+        and bool(getattr(layer, "multiscale", False)) == multiscale
         and not is_edited(layer)
     )
 
@@ -147,8 +180,9 @@ def _put(
     source: str | None = None,
 ) -> Layer:
     layer = own_layer(viewer, role, source)
-    ndim = int(np.ndim(data))
-    if layer is not None and not _reusable(layer, kind, ndim):
+    ndim = _ndim(data)
+    multiscale = isinstance(data, list)
+    if layer is not None and not _reusable(layer, kind, ndim, multiscale):
         if is_edited(layer):
             detach(layer)
         else:
@@ -164,6 +198,8 @@ def _put(
         if source is not None:
             mark["source"] = source
         add = getattr(viewer, f"add_{kind}")
+        if multiscale:
+            kwargs = {**kwargs, "multiscale": True}
         layer = add(data, name=name, metadata={MARK: mark}, **geometry, **kwargs)
         if kind == "labels":
             layer.events.paint.connect(_mark_edited)
@@ -205,6 +241,74 @@ def put_labels(
     return _put(viewer, "labels", role, data, name, scale, translate, kwargs, source)
 
 
+class LayerQueue:
+    """Layer writes run one per turn of the Qt event loop.
+
+    Adding a napari layer costs the Qt thread 100-300 ms (its controls, its GL
+    program, the first upload); adding four in one go froze the viewer for about a
+    second. Writes put here run one at a time, each from a zero-delay timer, so the
+    viewer redraws and reacts between them. :meth:`clear` drops what has not run
+    (before putting earlier layers back on Cancel).
+    """
+
+    def __init__(self) -> None:
+        self._pending: deque[Callable[[], Any]] = deque()
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self._next)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def put(self, write: Callable[[], Any]) -> None:
+        self._pending.append(write)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _next(self) -> None:
+        if self._pending:
+            self._pending.popleft()()
+        if self._pending:
+            self._timer.start()
+
+    def clear(self) -> None:
+        self._pending.clear()
+        self._timer.stop()
+
+
+def put_probability(
+    viewer: napari.Viewer,
+    probs: np.ndarray,
+    index: int,
+    class_name: str,
+    scale: Sequence[float] | None = None,
+    translate: Sequence[float] | None = None,
+    source: str | None = None,
+) -> Layer:
+    """Show ``probs[index]`` (a view) in the Image layer of ``class_name`` and ``source``."""
+    _, colormap, visible = CLASS_STYLE.get(class_name, ("", "gray", False))
+    role = probability_role(class_name)
+    kwargs: dict[str, Any] = {}
+    if own_layer(viewer, role, source) is None:
+        kwargs = {"colormap": colormap, "blending": "additive", "visible": visible, "opacity": 0.7}
+    layer = put_image(
+        viewer,
+        role,
+        display_levels(probs[index]),
+        probability_name(source, class_name),
+        scale,
+        translate,
+        source,
+        contrast_limits=(0.0, 1.0),
+        **kwargs,
+    )
+    if tuple(layer.contrast_limits) != (0.0, 1.0):
+        layer.contrast_limits_range = (0.0, 1.0)
+        layer.contrast_limits = (0.0, 1.0)
+    return layer
+
+
 def put_probabilities(
     viewer: napari.Viewer,
     probs: np.ndarray,
@@ -212,41 +316,35 @@ def put_probabilities(
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
     source: str | None = None,
+    queue: LayerQueue | None = None,
 ) -> list[Layer]:
     """One Image layer per class showing ``probs[c]`` (views, so in-place filling shows),
-    the layers of the image ``source``; other images' layers are left alone."""
-    layers = []
-    for c, class_name in enumerate(classes):
-        _, colormap, visible = CLASS_STYLE.get(class_name, ("", "gray", False))
-        role = probability_role(class_name)
-        existing = own_layer(viewer, role, source)
-        kwargs: dict[str, Any] = {}
-        if existing is None:
-            kwargs = {
-                "colormap": colormap,
-                "blending": "additive",
-                "visible": visible,
-                "opacity": 0.7,
-            }
-        layer = put_image(
-            viewer,
-            role,
-            probs[c],
-            probability_name(source, class_name),
-            scale,
-            translate,
-            source,
-            contrast_limits=(0.0, 1.0),
-            **kwargs,
-        )
-        if tuple(layer.contrast_limits) != (0.0, 1.0):
-            layer.contrast_limits_range = (0.0, 1.0)
-            layer.contrast_limits = (0.0, 1.0)
-        layers.append(layer)
+    the layers of the image ``source``; other images' layers are left alone. Planes
+    over ``MULTISCALE_ABOVE`` pixels are shown as multiscale layers of views
+    (:func:`display_levels`).
+
+    With a ``queue``, at most one *new* layer is added now (the visible classes first);
+    the other new ones are put on the queue, and the layers returned are those that
+    exist now. Layers that exist are always updated at once.
+    """
+    order = sorted(
+        range(len(classes)), key=lambda c: not CLASS_STYLE.get(classes[c], ("", "", False))[2]
+    )
+    layers: dict[int, Layer] = {}
+    added = False
+    for c in order:
+        fresh = own_layer(viewer, probability_role(classes[c]), source) is None
+        args = (viewer, probs, c, classes[c], scale, translate, source)
+        if fresh and added and queue is not None:
+            queue.put(lambda args=args: put_probability(*args))
+            continue
+        layers[c] = put_probability(*args)
+        added = added or fresh
+    wanted = {probability_role(name) for name in classes}
     for layer in probability_layers(viewer, source):  # classes of a model with more classes
-        if layer not in layers:
+        if role_of(layer) not in wanted:
             viewer.layers.remove(layer)
-    return layers
+    return [layers[c] for c in sorted(layers)]
 
 
 def move_to_top(viewer: napari.Viewer, layers: Sequence[Layer]) -> None:

@@ -12,6 +12,7 @@ reference, so closing the viewer frees everything.
 from __future__ import annotations
 
 import itertools
+import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,7 @@ class CellFocusState(QObject):
         self._generation = itertools.count(1)
         self._segmenter: Segmenter | None = None
         self._segmenter_key: tuple[int, str] | None = None
+        self._segmenter_lock = threading.Lock()
         self._session_models = itertools.count(1)
 
     # ------------------------------------------------------------------ viewer
@@ -164,19 +166,26 @@ class CellFocusState(QObject):
     def set_device(self, device: str) -> None:
         self.device = device
 
-    def segmenter(self) -> Segmenter:
-        """The :class:`Segmenter` of the selected model on the selected device (cached).
+    def segmenter(self, entry: ModelEntry | None = None, device: str | None = None) -> Segmenter:
+        """The :class:`Segmenter` of ``entry`` (default: the selected model) on ``device``
+        (default: the selected one), cached for the last pair asked for.
 
+        Loading a model file takes seconds: the widgets call this from their workers
+        (it is thread-safe), passing the entry and device read on the Qt thread.
         Raises ``CheckpointError`` (a ``ValueError``) for a model file that cannot be
         used and ``ValueError`` for a device that does not exist.
         """
         from napari_cellfocus.engine.segment import Segmenter
 
-        key = (self.model.key, self.device)
-        if self._segmenter is None or self._segmenter_key != key:
-            self._segmenter = Segmenter(self.model.spec, device=self.device)
-            self._segmenter_key = key
-        return self._segmenter
+        entry = self.model if entry is None else entry
+        device = self.device if device is None else device
+        key = (entry.key, device)
+        with self._segmenter_lock:
+            if self._segmenter is None or self._segmenter_key != key:
+                self._segmenter = None  # free the previous model before loading
+                self._segmenter = Segmenter(entry.spec, device=device)
+                self._segmenter_key = key
+            return self._segmenter
 
     # ------------------------------------------------------------------ results
     def new_generation(self) -> int:

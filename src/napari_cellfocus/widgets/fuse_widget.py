@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_cellfocus.widgets._device import DevicePicker
 from napari_cellfocus.widgets._inputs import LayerCombo, layer_array
 from napari_cellfocus.widgets._layers import put_image
 from napari_cellfocus.widgets._state import unwrap
@@ -161,6 +162,17 @@ def prefer_stack(layers: list[Layer]) -> Layer | None:
     return (grey or stacks or [None])[0]
 
 
+def _classical_in_use() -> str:
+    """The "In use" line of a classical method (they always run on ``auto``)."""
+    from napari_cellfocus.engine.device import describe_device
+    from napari_cellfocus.engine.fusion import classical_device
+
+    device = classical_device("auto")
+    if device is None:
+        return "numpy on the CPU (classical methods; a CUDA GPU is used when there is one)"
+    return f"torch on {describe_device(device)} (classical methods)"
+
+
 class FuseWidget(QWidget):
     """Dock widget "Fuse"."""
 
@@ -202,7 +214,8 @@ class FuseWidget(QWidget):
             self.method_combo.addItem(label, name)
         self.method_combo.setToolTip(
             "Learned methods use the built-in networks trained on simulated stacks; "
-            "classical ones run on the CPU."
+            "classical ones run in torch on a CUDA GPU when there is one, else in numpy "
+            "on the CPU."
         )
         self.seg_mode = QComboBox()
         self.seg_mode.addItems(["direct", "pairwise"])
@@ -215,11 +228,12 @@ class FuseWidget(QWidget):
             "HF-Reg: snap every pixel to the nearest source value (thesis eq. 6.6); "
             "turns the denoising off."
         )
-        self.device_combo = QComboBox()
-        self.device_combo.setToolTip(
+        self.device_picker = DevicePicker(
+            "auto",
             "Where learned methods run: auto = CUDA GPU, MPS, CPU. Classical methods always "
-            "use auto: torch on a CUDA GPU when there is one, numpy on the CPU otherwise."
+            "use auto: torch on a CUDA GPU when there is one, numpy on the CPU otherwise.",
         )
+        self.device_combo = self.device_picker.combo
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(64, 8192)
         self.tile_spin.setSingleStep(64)
@@ -244,7 +258,7 @@ class FuseWidget(QWidget):
         form.addRow("Method", self.method_combo)
         form.addRow("HF-Seg mode", self.seg_mode)
         form.addRow("", self.near_check)
-        form.addRow("Device", self.device_combo)
+        form.addRow("Device", self.device_picker)
         form.addRow("Tile size", self.tile_spin)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -257,7 +271,6 @@ class FuseWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
 
-        self._fill_devices()
         self.mode_combo.currentIndexChanged.connect(self.pages.setCurrentIndex)
         self.method_combo.currentIndexChanged.connect(self._method_changed)
         self.stack_combo.layer_changed.connect(self._stack_changed)
@@ -269,12 +282,6 @@ class FuseWidget(QWidget):
         self._stack_changed()
 
     # ------------------------------------------------------------------ choices
-    def _fill_devices(self) -> None:
-        from napari_cellfocus.engine.device import available_devices
-
-        self.device_combo.clear()
-        self.device_combo.addItems(["auto", *available_devices()])
-
     @property
     def method(self) -> str:
         return str(self.method_combo.currentData())
@@ -291,6 +298,7 @@ class FuseWidget(QWidget):
         self.seg_mode.setEnabled(method == "hf-seg")
         self.near_check.setEnabled(method == "hf-reg")
         self.device_combo.setEnabled(learned)
+        self.device_picker.show_in_use(None if learned else _classical_in_use())
         self.tile_spin.setEnabled(learned)
 
     def _layer_added(self, *_: Any) -> None:
@@ -403,6 +411,7 @@ class FuseWidget(QWidget):
         self.run_button.setEnabled(False)
         self.segment_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
+        self.device_picker.job_started()
         self.worker, self._cancel = start_job(
             fuse_job,
             stack,
@@ -460,6 +469,7 @@ class FuseWidget(QWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self._cancel = None
+        self.device_picker.job_finished()
         self.run_button.setEnabled(True)
         self.segment_button.setEnabled(True)
         self.cancel_button.setEnabled(False)

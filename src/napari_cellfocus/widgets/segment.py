@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,9 +39,12 @@ from qtpy.QtWidgets import (
 )
 
 from napari_cellfocus.core.validation import check_image
+from napari_cellfocus.widgets._device import DevicePicker
 from napari_cellfocus.widgets._inputs import ImageSource
 from napari_cellfocus.widgets._layers import (
+    LayerQueue,
     move_to_top,
+    probability_layers,
     put_labels,
     put_probabilities,
     restore_outputs,
@@ -74,6 +77,13 @@ class SegmentDone:
 
 
 @dataclass
+class ModelReady:
+    """Yielded by :func:`segment_job` once the model is loaded (in the worker)."""
+
+    segmenter: Segmenter
+
+
+@dataclass
 class DiameterFound:
     """Yielded by :func:`segment_job` once the nucleus diameter is known (px, or None)."""
 
@@ -82,7 +92,7 @@ class DiameterFound:
 
 
 def segment_job(
-    segmenter: Segmenter,
+    segmenter: Segmenter | Callable[[], Segmenter],
     image: np.ndarray,
     tile_size: int,
     method: str | None,
@@ -91,13 +101,25 @@ def segment_job(
     cancel: threading.Event,
     diameter: float | str | None = "auto",
 ) -> Iterator[Any]:
-    """Worker generator: yield the diameter (:class:`DiameterFound`), then every
-    :class:`TileUpdate`; return labels at the end. ``method=None``: the model's own
-    post-processing defaults (with its size filter relative to the diameter)."""
+    """Worker generator: yield the model (:class:`ModelReady`), the diameter
+    (:class:`DiameterFound`), then every :class:`TileUpdate`; return labels at the end.
+
+    ``segmenter``: the model, or a function that loads it (called here, off the Qt
+    thread; a model that cannot segment ``image`` returns :class:`Failed`).
+    ``method=None``: the model's own post-processing defaults (with its size filter
+    relative to the diameter)."""
     from napari_cellfocus.engine.segment import postprocess_planes
 
     start = time.perf_counter()
     try:
+        if callable(segmenter):
+            segmenter = segmenter()
+        problem = model_problem(segmenter) or image_problem(segmenter, image, name)
+        if problem:
+            return Failed(problem[0].upper() + problem[1:])
+        yield ModelReady(segmenter)
+        if cancel.is_set():
+            return Cancelled("before the prediction")
         estimated = isinstance(diameter, str) or diameter is None
         diam = segmenter.resolve_diameter(image, diameter, tile_size=tile_size, name=name)
         yield DiameterFound(diam, estimated)
@@ -147,6 +169,22 @@ def model_problem(segmenter: Segmenter) -> str | None:
     return None
 
 
+def image_problem(segmenter: Segmenter, image: np.ndarray, name: str) -> str | None:
+    """Why the image layer ``name`` (array ``image``) does not suit this model, or ``None``."""
+    sd = segmenter.spatial_dims
+    if image.ndim < sd:
+        return (
+            f"'{name}' has shape {image.shape}, but the model is {sd}D: "
+            f"it needs at least {sd} dimensions."
+        )
+    if image.ndim > sd + 2:
+        return (
+            f"'{name}' has shape {image.shape}: too many axes for a {sd}D model "
+            f"(at most {sd + 2}); if one axis holds channels, pick one under 'Channel'."
+        )
+    return None
+
+
 class SegmentWidget(QWidget):
     """Dock widget "Segment"."""
 
@@ -160,6 +198,7 @@ class SegmentWidget(QWidget):
         self._source_name: str | None = None
         self._run_probs: np.ndarray | None = None
         self._prob_layers: list = []
+        self._queue = LayerQueue()
         self._last_refresh = 0.0
         self._input = None
         self._segmenter: Segmenter | None = None
@@ -171,10 +210,8 @@ class SegmentWidget(QWidget):
             "The segmentation model: the built-in default, a model file (.pt), "
             "or a model fine-tuned in this session."
         )
-        self.device_combo = QComboBox()
-        self.device_combo.setToolTip("Where the model runs: auto = CUDA GPU, then MPS, then CPU.")
-        self.device_label = QLabel()
-        self.device_label.setWordWrap(True)
+        self.device_picker = DevicePicker(self.state.device)
+        self.device_combo = self.device_picker.combo
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(128, 8192)
         self.tile_spin.setSingleStep(64)
@@ -220,8 +257,7 @@ class SegmentWidget(QWidget):
         form = QFormLayout()
         form.addRow(self.source)
         form.addRow("Model", self.model_combo)
-        form.addRow("Device", self.device_combo)
-        form.addRow("", self.device_label)
+        form.addRow("Device", self.device_picker)
         form.addRow("Tile size", self.tile_spin)
         form.addRow("Diameter", self.diameter_spin)
         form.addRow("", self.diameter_label)
@@ -237,11 +273,10 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
 
-        self._fill_devices()
         self._fill_models()
         self._show_post()
         self.model_combo.activated.connect(self._model_chosen)
-        self.device_combo.currentIndexChanged.connect(self._device_chosen)
+        self.device_picker.changed.connect(self.state.set_device)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.state.models_changed.connect(self._fill_models)
@@ -298,27 +333,6 @@ class SegmentWidget(QWidget):
             return
         self.state.add_model(name, model, kind, select=True)
 
-    def _fill_devices(self) -> None:
-        from napari_cellfocus.engine.device import available_devices
-
-        self.device_combo.blockSignals(True)
-        self.device_combo.clear()
-        self.device_combo.addItems(["auto", *available_devices()])
-        index = self.device_combo.findText(self.state.device)
-        self.device_combo.setCurrentIndex(max(index, 0))
-        self.device_combo.blockSignals(False)
-        self._device_chosen()
-
-    def _device_chosen(self, *_: Any) -> None:
-        from napari_cellfocus.engine.device import describe_device, select_device
-
-        choice = self.device_combo.currentText() or "auto"
-        self.state.set_device(choice)
-        try:
-            self.device_label.setText(f"In use: {describe_device(select_device(choice))}")
-        except ValueError as err:
-            self.device_label.setText(str(err))
-
     def _show_post(self) -> None:
         if not self.state.post_user_set and self.state.result is None:
             self.post_label.setText("the model's defaults (change them in Tune)")
@@ -341,38 +355,28 @@ class SegmentWidget(QWidget):
         self.count_label.setText(f"Cells: {count}")
 
     # ------------------------------------------------------------------ run
-    def _prepare(self) -> tuple[Segmenter, np.ndarray]:
+    def _prepare(self) -> tuple[Callable[[], Segmenter], np.ndarray]:
+        """Check the image (on the Qt thread: cheap) and return a function that loads the
+        model (run in the worker: loading a model file takes seconds) and the image."""
         from napari_cellfocus.engine.checkpoint import default_model_path
 
         source = self.source.get()
-        entry = self.state.model
+        entry, device = self.state.model, self.state.device
         if entry.kind == "builtin" and not default_model_path().exists():
             raise ValueError(
                 "The built-in model is not installed with this copy of napari-cellfocus. "
                 "Choose 'Load model file…' under Model, or train one in 'Correct and fine-tune'."
             )
-        try:
-            segmenter = self.state.segmenter()
-        except ValueError as err:
-            raise ValueError(f"Model '{entry.name}' cannot be used: {err}") from err
-        problem = model_problem(segmenter)
-        if problem:
-            raise ValueError(problem[0].upper() + problem[1:])
-        sd = segmenter.spatial_dims
-        name = source.layer.name
-        if source.data.ndim < sd:
-            raise ValueError(
-                f"'{name}' has shape {source.data.shape}, but the model is {sd}D: "
-                f"it needs at least {sd} dimensions."
-            )
-        if source.data.ndim > sd + 2:
-            raise ValueError(
-                f"'{name}' has shape {source.data.shape}: too many axes for a {sd}D model "
-                f"(at most {sd + 2}); if one axis holds channels, pick one under 'Channel'."
-            )
-        image = check_image(source.data, name=name, ndim=range(sd, sd + 3))
+        image = check_image(source.data, name=source.layer.name, ndim=range(2, 6))
         self._input = source
-        return segmenter, image
+
+        def load() -> Segmenter:
+            try:
+                return self.state.segmenter(entry, device)
+            except ValueError as err:
+                raise ValueError(f"Model '{entry.name}' cannot be used: {err}") from err
+
+        return load, image
 
     def run(self) -> None:
         """Start segmenting (shows a notification and changes nothing on bad input)."""
@@ -384,7 +388,8 @@ class SegmentWidget(QWidget):
             show_error(str(err))
             self.status.setText(str(err))
             return
-        self._segmenter = segmenter
+        self._segmenter = None
+        self._model_name = self.state.model.name
         self._source_name = self._input.layer.name
         self._saved = snapshot_outputs(self.viewer, self._source_name)
         self._run_probs = None
@@ -392,9 +397,10 @@ class SegmentWidget(QWidget):
         self.progress.setMaximum(1)
         self.progress.setValue(0)
         self.progress.setFormat("%v / %m tiles")
-        self.status.setText(f"Segmenting '{self._input.layer.name}' on {segmenter.device_name}…")
+        self.status.setText(f"Loading '{self._model_name}'…")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
+        self.device_picker.job_started()
         self.worker, self._cancel = start_job(
             segment_job,
             segmenter,
@@ -415,7 +421,9 @@ class SegmentWidget(QWidget):
             self._cancel.set()
             self.status.setText("Cancelling after the current tile…")
 
-    def _show_probs(self, probs: np.ndarray) -> None:
+    def _show_probs(self, probs: np.ndarray, queued: bool = False) -> None:
+        """Show ``probs`` in the image's probability layers; ``queued``: new layers are
+        added one per event-loop turn (:class:`LayerQueue`) while the tiles stream."""
         src = self._input
         first = self._run_probs is None
         self._prob_layers = put_probabilities(
@@ -425,21 +433,28 @@ class SegmentWidget(QWidget):
             src.scale,
             src.translate,
             source=self._source_name,
+            queue=self._queue if queued else None,
         )
         self._run_probs = probs
         if first:  # the tiles stream in on top, not under a newer image
             move_to_top(self.viewer, self._prob_layers)
 
     def _on_tile(self, update: Any) -> None:
+        if isinstance(update, ModelReady):
+            self._segmenter = update.segmenter
+            self.status.setText(
+                f"Segmenting '{self._source_name}' on {update.segmenter.device_name}…"
+            )
+            return
         if isinstance(update, DiameterFound):
             self._show_diameter(update)
             return
         if update.probs is not self._run_probs:
-            self._show_probs(update.probs)
+            self._show_probs(update.probs, queued=True)
             self._last_refresh = time.perf_counter()
         elif time.perf_counter() - self._last_refresh > _REFRESH_S or update.done == update.total:
-            for layer in self._prob_layers:
-                layer.refresh()
+            for layer in probability_layers(self.viewer, self._source_name):
+                layer.refresh()  # invisible ones return at once; large ones are multiscale
             self._last_refresh = time.perf_counter()
         self.progress.setMaximum(update.total)
         self.progress.setValue(update.done)
@@ -461,6 +476,7 @@ class SegmentWidget(QWidget):
         self.last_diameter = found.diameter
 
     def _on_done(self, result: Any) -> None:
+        self._queue.clear()  # layers not added yet: added below, or not at all
         if isinstance(result, Cancelled):
             restore_outputs(self.viewer, self._saved)
             text = f"Cancelled {result.message}; the earlier layers were kept."
@@ -493,18 +509,19 @@ class SegmentWidget(QWidget):
                 spatial_dims=self._segmenter.spatial_dims,
                 scale=src.scale,
                 translate=src.translate,
-                model_name=self.state.model.name,
+                model_name=self._model_name,
                 generation=self.state.new_generation(),
             )
         )
         self.status.setText(
             f"{result.count} cells in '{src.layer.name}': {result.tiles} tile(s) in "
             f"{result.seconds:.1f} s on {self._segmenter.device_name} "
-            f"with {self.state.model.name}."
+            f"with {self._model_name}."
         )
 
     def _on_finished(self) -> None:
         self.worker = None
         self._cancel = None
+        self.device_picker.job_finished()
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
