@@ -194,7 +194,7 @@ def test_a_few_drawn_cells_train_in_weak_mode(viewer, qtbot, tiny_model):
     ids = np.unique(gt[gt > 0])[:3]
     layer.data = np.where(np.isin(gt, ids), gt, 0).astype(np.int32)
     run = widget._prepare()
-    assert run["weak"] and run["config"].weak
+    assert run["weak"] and run["plan"]["weak"]
     widget.start()
     wait_idle(qtbot, widget)
     assert "Done" in widget.status.text() and "weak" in widget.state.model.name

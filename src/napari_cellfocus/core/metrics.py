@@ -798,3 +798,28 @@ def pool_scores(results: Sequence[dict]) -> dict:
     out = _scores(tp, n_true, n_pred, iou_sum)
     out["n_images"] = len(results)
     return out
+
+
+def score_on_annotations(
+    annotations: np.ndarray, pred: np.ndarray, weak: bool, iou_threshold: float = 0.5
+) -> dict:
+    """Scores of ``pred`` against a user's annotations (:func:`evaluate`'s keys).
+
+    Dense annotations (every cell drawn) are ground truth for the whole image. Weak
+    ones (only some cells drawn) say nothing about the rest of the image, so only
+    the predicted objects that touch an annotated pixel are judged: each of them is
+    a true positive when it matches a drawn cell, else a false positive (a split,
+    a merge or a fragment inside the drawn cells); a drawn cell no object matches is
+    a false negative. A detection elsewhere in the image is neither right nor wrong.
+
+    ``annotations``, ``pred``: int arrays of one shape (Y, X) or (Z, Y, X), 0 = none.
+    """
+    annotations = np.asarray(annotations)
+    pred = np.asarray(pred)
+    if annotations.shape != pred.shape:
+        raise ValueError(f"annotations have shape {annotations.shape} but the labels {pred.shape}")
+    if weak:
+        touching = np.unique(pred[annotations > 0])
+        touching = touching[touching > 0]
+        pred = np.where(np.isin(pred, touching), pred, 0)
+    return evaluate(annotations, pred, iou_threshold=iou_threshold)

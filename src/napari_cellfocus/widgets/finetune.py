@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -42,11 +42,13 @@ from qtpy.QtWidgets import (
 from scipy import ndimage
 
 from napari_cellfocus.core.validation import check_labels
+from napari_cellfocus.widgets._device import DevicePicker
 from napari_cellfocus.widgets._inputs import ImageSource, LayerCombo
 from napari_cellfocus.widgets._layers import (
     FROM,
     FROM_IMAGE,
     LABELS_ROLE,
+    LayerQueue,
     labels_name,
     put_labels,
     put_probabilities,
@@ -79,7 +81,7 @@ NEAR_PX = 30
 MAX_CROP = 192
 #: Whole stacks up to this many pixels are previewed; larger ones only on annotated planes.
 PREVIEW_ALL_PIXELS = 4_000_000
-#: Seconds between redraws of the loss curve (a redraw costs the UI thread ~50 ms).
+#: Seconds between updates of the (blitted) loss curve.
 PLOT_EVERY_S = 0.5
 MODES = (
     ("auto", "auto (from the annotations)"),
@@ -128,23 +130,34 @@ class Preview:
 
 
 @dataclass
+class Started:
+    """Yielded by :func:`finetune_job` once the model is loaded and training begins."""
+
+    config: Any
+    device_name: str
+    before: dict | None  # scores of the starting model on the annotations (None: new network)
+
+
+@dataclass
 class FinetuneDone:
     model: torch.nn.Module
     info: ModelInfo
     steps: int
     seconds: float
     preview: Preview | None
+    before: dict | None = None
+    after: dict | None = None
 
 
-def _preview(trainer: Any, job: dict[str, Any], step: int) -> Preview:
-    """Predict the preview planes with the trainer's current weights; back to training mode."""
+def _predict_planes(trainer: Any, job: dict[str, Any], planes: list) -> np.ndarray:
+    """Probabilities of ``planes`` of the job's image with the trainer's current weights,
+    at the training zoom; the other planes keep the job's template."""
     from napari_cellfocus.core.size import rescale, resize
     from napari_cellfocus.engine.predict import predict_probabilities
-    from napari_cellfocus.engine.segment import postprocess_planes
 
     model = trainer.model
     was_training = model.training
-    image, planes, probs = job["image"], job["planes"], job["template"].copy()
+    image, probs = job["image"], job["template"].copy()
     zoom = float(job.get("zoom", 1.0))  # the training images' zoom to the model's scale
     try:
         for idx in planes:
@@ -159,35 +172,101 @@ def _preview(trainer: Any, job: dict[str, Any], step: int) -> Preview:
     finally:
         if was_training:
             trainer.train_mode()  # keeps batch-norm statistics frozen when configured
+    return probs
+
+
+def _preview(trainer: Any, job: dict[str, Any], step: int) -> Preview:
+    """Predict the preview planes with the trainer's current weights; back to training mode."""
+    from napari_cellfocus.engine.segment import postprocess_planes
+
+    probs = _predict_planes(trainer, job, job["planes"])
     labels, count = postprocess_planes(probs, 2, job["method"], job["params"])
     return Preview(step, probs, labels, count)
+
+
+def format_scores(scores: dict) -> str:
+    """``"PQ 0.812 · F1 0.900 (9 of 10 cells matched, 1 false)"`` for the status lines."""
+    return (
+        f"PQ {scores['pq']:.3f} · F1 {scores['f1']:.3f} ({scores['tp']} of "
+        f"{scores['n_true']} cells matched, {scores['n_pred'] - scores['tp']} false)"
+    )
+
+
+def annotation_scores(job: dict[str, Any], labels: np.ndarray) -> dict:
+    """Pooled scores of ``labels`` on the annotated planes of the job
+    (:func:`napari_cellfocus.core.metrics.score_on_annotations`)."""
+    from napari_cellfocus.core.metrics import pool_scores, score_on_annotations
+
+    return pool_scores(
+        [
+            score_on_annotations(job["annotations"][idx], labels[idx], job["weak"])
+            for idx in job["annotated"]
+        ]
+    )
+
+
+def _starting_scores(trainer: Any, job: dict[str, Any]) -> dict:
+    """Scores of the model before any step (the model in use) on the annotations."""
+    from napari_cellfocus.engine.segment import postprocess_planes
+
+    probs = _predict_planes(trainer, job, job["annotated"])
+    labels, _ = postprocess_planes(probs, 2, job["method"], job["params"])
+    return annotation_scores(job, labels)
 
 
 def finetune_job(
     images: list[np.ndarray],
     labels: list[np.ndarray],
-    config: Any,
-    init: Any,
-    device: str,
+    plan: dict[str, Any],
     names: list[str],
     preview: dict[str, Any],
     preview_every: int,
     cancel: threading.Event,
 ) -> Iterator[Any]:
-    """Worker generator: yield every TrainProgress and every Preview; return the model.
+    """Worker generator: load the starting model, yield :class:`Started`, every
+    TrainProgress and every Preview; return the model.
 
-    Returns :class:`FinetuneDone`, :class:`Cancelled` (the new weights are dropped) or
-    :class:`Failed`. GPU memory is given back in every case.
+    ``plan``: ``load`` (a function giving the Segmenter of the starting model, or None
+    for a new network), ``weak``, ``settings`` (TrainConfig overrides) and ``device``.
+    Returns :class:`FinetuneDone` (with the scores on the annotations before and after),
+    :class:`Cancelled` (the new weights are dropped) or :class:`Failed`. GPU memory is
+    given back in every case.
     """
-    from napari_cellfocus.engine.train import Trainer
+    from napari_cellfocus.engine.checkpoint import default_model_path
+    from napari_cellfocus.engine.train import Trainer, quick_finetune_config
 
     start = time.perf_counter()
     trainer = None
     try:
-        trainer = Trainer(images, labels, config, init=init, device=device, names=names)
+        init: Any = None
+        n_classes = 3
+        if plan["load"] is not None:
+            if plan.get("builtin") and not default_model_path().exists():
+                return Failed(
+                    "The built-in model is not installed: choose 'a new network' under "
+                    "'Start from', or load a model file in Segment."
+                )
+            segmenter = plan["load"]()
+            if segmenter.spatial_dims != 2:
+                return Failed("Fine-tuning in the widget supports 2D models only.")
+            init, n_classes = (segmenter.model, segmenter.info), segmenter.n_classes
+        settings = {**plan["settings"], "n_classes": n_classes}
+        config = quick_finetune_config(weak=plan["weak"], **settings)
+        template = preview.get("template")
+        shape = (n_classes, *preview["image"].shape)
+        if template is None or template.shape != shape:
+            template = np.zeros(shape, np.float32)
+            template[0] = 1.0
+        trainer = Trainer(images, labels, config, init=init, device=plan["device"], names=names)
         # previews see the image at the scale the model trains at (from the annotations)
-        preview = {**preview, "zoom": float(np.median([s.zoom for s in trainer.train_samples]))}
-        yield f"training on {trainer.device}"
+        zoom = float(np.median([s.zoom for s in trainer.train_samples]))
+        preview = {**preview, "zoom": zoom, "template": template}
+        before = _starting_scores(trainer, preview) if init is not None else None
+        from napari_cellfocus.engine.device import describe_device
+
+        yield Started(config, describe_device(trainer.device), before)
+        if cancel.is_set():
+            return Cancelled("before the first step")
         steps = trainer.steps()
         try:
             for progress in steps:
@@ -208,6 +287,8 @@ def finetune_job(
             trainer.step,
             time.perf_counter() - start,
             final,
+            before,
+            annotation_scores(preview, final.labels),
         )
     except EXPECTED_ERRORS as err:
         return Failed(str(err))
@@ -234,6 +315,11 @@ class FinetuneWidget(QWidget):
         self.config_overrides: dict[str, Any] = {}
         self.last_progress: Any = None
         self.previews = 0
+        #: Scores of the last fine-tune on its annotations: {"before": .., "after": ..}.
+        self.last_scores: dict[str, Any] | None = None
+        self._previous: dict[str, Any] | None = None
+        self._queue = LayerQueue()
+        self._saved_result: Segmentation | None = None
 
         self.source = ImageSource(napari_viewer, prefer=self._prefer_image)
         self.annotations = LayerCombo(
@@ -270,6 +356,9 @@ class FinetuneWidget(QWidget):
         self.preview_spin.setToolTip(
             "Refresh the probability and label layers with the model being trained."
         )
+        self.device_picker = DevicePicker(
+            self.state.device, "Where the training runs: auto = CUDA GPU, then MPS, then CPU."
+        )
         self.train_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -279,6 +368,14 @@ class FinetuneWidget(QWidget):
         self.progress.setFormat("")
         self.eta_label = QLabel("")
         self.plot = PlotCanvas("training loss", "step", "loss")
+        self.keep_button = QPushButton("Keep previous model")
+        self.keep_button.setEnabled(False)
+        self.keep_button.setToolTip(
+            "Go back to the model and the layers from before the last fine-tune (the "
+            "fine-tuned model stays in Segment's list)."
+        )
+        self.scores_label = QLabel("")
+        self.scores_label.setWordWrap(True)
         self.save_button = QPushButton("Save model…")
         self.save_button.setToolTip("Write the model in use to a .pt file.")
         self.status = QLabel("")
@@ -294,6 +391,7 @@ class FinetuneWidget(QWidget):
         form.addRow("Start from", self.start_combo)
         form.addRow("Steps", self.steps_spin)
         form.addRow("Live preview", self.preview_spin)
+        form.addRow("Device", self.device_picker)
         buttons = QHBoxLayout()
         buttons.addWidget(self.train_button)
         buttons.addWidget(self.cancel_button)
@@ -303,6 +401,8 @@ class FinetuneWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.eta_label)
         layout.addWidget(self.plot)
+        layout.addWidget(self.scores_label)
+        layout.addWidget(self.keep_button)
         layout.addWidget(self.save_button)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -312,6 +412,7 @@ class FinetuneWidget(QWidget):
         self.train_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self._save_clicked)
+        self.keep_button.clicked.connect(self.keep_previous)
         self.state.models_changed.connect(self._fill_start)
         self.state.result_changed.connect(self._follow_result)
 
@@ -363,6 +464,11 @@ class FinetuneWidget(QWidget):
             labels = [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
             self.annotations.set_layer(self._prefer_annotations(labels))
 
+    @property
+    def device(self) -> str:
+        """The device the training runs on (the Device box)."""
+        return self.device_picker.device
+
     def _fill_start(self) -> None:
         self.start_combo.blockSignals(True)
         index = max(self.start_combo.currentIndex(), 0)
@@ -400,10 +506,10 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------ start
     def _prepare(self) -> dict[str, Any]:
-        """Check the inputs and snapshot them; ValueError with a message for the user."""
-        from napari_cellfocus.engine.checkpoint import default_model_path
-        from napari_cellfocus.engine.train import quick_finetune_config
+        """Check the inputs and snapshot them; ValueError with a message for the user.
 
+        Only numpy work happens here, on the Qt thread: the starting model is loaded,
+        and the training configured, in the worker (:func:`finetune_job`)."""
         source = self.source.get()
         layer = self.annotations.layer()
         if layer is None:
@@ -435,19 +541,13 @@ class FinetuneWidget(QWidget):
                 "(label > 0), then press Fine-tune."
             )
         start = self.start_combo.currentData()
-        entry = self.state.model
+        entry, device = self.state.model, self.device
+        load = None
         if start == "current":
-            if entry.kind == "builtin" and not default_model_path().exists():
-                raise ValueError(
-                    "The built-in model is not installed: choose 'a new network' under "
-                    "'Start from', or load a model file in Segment."
-                )
-            segmenter = self.state.segmenter()
-            if segmenter.spatial_dims != 2:
-                raise ValueError("Fine-tuning in the widget supports 2D models only.")
-            init: Any = (segmenter.model, segmenter.info)
-        else:
-            init = None
+
+            def load() -> Any:
+                return self.state.segmenter(entry, device)
+
         mode = self.mode_combo.currentData()
         if mode == "auto":
             drawn = np.stack([labels[i] for i in annotated]) if lead else labels
@@ -461,36 +561,35 @@ class FinetuneWidget(QWidget):
         crop = max(16, min(MAX_CROP, *(min(im.shape) for im in images)))
         settings = {"steps": int(self.steps_spin.value()), "crop_size": crop}
         settings.update(self.config_overrides)
-        config = quick_finetune_config(weak=weak, **settings)
-        n_classes = self.state.segmenter().n_classes if init is not None else 3
-        if config.n_classes != n_classes:
-            config = quick_finetune_config(weak=weak, n_classes=n_classes, **settings)
         # Preview: the whole image when small, else the annotated planes only.
         preview_planes = list(np.ndindex(*lead)) if lead else [()]
         if image.size > PREVIEW_ALL_PIXELS:
             preview_planes = planes
         result = self.state.result
-        if (
-            result is not None
-            and result.probs.shape[1:] == image.shape
-            and (result.probs.shape[0] == config.n_classes)
-        ):
-            template = result.probs
-        else:
-            template = np.zeros((config.n_classes, *image.shape), np.float32)
-            template[0] = 1.0
+        template = None
+        if result is not None and result.probs.shape[1:] == image.shape:
+            template = result.probs  # the worker checks the number of classes
         preview = {
             "image": image,
             "planes": preview_planes,
             "template": template,
             "method": self.state.post_method,
             "params": self.state.post_kwargs(),
+            "annotations": labels,
+            "annotated": planes,
+            "weak": weak,
+        }
+        plan = {
+            "load": load,
+            "builtin": entry.kind == "builtin",
+            "weak": weak,
+            "settings": settings,
+            "device": device,
         }
         return {
             "images": images,
             "labels": targets,
-            "config": config,
-            "init": init,
+            "plan": plan,
             "names": names,
             "preview": preview,
             "weak": weak,
@@ -499,6 +598,7 @@ class FinetuneWidget(QWidget):
             "source_name": source.layer.name,
             "layer": layer,
             "start_model": entry,
+            "steps": int(settings["steps"]),
         }
 
     def start(self) -> None:
@@ -514,25 +614,26 @@ class FinetuneWidget(QWidget):
         self._run = run
         self._saved = snapshot_outputs(self.viewer, run["source_name"])
         self._saved_count = self.state.count
+        self._saved_result = self.state.result
         self._losses = []
         self.previews = 0
         self.last_progress = None
+        self.last_scores = None
+        self.keep_button.setEnabled(False)
         self.plot.clear()
-        config = run["config"]
-        self.progress.setMaximum(config.steps)
+        self.progress.setMaximum(run["steps"])
         self.progress.setValue(0)
         self.progress.setFormat("step %v / %m")
-        self.eta_label.setText("preparing the training data…")
+        self.eta_label.setText(f"loading '{run['start_model'].name}'…")
         self.status.setText(f"Fine-tuning on {len(run['images'])} image(s), {run['reason']}.")
         self.train_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
+        self.device_picker.job_started()
         self.worker, self._cancel = start_job(
             finetune_job,
             run["images"],
             run["labels"],
-            config,
-            run["init"],
-            self.state.device,
+            run["plan"],
             run["names"],
             run["preview"],
             int(self.preview_spin.value()),
@@ -549,8 +650,15 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------ progress
     def _on_yield(self, item: Any) -> None:
-        if isinstance(item, str):
-            self.eta_label.setText(item)
+        if isinstance(item, Started):
+            self._run["config"] = item.config
+            self.progress.setMaximum(item.config.steps)
+            self.eta_label.setText(f"training on {item.device_name}…")
+            if item.before is not None:
+                self.scores_label.setText(
+                    f"'{self._run['start_model'].name}' on your annotated cells: "
+                    f"{format_scores(item.before)}"
+                )
         elif isinstance(item, Preview):
             self._show_preview(item)
         else:
@@ -568,17 +676,29 @@ class FinetuneWidget(QWidget):
         now = time.perf_counter()
         if now - self._last_plot > PLOT_EVERY_S or progress.step == progress.total:
             steps, losses = zip(*self._losses, strict=True)
-            self.plot.update_line(steps, losses, title="training loss")
+            self.plot.update_line(steps, losses, title="training loss", xmax=progress.total)
             self._last_plot = now
 
-    def _show_preview(self, preview: Preview) -> None:
+    def _show_preview(self, preview: Preview, queued: bool = True) -> None:
+        """Show a preview in the image's output layers; ``queued``: new layers are added
+        one per event-loop turn (the final result is shown at once)."""
         source = self._run["source"]
         classes = self._run_classes()
         name = self._run["source_name"]
         put_probabilities(
-            self.viewer, preview.probs, classes, source.scale, source.translate, source=name
+            self.viewer,
+            preview.probs,
+            classes,
+            source.scale,
+            source.translate,
+            source=name,
+            queue=self._queue if queued else None,
         )
-        put_labels(self.viewer, preview.labels, source.scale, source.translate, source=name)
+        args = (self.viewer, preview.labels, source.scale, source.translate)
+        if len(self._queue):  # new layers are being added one by one: the labels last
+            self._queue.put(lambda: put_labels(*args, source=name))
+        else:
+            put_labels(*args, source=name)
         self.state.set_count(preview.count)
         self.previews += 1
 
@@ -589,6 +709,7 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------ end
     def _on_done(self, result: Any) -> None:
+        self._queue.clear()  # preview layers not added yet: the final ones come below
         if isinstance(result, (Cancelled, Failed)):
             restore_outputs(self.viewer, self._saved)
             if self._saved_count is not None:
@@ -605,9 +726,15 @@ class FinetuneWidget(QWidget):
         run = self._run
         mode = "weak" if run["weak"] else "dense"
         name = self.state.next_session_name(f"{mode}, {result.steps} steps")
+        self._previous = {
+            "model": run["start_model"],
+            "saved": self._saved,
+            "count": self._saved_count,
+            "result": self._saved_result,
+        }
         self.state.add_model(name, (result.model, result.info), "session", select=True)
         if result.preview is not None:
-            self._show_preview(result.preview)
+            self._show_preview(result.preview, queued=False)
             source = run["source"]
             self.state.set_count(result.preview.count)
             self.state.set_result(
@@ -623,16 +750,57 @@ class FinetuneWidget(QWidget):
                     generation=self.state.new_generation(),
                 )
             )
+        self.last_scores = {"before": result.before, "after": result.after}
         text = (
             f"Done in {format_seconds(result.seconds)}: '{name}' is now the model in use "
             "(Segment uses it); save it with 'Save model…'."
         )
+        self.keep_button.setEnabled(True)
+        self.scores_label.setText(self._scores_text(result, name))
+        if result.before is not None and result.after["pq"] < result.before["pq"]:
+            warning = (
+                f"'{name}' is worse than '{run['start_model'].name}' on your annotated cells "
+                f"(PQ {result.before['pq']:.3f} -> {result.after['pq']:.3f}): press 'Keep "
+                "previous model' to go back to it, or annotate more cells and fine-tune again."
+            )
+            self.status.setText(f"{text} {warning}")
+            show_warning(warning)
+            return
+        self.status.setText(text)
+        show_info(text)
+
+    def _scores_text(self, result: FinetuneDone, name: str) -> str:
+        after = f"'{name}': {format_scores(result.after)}"
+        if result.before is None:
+            return f"On your annotated cells, {after}."
+        return (
+            f"On your annotated cells, before '{self._run['start_model'].name}': "
+            f"{format_scores(result.before)}; after {after}."
+        )
+
+    def keep_previous(self) -> None:
+        """Back to the model in use, the output layers and the result from before the
+        last fine-tune; the fine-tuned model stays in Segment's list."""
+        previous = self._previous
+        if previous is None or self.worker is not None:
+            return
+        entry = previous["model"]
+        if entry in self.state.models:
+            self.state.select_model(self.state.models.index(entry))
+        restore_outputs(self.viewer, previous["saved"])
+        if previous["count"] is not None:
+            self.state.set_count(previous["count"])
+        self.state.set_result(previous["result"])
+        self._previous = None
+        self.keep_button.setEnabled(False)
+        text = f"Back to '{entry.name}' and the layers from before the fine-tune."
         self.status.setText(text)
         show_info(text)
 
     def _on_finished(self) -> None:
         self.worker = None
         self._cancel = None
+        self.device_picker.job_finished()
         self.train_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self._fill_start()
