@@ -33,7 +33,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -58,6 +57,7 @@ from napari_cellfocus.widgets._layers import (
     source_of,
 )
 from napari_cellfocus.widgets._plots import PlotCanvas
+from napari_cellfocus.widgets._progress import ProgressBar
 from napari_cellfocus.widgets._state import Segmentation, get_state, unwrap
 from napari_cellfocus.widgets._workers import (
     EXPECTED_ERRORS,
@@ -362,7 +362,7 @@ class FinetuneWidget(QWidget):
         self.train_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setMaximum(1)
         self.progress.setValue(0)
         self.progress.setFormat("")
@@ -667,8 +667,7 @@ class FinetuneWidget(QWidget):
     def _on_step(self, progress: Any) -> None:
         self.last_progress = progress
         self._losses.append((progress.step, progress.loss))
-        self.progress.setMaximum(progress.total)
-        self.progress.setValue(progress.step)
+        self.progress.set_progress(progress.step, progress.total)
         self.eta_label.setText(
             f"loss {progress.loss:.4f} · {format_seconds(progress.elapsed_s)} elapsed · "
             f"ETA {format_seconds(progress.eta_s)}"

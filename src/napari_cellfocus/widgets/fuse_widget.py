@@ -28,7 +28,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QStackedWidget,
@@ -39,6 +38,7 @@ from qtpy.QtWidgets import (
 from napari_cellfocus.widgets._device import DevicePicker
 from napari_cellfocus.widgets._inputs import LayerCombo, layer_array
 from napari_cellfocus.widgets._layers import put_image
+from napari_cellfocus.widgets._progress import ProgressBar
 from napari_cellfocus.widgets._state import unwrap
 from napari_cellfocus.widgets._workers import EXPECTED_ERRORS, Cancelled, Failed, start_job
 
@@ -247,7 +247,7 @@ class FuseWidget(QWidget):
         )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setValue(0)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -430,8 +430,7 @@ class FuseWidget(QWidget):
             self.status.setText("Cancelling after the current tile…")
 
     def _on_progress(self, update: Any) -> None:
-        self.progress.setMaximum(max(1, update.total))
-        self.progress.setValue(update.done)
+        self.progress.set_progress(update.done, max(1, update.total))
 
     def _on_done(self, result: Any) -> None:
         if isinstance(result, Cancelled):

@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -50,6 +49,7 @@ from napari_cellfocus.widgets._layers import (
     restore_outputs,
     snapshot_outputs,
 )
+from napari_cellfocus.widgets._progress import ProgressBar
 from napari_cellfocus.widgets._state import Segmentation, get_state, unwrap
 from napari_cellfocus.widgets._workers import Cancelled, Failed, start_job
 
@@ -242,7 +242,7 @@ class SegmentWidget(QWidget):
         self.run_button.setToolTip("Segment the image; probabilities appear tile by tile.")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setFormat("")
         self.progress.setMaximum(1)
         self.progress.setValue(0)
@@ -456,8 +456,7 @@ class SegmentWidget(QWidget):
             for layer in probability_layers(self.viewer, self._source_name):
                 layer.refresh()  # invisible ones return at once; large ones are multiscale
             self._last_refresh = time.perf_counter()
-        self.progress.setMaximum(update.total)
-        self.progress.setValue(update.done)
+        self.progress.set_progress(update.done, update.total)
         if update.message:
             show_warning(update.message)
             self.status.setText(update.message)

@@ -32,7 +32,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -44,6 +43,7 @@ from napari_cellfocus.core.validation import check_labels
 from napari_cellfocus.widgets._inputs import LayerCombo
 from napari_cellfocus.widgets._layers import put_labels, role_of
 from napari_cellfocus.widgets._plots import PlotCanvas
+from napari_cellfocus.widgets._progress import ProgressBar
 from napari_cellfocus.widgets._state import METHOD_PARAMS, get_state, unwrap
 from napari_cellfocus.widgets._workers import Cancelled, Failed, start_job
 
@@ -234,7 +234,7 @@ class TuneWidget(QWidget):
         )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setMaximum(1)
         self.progress.setValue(0)
         self.progress.setFormat("")
@@ -451,8 +451,7 @@ class TuneWidget(QWidget):
 
     def _search_progress(self, progress: tuple[int, int]) -> None:
         done, total = progress
-        self.progress.setMaximum(total)
-        self.progress.setValue(done)
+        self.progress.set_progress(done, total)
 
     def _searched(self, out: Any) -> None:
         if isinstance(out, Cancelled):
