@@ -713,3 +713,29 @@ def test_pool_scores_sums_matches_over_images_first():
     assert pooled["sq"] == pytest.approx(0.8)
     assert pooled["pq"] == pytest.approx(0.48)
     assert pooled["n_images"] == 2
+
+
+def test_score_on_annotations_weak_judges_only_objects_touching_drawn_cells():
+    """Two drawn 4x4 cells. The prediction matches the first, splits the second into
+    two 4x2 halves (IoU 0.5 each: no match, both false) and finds one more cell far
+    from the drawings. Weak: the far cell is left out, so TP 1, FP 2, FN 1:
+    RQ = 1 / (1 + 2/2 + 1/2) = 0.4, SQ 1, PQ 0.4. Dense: the far cell is a third FP:
+    RQ = 1 / (1 + 3/2 + 1/2) = 1/3."""
+    from napari_cellfocus.core.metrics import score_on_annotations
+
+    drawn = np.zeros((20, 20), np.int32)
+    drawn[2:6, 2:6] = 1
+    drawn[10:14, 10:14] = 2
+    pred = np.zeros_like(drawn)
+    pred[2:6, 2:6] = 5
+    pred[10:14, 10:12] = 6
+    pred[10:14, 12:14] = 7
+    pred[16:19, 16:19] = 8
+    weak = score_on_annotations(drawn, pred, weak=True)
+    assert (weak["tp"], weak["n_pred"], weak["n_true"]) == (1, 3, 2)
+    assert weak["pq"] == pytest.approx(0.4)
+    dense = score_on_annotations(drawn, pred, weak=False)
+    assert (dense["tp"], dense["n_pred"]) == (1, 4)
+    assert dense["pq"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="shape"):
+        score_on_annotations(drawn, pred[:10], weak=True)

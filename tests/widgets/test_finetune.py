@@ -225,3 +225,54 @@ def test_choose_mode_trusts_labels_from_a_segmentation(make_napari_viewer):
     assert choose_mode(lab, user)[0] is True
     derived = viewer.add_labels(lab, name="seg", metadata={"cellfocus_from": "labels"})
     assert choose_mode(lab, derived)[0] is False
+
+
+def test_worse_model_is_reported_and_keep_previous_restores_everything(viewer, qtbot, tiny_model):
+    """Fine-tune on the model's own labels with a learning rate that wrecks the weights:
+    the scores on the annotated cells are shown before and after (PQ 1.0 before: the
+    annotations are its own segmentation), the drop is warned about, and 'Keep previous
+    model' brings back the model in use, the layers' data and the result; the new model
+    stays in Segment's list."""
+    seg = segment(viewer, qtbot, tiny_model)
+    first_model = seg.state.model
+    first_result = seg.state.result
+    cell_data = viewer.layers[CELL].data
+    labels_data = viewer.layers[LABELS].data
+    widget = _finetune_widget(viewer, steps=4)
+    widget.config_overrides["lr"] = 1.0
+    assert not widget.keep_button.isEnabled()
+    widget.start()
+    wait_idle(qtbot, widget)
+    before, after = widget.last_scores["before"], widget.last_scores["after"]
+    assert before["pq"] == pytest.approx(1.0) and before["tp"] == before["n_true"] > 0
+    assert after["pq"] < before["pq"]
+    assert "is worse than 'tiny test model'" in widget.status.text()
+    assert f"PQ {before['pq']:.3f}" in widget.scores_label.text()
+    assert seg.state.model is not first_model
+    assert widget.keep_button.isEnabled()
+
+    widget.keep_button.click()
+    assert seg.state.model is first_model
+    assert seg.model_combo.currentText() == first_model.name
+    assert viewer.layers[CELL].data is cell_data
+    np.testing.assert_array_equal(viewer.layers[LABELS].data, labels_data)
+    assert seg.state.result is first_result
+    assert [m.kind for m in seg.state.models].count("session") == 2  # injected + new one
+    assert not widget.keep_button.isEnabled()
+
+
+def test_device_row_shows_device_and_memory(viewer, qtbot, tiny_model):
+    """Fine-tune has its own Device box (default: Segment's), an 'In use' line and the
+    memory in use; the training runs on the device chosen there."""
+    segment(viewer, qtbot, tiny_model)
+    widget = _finetune_widget(viewer, steps=2)
+    picker = widget.device_picker
+    assert picker.choices()[0] == "auto" and "cpu" in picker.choices()
+    picker.set_device("cpu")
+    assert widget.device == "cpu"
+    assert "CPU" in picker.in_use.text() and "Memory: RAM" in picker.memory.text()
+    widget.start()
+    qtbot.waitUntil(lambda: widget.eta_label.text().startswith(("training on", "loss")))
+    wait_idle(qtbot, widget)
+    assert widget._run["plan"]["device"] == "cpu"
+    assert "GiB" in picker.memory.text()

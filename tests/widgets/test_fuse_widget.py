@@ -171,3 +171,27 @@ def test_stack_box_defaults_to_a_stack(make_napari_viewer, stack_scene):
     widget.stack_combo.set_layer(other.layers["reversed"])
     other.add_image(stack_scene.stack[::2], name="every other")
     assert widget.stack_combo.layer() is other.layers["reversed"]
+
+
+def test_device_row_says_where_each_method_runs(make_napari_viewer, stack_scene):
+    """Fuse's Device row: a classical method says it runs in numpy on the CPU (no GPU
+    here) and greys the box out; a learned one describes the chosen device; both show
+    the memory in use."""
+    import torch
+
+    viewer = make_napari_viewer()
+    viewer.add_image(stack_scene.stack, name="stack")
+    widget = dock_fuse(viewer)
+    picker = widget.device_picker
+    widget.set_method("hf-seg")
+    assert picker.combo.isEnabled() and "CPU" in picker.in_use.text()
+    classical = next(
+        widget.method_combo.itemData(i)
+        for i in range(widget.method_combo.count())
+        if widget.method_combo.itemData(i) not in ("hf-seg", "hf-reg")
+    )
+    widget.set_method(classical)
+    assert not picker.combo.isEnabled()
+    if not torch.cuda.is_available():
+        assert "numpy on the CPU" in picker.in_use.text()
+    assert "Memory: RAM" in picker.memory.text()
