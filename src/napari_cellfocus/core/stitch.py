@@ -1,0 +1,147 @@
+"""Join instance labels of successive planes or frames by overlap.
+
+* :func:`stitch_planes`: 2D instance labels of each plane of a (Z, Y, X) stack -> 3D
+  instances, as cellpose's ``stitch_threshold`` does for 2D models run on volumes;
+* :func:`link_frames`: instance labels of each frame of a (T, ...) movie -> the same id
+  for the same cell in successive frames (stardist-napari's "match previous frame").
+
+Both run the same chain: slice ``k`` is matched to slice ``k - 1`` **after** ``k - 1``
+got its final ids, so an object carries its id through any number of slices. A pair
+(object ``a`` of slice ``k``, object ``b`` of slice ``k - 1``) may match when their IoU
+(intersection over union, in pixels) is ``>= threshold``; the matching is one-to-one and
+**greedy by IoU**: pairs are taken from the highest IoU down, each object at most once
+(ties: the lower ids first). A matched object takes the id of its partner; an unmatched
+one gets a new id. Ids come out consecutive (1..n, in order of first appearance).
+
+Cellpose's own stitching lets each new mask take the previous mask of highest IoU and is
+not strictly one-to-one; with ``threshold >= 0.5`` both agree (two objects of one slice
+cannot both overlap one object by more than half its union).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["DEFAULT_STITCH_THRESHOLD", "link_frames", "match_by_overlap", "stitch_planes"]
+
+#: Default IoU an object must share with its partner of the previous plane / frame.
+DEFAULT_STITCH_THRESHOLD = 0.25
+_TOL = 1e-9
+
+
+def _check_threshold(threshold: float) -> float:
+    t = float(threshold)
+    if not 0.0 < t <= 1.0:
+        raise ValueError(f"stitch threshold: expected an IoU in (0, 1], got {threshold!r}.")
+    return t
+
+
+def match_by_overlap(
+    prev: np.ndarray, cur: np.ndarray, threshold: float = DEFAULT_STITCH_THRESHOLD
+) -> dict[int, int]:
+    """``{id in cur: id in prev}`` for the pairs of the greedy one-to-one matching of
+    ``cur``'s objects to ``prev``'s by IoU ``>= threshold`` (see the module docstring).
+
+    ``prev`` and ``cur``: int label arrays of the same shape, 0 = background.
+    """
+    threshold = _check_threshold(threshold)
+    prev = np.asarray(prev)
+    cur = np.asarray(cur)
+    if prev.shape != cur.shape:
+        raise ValueError(f"slices of different shapes: {prev.shape} and {cur.shape}.")
+    both = (prev > 0) & (cur > 0)
+    if not both.any():
+        return {}
+    p_ids, p_area = np.unique(prev[prev > 0], return_counts=True)
+    c_ids, c_area = np.unique(cur[cur > 0], return_counts=True)
+    pi = np.searchsorted(p_ids, prev[both])
+    ci = np.searchsorted(c_ids, cur[both])
+    pairs, inter = np.unique(ci.astype(np.int64) * p_ids.size + pi, return_counts=True)
+    rows, cols = np.divmod(pairs, p_ids.size)
+    iou = inter / (c_area[rows] + p_area[cols] - inter)
+    keep = iou >= threshold - _TOL
+    rows, cols, iou = rows[keep], cols[keep], iou[keep]
+    # Greedy: highest IoU first; ties by the lower current id, then the lower previous id
+    # (np.lexsort sorts by the last key first).
+    order = np.lexsort((cols, rows, -iou))
+    used_r: set[int] = set()
+    used_c: set[int] = set()
+    out: dict[int, int] = {}
+    for k in order:
+        r, c = int(rows[k]), int(cols[k])
+        if r in used_r or c in used_c:
+            continue
+        used_r.add(r)
+        used_c.add(c)
+        out[int(c_ids[r])] = int(p_ids[c])
+    return out
+
+
+def _chain(labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Relabel the slices ``labels[k]`` along axis 0 so matched objects share ids."""
+    threshold = _check_threshold(threshold)
+    arr = np.asarray(labels)
+    if arr.ndim < 2:
+        raise ValueError(f"expected a stack of label slices (axis 0), got shape {arr.shape}.")
+    out = np.zeros(arr.shape, np.int64)
+    next_id = 1
+    for k in range(arr.shape[0]):
+        cur = arr[k]
+        ids = np.unique(cur[cur > 0])
+        if ids.size == 0:
+            continue
+        mapping = match_by_overlap(out[k - 1], cur, threshold) if k else {}
+        lut_ids = np.empty(ids.size, np.int64)
+        for i, lab in enumerate(ids.tolist()):
+            if lab in mapping:
+                lut_ids[i] = mapping[lab]
+            else:
+                lut_ids[i] = next_id
+                next_id += 1
+        idx = np.searchsorted(ids, cur[cur > 0])
+        plane = np.zeros(cur.shape, np.int64)
+        plane[cur > 0] = lut_ids[idx]
+        out[k] = plane
+    return _consecutive(out)
+
+
+def _consecutive(labels: np.ndarray) -> np.ndarray:
+    """Ids 1..n in order of first appearance (C order), int32."""
+    flat = labels.ravel()
+    nz = flat[flat > 0]
+    if nz.size == 0:
+        return np.zeros(labels.shape, np.int32)
+    ids, first = np.unique(nz, return_index=True)
+    rank = np.empty(ids.size, np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(1, ids.size + 1)
+    out = np.zeros(labels.shape, np.int32)
+    out[labels > 0] = rank[np.searchsorted(ids, labels[labels > 0])]
+    return out
+
+
+def stitch_planes(labels: np.ndarray, threshold: float = DEFAULT_STITCH_THRESHOLD) -> np.ndarray:
+    """3D instances (Z, Y, X) int32 from per-plane 2D instance labels (Z, Y, X).
+
+    Plane ``z``'s objects join the object of plane ``z - 1`` they overlap best (IoU
+    ``>= threshold``, one-to-one, greedy by IoU); the others start new 3D objects. The ids
+    of the input planes may repeat from plane to plane or not: only the per-plane objects
+    matter.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 3:
+        raise ValueError(f"stitch_planes: expected (Z, Y, X) labels, got shape {arr.shape}.")
+    return _chain(arr, threshold)
+
+
+def link_frames(labels: np.ndarray, threshold: float = DEFAULT_STITCH_THRESHOLD) -> np.ndarray:
+    """(T, ...) labels relabelled so a cell keeps its id from frame to frame.
+
+    Each object of frame ``t`` takes the id of the object of frame ``t - 1`` it overlaps
+    best (IoU ``>= threshold``, one-to-one, greedy by IoU); objects without a partner (new
+    cells, or cells that moved by more than the overlap allows) get new ids, and an id
+    whose cell is gone is not reused. Frames may be 2D (T, Y, X) or 3D (T, Z, Y, X).
+    """
+    arr = np.asarray(labels)
+    if arr.ndim < 3:
+        raise ValueError(f"link_frames: expected (T, Y, X) or (T, Z, Y, X), got {arr.shape}.")
+    return _chain(arr, threshold)
