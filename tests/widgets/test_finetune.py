@@ -152,6 +152,7 @@ def test_cancel_keeps_previous_model_and_ui_responsive(viewer, qtbot, tiny_model
     assert [m.kind for m in seg.state.models].count("session") == 1  # only the injected one
     assert cell_layer.data is cell_data
     assert "cancelled" in widget.status.text()
+    assert widget.eta_label.text() == "" and widget.progress.value() == 0  # no stale ETA
     assert widget.train_button.isEnabled() and not widget.cancel_button.isEnabled()
     fired = []
     QTimer.singleShot(5, lambda: fired.append(True))

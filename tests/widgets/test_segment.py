@@ -113,6 +113,7 @@ def test_cancel_restores_previous_outputs(viewer, qtbot, tiny_model):
     wait_idle(qtbot, widget)
     assert done and done[-1][0] < done[-1][1]
     assert "Cancelled" in widget.status.text()
+    assert widget.progress.value() == 0 and widget.progress.format() == ""  # nothing stale
     assert [layer.name for layer in viewer.layers] == [*names_before, "big"]  # no "big ..."
     assert viewer.layers["nuclei cell probability"].data is cell_before
     np.testing.assert_array_equal(viewer.layers["nuclei labels"].data, labels_before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -60,6 +61,9 @@ def test_slider_relabels_without_model_call(viewer, qtbot, tiny_model, no_model_
     assert tune.state.count == count
     assert f"{count} cells" in tune.info.text()
     assert tune.last_relabel_ms is not None
+    # the time shown runs from the move to the layer update: it includes the relabel
+    assert tune.last_update_ms >= tune.last_relabel_ms
+    assert f"labels updated in {tune.last_update_ms:.0f} ms" in tune.info.text()
 
 
 def test_rapid_changes_are_throttled(viewer, qtbot, tiny_model, monkeypatch):
@@ -154,6 +158,10 @@ def test_optimise_thresholds_against_ground_truth(viewer, qtbot, tiny_model):
     qtbot.waitUntil(lambda: np.array_equal(layer.data, expected), timeout=10_000)
     assert f"Best PQ {direct.best_score:.3f}" in tune.search_info.text()
     assert tune.plot.ylabel == "PQ" and out.objective == "pq"
+    # a new segmentation: the curve and the best values belonged to the old probabilities
+    seg = tune.state
+    seg.set_result(dataclasses.replace(seg.result, generation=seg.new_generation()))
+    assert tune.plot.line_data() == [] and tune.search_info.text() == ""
 
 
 def test_objective_box_drives_the_search(viewer, qtbot, tiny_model):

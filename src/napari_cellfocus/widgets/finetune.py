@@ -710,6 +710,9 @@ class FinetuneWidget(QWidget):
     def _on_done(self, result: Any) -> None:
         self._queue.clear()  # preview layers not added yet: the final ones come below
         if isinstance(result, (Cancelled, Failed)):
+            self.progress.setFormat("")  # no stale step count and ETA left behind
+            self.progress.set_progress(0, 1)
+            self.eta_label.setText("")
             restore_outputs(self.viewer, self._saved)
             if self._saved_count is not None:
                 self.state.set_count(self._saved_count)

@@ -476,6 +476,9 @@ class SegmentWidget(QWidget):
 
     def _on_done(self, result: Any) -> None:
         self._queue.clear()  # layers not added yet: added below, or not at all
+        if isinstance(result, (Cancelled, Failed)):  # no stale "7 / 16 tiles" left behind
+            self.progress.setFormat("")
+            self.progress.set_progress(0, 1)
         if isinstance(result, Cancelled):
             restore_outputs(self.viewer, self._saved)
             text = f"Cancelled {result.message}; the earlier layers were kept."

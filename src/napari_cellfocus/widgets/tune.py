@@ -172,6 +172,10 @@ class TuneWidget(QWidget):
         self._pending = False
         self._search_cancel: threading.Event | None = None
         self.last_relabel_ms: float | None = None
+        #: Slider move to labels shown, ms (the post-processing, the worker, the layer).
+        self.last_update_ms: float | None = None
+        self._asked_at = time.perf_counter()
+        self._plotted_for: int | None = None  # generation of the result the curve shows
         self._last_apply = -math.inf  # time.perf_counter() of the last throttled update
         self.last_search: Optimised | None = None
 
@@ -341,6 +345,13 @@ class TuneWidget(QWidget):
 
     def _result_changed(self) -> None:
         result = self.state.result
+        if self._plotted_for is not None and (
+            result is None or result.generation != self._plotted_for
+        ):  # the curve belongs to the probabilities of another segmentation
+            self.plot.clear()
+            self.plot.title = ""
+            self._plotted_for = None
+            self.search_info.setText("")
         if result is None:
             self.info.setText("Segment an image first: the sliders re-label its probabilities.")
         else:
@@ -360,6 +371,7 @@ class TuneWidget(QWidget):
             self._pending = True
             return
         self._pending = False
+        self._asked_at = time.perf_counter()
         self.worker, _ = start_job(
             relabel_job,
             result.probs,
@@ -383,9 +395,12 @@ class TuneWidget(QWidget):
         )
         self.state.set_count(out.count)
         self.last_relabel_ms = out.milliseconds
+        # from the slider's move to the layer holding the new labels (what the user waits)
+        self.last_update_ms = 1000 * (time.perf_counter() - self._asked_at)
         self.info.setText(
-            f"{out.count} cells · labels updated in {out.milliseconds:.0f} ms "
-            f"({self.method.upper()}, no model run)."
+            f"{out.count} cells · labels updated in {self.last_update_ms:.0f} ms "
+            f"(post-processing {out.milliseconds:.0f} ms, {self.method.upper()}, "
+            "no model run)."
         )
 
     def _relabel_finished(self) -> None:
@@ -483,6 +498,8 @@ class TuneWidget(QWidget):
             title=f"{name} vs threshold (best {out.best_score:.3f})",
             ylim=(max(0.0, min(out.scores[:, j].min(), out.scores[i, :].min()) - 0.05), 1.01),
         )
+        result = self.state.result
+        self._plotted_for = result.generation if result is not None else None
         self.set_method(out.method)
         for key, value in out.best.items():
             self.sliders[key].setValue(value)
