@@ -166,7 +166,8 @@ def test_bad_param_exits_2_naming_it(folder, tmp_path):
 
 
 def test_stack_counts_one_row_per_plane(folder, tmp_path):
-    """A (2, Y, X) stack with the 2D model: counts.csv has one row per plane (plane 0, 1),
+    """A (2, Y, X) stack with the 2D model, plane by plane (--z-mode planes; a first axis
+    of 2 without metadata needs --axes): counts.csv has one row per plane (plane 0, 1),
     each the number of labels in that plane; one overlay PNG per plane."""
     a, b = (tifffile.imread(folder / f"{n}.tif") for n in ("a", "b"))
     stack = tmp_path / "in" / "stack.tif"
@@ -175,7 +176,7 @@ def test_stack_counts_one_row_per_plane(folder, tmp_path):
     out = tmp_path / "out"
     res = run(
         "predict", str(stack.parent), "--out", str(out), "--overlay", "--table",
-        "--diameter", "20", "--device", "cpu",
+        "--diameter", "20", "--device", "cpu", "--axes", "ZYX", "--z-mode", "planes",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     labels = tifffile.imread(out / "stack_labels.tif")

@@ -171,6 +171,101 @@ def _output_places(images: Sequence[Path], args: argparse.Namespace) -> dict[str
     return {"labels": outs, "probs": probs, "folder": folder, "counts": Path(counts)}
 
 
+# --------------------------------------------------------------------------- axes
+def image_axes(path: Path, args: argparse.Namespace) -> str:
+    """Axes of image ``path`` for this run, without reading its pixels: ``--axes`` when
+    given, else the file's ImageJ / OME (or RGB) metadata, else the default rule of
+    :func:`core.axes.default_axes`; with ``--channel`` and no C named anywhere, the
+    first axis (the last with ``--channel-last``) is the channel. Raises
+    :class:`CliError` naming the file, its shape and what to pass."""
+    import tifffile
+
+    from napari_cellfocus.core.axes import axes_from_tiff, default_axes, resolve_axes
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape = tuple(int(n) for n in tif.series[0].shape)
+    except Exception:
+        return ""  # unreadable: read_image names the file and the problem
+    try:
+        meta = None if args.axes else axes_from_tiff(path)
+        if args.axes is None and args.channel is not None and not (meta and "C" in meta):
+            if len(shape) < 3:
+                raise ValueError(
+                    f"--channel given but the image has no channel axis (shape {shape})."
+                )
+            rest = shape[:-1] if args.channel_last else shape[1:]
+            rest_axes = default_axes(rest, what="the image without its channel axis")
+            return rest_axes + "C" if args.channel_last else "C" + rest_axes
+        axes, _ = resolve_axes(shape, args.axes, meta)
+    except ValueError as err:
+        raise CliError(f"{path}: {err}") from None
+    if "C" in axes and args.channel is None and shape[axes.index("C")] > 1:
+        raise CliError(
+            f"{path}: shape {shape} with axes {axes} has {shape[axes.index('C')]} channels; "
+            f"choose the nuclear channel with --channel 0..{shape[axes.index('C')] - 1}."
+        )
+    return axes
+
+
+def count_rows(labels: np.ndarray, axes: str, z_mode: str | None) -> list[tuple[str, str, int]]:
+    """``(frame, plane, count)`` rows of ``labels`` (axes in T, Z, Y, X order): one per
+    frame of a movie (``frame`` = its index), one per plane when z was segmented plane by
+    plane (``plane`` = its index), else one row; ``count``: the distinct labels in it."""
+
+    def n(a: np.ndarray) -> int:
+        return int(np.count_nonzero(np.unique(a)))
+
+    per_plane = "Z" in axes and z_mode == "planes"
+    rows = []
+    frames = range(labels.shape[0]) if "T" in axes else [None]
+    for t in frames:
+        block = labels if t is None else labels[t]
+        frame = "" if t is None else str(t)
+        if per_plane:
+            rows.extend((frame, str(z), n(block[z])) for z in range(block.shape[0]))
+        else:
+            rows.append((frame, "", n(block)))
+    return rows
+
+
+def describe_z(result: Any) -> str:
+    """', 3D instances (z stitched, IoU >= 0.25)' etc. for the per-image line."""
+    parts = []
+    if result.z_mode == "stitch":
+        parts.append(
+            f"3D instances (planes stitched across z, IoU >= {result.stitch_threshold:g})"
+        )
+    elif result.z_mode == "planes":
+        parts.append("z plane by plane (no stitching)")
+    elif result.z_mode == "3d":
+        parts.append("3D model")
+    if result.counts is not None:
+        link = (
+            f"linked across frames, IoU >= {result.stitch_threshold:g}"
+            if result.linked
+            else "not linked"
+        )
+        parts.append(f"{len(result.counts)} frames ({link})")
+    return f", {', '.join(parts)}" if parts else ""
+
+
+def movie_table(labels: np.ndarray, image: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`core.measure.cell_table` of each frame, with a leading ``frame`` column."""
+    from napari_cellfocus.core.measure import cell_table
+
+    tables = [cell_table(labels[t], image[t]) for t in range(labels.shape[0])]
+    names = list(tables[0]) if tables else []
+    out: dict[str, np.ndarray] = {
+        "frame": np.concatenate(
+            [np.full(len(next(iter(tb.values()))), t) for t, tb in enumerate(tables)]
+        )
+    }
+    for name in names:
+        out[name] = np.concatenate([tb[name] for tb in tables])
+    return out
+
+
 # --------------------------------------------------------------------------- command
 def run_predict(args: argparse.Namespace) -> int:
     """Body of ``cellfocus predict`` (``args`` as parsed by the ``predict`` sub-parser)."""
@@ -179,6 +274,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
     images = filter_names(expand_paths(args.images, role="images"), args.include, args.exclude)
     places = _output_places(images, args)
+    if not 0.0 < args.stitch_threshold <= 1.0:
+        raise CliError(f"--stitch-threshold {args.stitch_threshold}: expected an IoU in (0, 1].")
+    all_axes = [image_axes(path, args) for path in images]  # before any image is segmented
+    movies = any("T" in a for a in all_axes)
     from napari_cellfocus.engine.segment import Segmenter  # torch: after the cheap checks
 
     seg = Segmenter(args.model, device=args.device)
@@ -192,19 +291,24 @@ def run_predict(args: argparse.Namespace) -> int:
     places["counts"].parent.mkdir(parents=True, exist_ok=True)
     with places["counts"].open("w", newline="") as counts_file:
         counts = csv.writer(counts_file)
-        counts.writerow(["file", "plane", "count", "diameter_px"])
-        for path, out, pout in zip(images, places["labels"], places["probs"], strict=True):
-            image = read_image(path)
-            if args.channel is not None:
-                if image.ndim < 3:
-                    raise CliError(f"{path}: --channel given but the image has no channel axis.")
-                image = image[..., args.channel] if args.channel_last else image[args.channel]
+        counts.writerow(["file", *(["frame"] if movies else []), "plane", "count", "diameter_px"])
+        iterator = zip(images, all_axes, places["labels"], places["probs"], strict=True)
+        for path, axes, out, pout in iterator:
+            raw = read_image(path)
+            try:
+                image, work_axes = seg.prepare(raw, axes or None, args.channel)
+            except ValueError as err:
+                raise CliError(f"{path}: {err}") from None
             bar = ProgressBar(1, f"predict {path.name}")
             result = seg.segment(
                 image,
                 method=method,
                 post_params=params or None,
                 diameter=args.diameter,
+                axes=work_axes,
+                z_mode=args.z_mode,
+                stitch_threshold=args.stitch_threshold,
+                link_frames=args.link,
                 tile_size=args.tile_size,
                 on_tile=lambda u, bar=bar: (setattr(bar, "total", u.total), bar.update(u.done)),
             )
@@ -212,13 +316,16 @@ def run_predict(args: argparse.Namespace) -> int:
             if pout is not None:
                 write_image(pout, result.probs)
             diameter = "" if result.diameter is None else f"{result.diameter:.2f}"
-            for plane, count in plane_counts(result.labels, seg.spatial_dims):
-                counts.writerow([str(path), plane, count, diameter])
+            for frame, plane, count in count_rows(result.labels, result.axes, result.z_mode):
+                counts.writerow([str(path), *([frame] if movies else []), plane, count, diameter])
             counts_file.flush()
             extra = []
             if args.table:
                 table = places["folder"] / f"{path.stem}_cells.csv"
-                write_csv(table, cell_table(result.labels, image))
+                if "T" in result.axes:
+                    write_csv(table, movie_table(result.labels, image))
+                else:
+                    write_csv(table, cell_table(result.labels, image))
                 extra.append(f"table {table}")
             if args.overlay:
                 pngs = write_overlays(
@@ -229,7 +336,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 )
             size = describe_diameter(result.diameter, args.diameter)
             also = f" ({', '.join(extra)})" if extra else ""
-            print(f"{path}: {result.count} cells{size} -> {out}{also}")
+            what = f"axes {result.axes}{describe_z(result)}"
+            print(f"{path}: {result.count} cells{size}; {what} -> {out}{also}")
     print(f"counts of {len(images)} image(s) written to {places['counts']}")
     return 0
 
@@ -303,7 +411,41 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png per image")
     p.add_argument("--probs", type=Path, default=None, help="also write probabilities (C,Y,X)")
     p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (512)")
-    p.add_argument("--channel", type=int, default=None, help="channel to segment")
+    p.add_argument(
+        "--axes",
+        default=None,
+        type=str.upper,
+        help="axes of the images, letters T (time), C (channel), Z (plane), Y, X: YX, ZYX, "
+        "TYX, CYX, YXC, TZYX, ... (default: from the TIFF's ImageJ/OME metadata, else YX "
+        "for 2D and ZYX for 3D; a 3D shape whose first axis is <= 4 or last is 3/4 is "
+        "refused as ambiguous)",
+    )
+    p.add_argument(
+        "--z-mode",
+        choices=("stitch", "planes"),
+        default="stitch",
+        help="volumes (Z) with a 2D model: 'stitch' (default) joins the objects of "
+        "successive planes into 3D instances by overlap; 'planes' keeps each plane's own",
+    )
+    p.add_argument(
+        "--stitch-threshold",
+        type=float,
+        default=0.25,
+        help="IoU an object needs with its partner in the previous plane (or frame, with "
+        "--link) to be joined to it (default 0.25)",
+    )
+    p.add_argument(
+        "--link",
+        action="store_true",
+        help="movies (T): link cells across frames by overlap so a cell keeps its id",
+    )
+    p.add_argument(
+        "--channel",
+        type=int,
+        default=None,
+        help="channel to segment, required when the axes hold C with several channels "
+        "(without --axes: the first axis, or the last with --channel-last)",
+    )
     p.add_argument(
         "--channel-last", action="store_true", help="the channel axis is the last one (Y,X,C)"
     )

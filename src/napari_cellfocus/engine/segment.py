@@ -12,6 +12,18 @@ default) estimates the image's median nucleus diameter with the model itself
 (:meth:`Segmenter.estimate_diameter`), a number gives it; the probabilities come back on
 the image's own grid. The post-processing method, its thresholds and the size filter
 relative to the diameter default to what the model stores (chosen on validation data).
+
+Volumes, movies and channels (``axes=``, see :mod:`napari_cellfocus.core.axes`): with a
+2D model a (Z, Y, X) volume is predicted and post-processed plane by plane, then the
+planes' objects are stitched across z into 3D instances by overlap
+(``z_mode="stitch"``, :func:`napari_cellfocus.core.stitch.stitch_planes`; ``"planes"``
+keeps one object per plane); a (T, Y, X) movie gives labels per frame and
+``result.counts`` (one count per frame), with ``link_frames=True`` the same id for the
+same cell from frame to frame; a channel axis needs ``channel=``.
+
+>>> result = seg.segment(volume, axes="ZYX")     # 3D instances, result.z_mode == "stitch"
+>>> result = seg.segment(movie, axes="TYX", link_frames=True)
+>>> result.counts                                # cells in each frame
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_cellfocus.core.axes import canonical, resolve_axes, select_channel
 from napari_cellfocus.core.size import (
     MAX_ZOOM,
     disc_area,
@@ -34,6 +47,7 @@ from napari_cellfocus.core.size import (
     zoom_for,
 )
 from napari_cellfocus.core.size import resize as resize_array
+from napari_cellfocus.core.stitch import DEFAULT_STITCH_THRESHOLD, link_frames, stitch_planes
 from napari_cellfocus.engine.checkpoint import ModelInfo, load_checkpoint, resolve_model_path
 from napari_cellfocus.engine.device import describe_device, select_device
 from napari_cellfocus.engine.predict import TileUpdate, iter_predict, predict_probabilities
@@ -42,6 +56,10 @@ from napari_cellfocus.engine.predict import TileUpdate, iter_predict, predict_pr
 ESTIMATE_PASSES = 3
 #: Side (px) of the central part of a plane the size estimate looks at, at most.
 ESTIMATE_MAX_SIDE = 1024
+#: Planes of a stack / movie the size estimate measures at most (median of them).
+ESTIMATE_PLANES = 3
+#: What ``z_mode`` may be for a 2D model on a volume.
+Z_MODES = ("stitch", "planes")
 
 
 @dataclass
@@ -51,6 +69,12 @@ class SegmentationResult:
     diameter : nucleus diameter (px of the image) the image was segmented at, ``None``
     when the model has no scale; zoom : the resampling factor the network saw; method and
     post_params : the post-processing that made ``labels``.
+
+    axes : axes of ``labels`` (``"YX"``, ``"ZYX"``, ``"TYX"``, ``"TZYX"``; a channel axis
+    is gone, the order is T, Z, Y, X); z_mode : how z was handled, ``"stitch"`` (2D
+    planes stitched into 3D instances), ``"planes"`` (one object per plane), ``"3d"`` (a
+    3D model), ``None`` without z; counts : cells in each frame (distinct ids) of a
+    movie, ``None`` without T; linked : whether ids were linked across frames.
     """
 
     probs: np.ndarray
@@ -60,6 +84,11 @@ class SegmentationResult:
     zoom: float = 1.0
     method: str = "map"
     post_params: dict[str, Any] | None = None
+    axes: str = "YX"
+    z_mode: str | None = None
+    counts: list[int] | None = None
+    linked: bool = False
+    stitch_threshold: float | None = None
 
 
 class Segmenter:
@@ -161,20 +190,31 @@ class Segmenter:
     def estimate_diameter(self, image: np.ndarray, **kwargs: Any) -> float | None:
         """Median nucleus diameter (px) in ``image``, measured with the model itself.
 
-        The model segments (MAP) the central part of the image (of a stack: its middle
-        plane) at the image's own scale; the median equivalent diameter of what it finds
+        The model segments (MAP) the central part of the image (of a stack or movie: up
+        to ``ESTIMATE_PLANES`` planes, at 1/4, 1/2 and 3/4 of it, the median of their
+        estimates) at the image's own scale; the median equivalent diameter of what it finds
         sets a zoom to the model's scale, and the measurement is repeated there (up to
         ``ESTIMATE_PASSES`` passes, until the zoom changes by less than 10 %), since the
         model is most accurate at its own scale. ``None`` when nothing is found or the model
         has no scale.
         """
-        from napari_cellfocus.core.postprocess import postprocess
-
         if self.model_diameter is None:
             return None
-        plane = np.asarray(image)
-        while plane.ndim > self.spatial_dims:
-            plane = plane[plane.shape[0] // 2]
+        arr = np.asarray(image)
+        lead = arr.shape[: max(0, arr.ndim - self.spatial_dims)]
+        if not lead:
+            return self._estimate_plane(arr, **kwargs)
+        flat = list(np.ndindex(*lead))
+        n = len(flat)
+        picks = sorted({n // 2, n // 4, (3 * n) // 4})[:ESTIMATE_PLANES]
+        found = [self._estimate_plane(arr[flat[i]], **kwargs) for i in picks]
+        found = [f for f in found if f is not None]
+        return float(np.median(found)) if found else None
+
+    def _estimate_plane(self, plane: np.ndarray, **kwargs: Any) -> float | None:
+        """:meth:`estimate_diameter` of one plane (or volume, for a 3D model)."""
+        from napari_cellfocus.core.postprocess import postprocess
+
         if self.spatial_dims == 2:
             crop = tuple(
                 slice(
@@ -279,12 +319,41 @@ class Segmenter:
                 params["min_size"] = min_size
         return method, params
 
+    def prepare(
+        self, image: np.ndarray, axes: str | None = None, channel: int | None = None
+    ) -> tuple[np.ndarray, str]:
+        """``image`` without its channel axis and in T, Z, Y, X order, and its axes.
+
+        ``axes`` : as :func:`core.axes.resolve_axes` (``None``: 2D -> YX, 3D -> ZYX, shapes
+        that may be channels refused); ``channel`` : index taken out of a ``C`` axis
+        (required when there is one with more than one channel). Raises ``ValueError``
+        naming the shape and the axes.
+        """
+        arr = np.asarray(image)
+        if axes is None and arr.ndim == 2:
+            axes_s = "YX"
+        else:
+            axes_s, _ = resolve_axes(arr.shape, axes)
+        arr, axes_s = select_channel(arr, axes_s, channel)
+        arr, axes_s = canonical(arr, axes_s)
+        if self.spatial_dims == 3 and "Z" not in axes_s and arr.ndim > 2:
+            raise ValueError(
+                f"a 3D model needs a Z axis; the image has shape {arr.shape}, axes {axes_s}."
+            )
+        return arr, axes_s
+
     def segment(
         self,
         image: np.ndarray,
         method: str | None = None,
         post_params: dict[str, Any] | None = None,
         diameter: float | str | None = "auto",
+        *,
+        axes: str | None = None,
+        channel: int | None = None,
+        z_mode: str = "stitch",
+        stitch_threshold: float = DEFAULT_STITCH_THRESHOLD,
+        link_frames: bool = False,
         **predict_kwargs: Any,
     ) -> SegmentationResult:
         """Predict and post-process.
@@ -292,21 +361,76 @@ class Segmenter:
         method : "map", "th" or "wt" (see core.postprocess); ``None``: the model's default.
         post_params : that method's parameters, over the model's stored ones.
         diameter : nucleus diameter in px, or "auto" (estimated; see :meth:`estimate_diameter`).
+        axes : e.g. "YX", "ZYX", "TYX", "CYX", "YXC", "TZYX" (see :meth:`prepare`);
+            ``None``: 2D is YX, 3D is ZYX unless its shape could be channels (refused).
+        channel : the channel to segment when ``axes`` has a C.
+        z_mode : for a 2D model on a volume: ``"stitch"`` (default; objects of successive
+            planes with IoU >= ``stitch_threshold`` become one 3D instance) or
+            ``"planes"`` (each plane on its own, labels unique across planes).
+        link_frames : for a movie (T): give a cell the same id in successive frames
+            (overlap IoU >= ``stitch_threshold``); otherwise ids are unique per frame.
 
-        For stacks / time series with a 2D model, each plane is post-processed on its own
-        and labels are made unique across planes.
+        Labels come back on the prepared image's grid (channel gone, T, Z, Y, X order:
+        ``result.axes``); a movie's ``result.counts`` holds the count of each frame.
         """
-        diam = self.resolve_diameter(image, diameter, **predict_kwargs)
-        probs = self.predict(image, diameter=diam, **predict_kwargs)
+        if z_mode not in Z_MODES:
+            raise ValueError(f"z_mode: expected one of {', '.join(Z_MODES)}, got {z_mode!r}.")
+        work, work_axes = self.prepare(image, axes, channel)
+        diam = self.resolve_diameter(work, diameter, **predict_kwargs)
+        probs = self.predict(work, diameter=diam, **predict_kwargs)
         method, params = self.post_settings(method, post_params, diam)
-        labels, count = postprocess_planes(probs, self.spatial_dims, method, params)
-        return SegmentationResult(probs, labels, count, diam, self.zoom_for(diam), method, params)
+        labels, count = postprocess_planes(
+            probs,
+            self.spatial_dims,
+            method,
+            params,
+            axes=work_axes,
+            z_mode=z_mode,
+            stitch_threshold=stitch_threshold,
+            link=link_frames,
+        )
+        used_z = None
+        if "Z" in work_axes:
+            used_z = "3d" if self.spatial_dims == 3 else z_mode
+        counts = None
+        if "T" in work_axes:
+            counts = [int(np.count_nonzero(np.unique(f))) for f in labels]
+        return SegmentationResult(
+            probs,
+            labels,
+            count,
+            diam,
+            self.zoom_for(diam),
+            method,
+            params,
+            axes=work_axes,
+            z_mode=used_z,
+            counts=counts,
+            linked=bool(link_frames and "T" in work_axes),
+            stitch_threshold=float(stitch_threshold) if used_z == "stitch" or counts else None,
+        )
 
 
 def postprocess_planes(
-    probs: np.ndarray, spatial_dims: int, method: str, params: dict[str, Any]
+    probs: np.ndarray,
+    spatial_dims: int,
+    method: str,
+    params: dict[str, Any],
+    *,
+    axes: str | None = None,
+    z_mode: str = "planes",
+    stitch_threshold: float = DEFAULT_STITCH_THRESHOLD,
+    link: bool = False,
 ) -> tuple[np.ndarray, int]:
-    """Post-process (C, *lead, *spatial) probabilities plane by plane; unique labels overall."""
+    """Post-process (C, *lead, *spatial) probabilities plane by plane; unique labels overall.
+
+    With ``axes`` (of ``probs.shape[1:]``, in T, Z, Y, X order, no C) and a 2D model:
+    ``z_mode="stitch"`` joins the planes of each volume (per frame) into 3D instances
+    (:func:`core.stitch.stitch_planes`), ``link=True`` links a movie's frames
+    (:func:`core.stitch.link_frames`), both at IoU ``>= stitch_threshold``. Without
+    ``axes`` (or with ``z_mode="planes"`` and no linking) every plane keeps its own
+    objects, as before. Returns ``(labels int32, count = labels.max())``.
+    """
     from napari_cellfocus.core.postprocess import postprocess
 
     lead = probs.shape[1 : probs.ndim - spatial_dims]
@@ -321,4 +445,25 @@ def postprocess_planes(
         plane_labels[plane_labels > 0] += total
         labels[idx] = plane_labels
         total += int(count)
-    return labels, total
+    if axes is None:
+        return labels, total
+    if len(axes) != labels.ndim or set(axes[: len(lead)]) - set("TZ"):
+        raise ValueError(f"axes {axes!r} do not fit labels of shape {labels.shape}.")
+    lead_axes = axes[: len(lead)]
+    if z_mode == "stitch" and "Z" in lead_axes:
+        if lead_axes == "Z":
+            labels = stitch_planes(labels, stitch_threshold)
+        elif lead_axes == "TZ":
+            offset = 0
+            for t in range(labels.shape[0]):
+                frame = stitch_planes(labels[t], stitch_threshold)
+                frame[frame > 0] += offset
+                offset = max(offset, int(frame.max()))
+                labels[t] = frame
+        else:
+            raise ValueError(f"axes {axes!r}: expected T before Z (T, Z, Y, X order).")
+    if link and "T" in lead_axes:
+        if lead_axes.index("T") != 0:
+            raise ValueError(f"axes {axes!r}: expected T first (T, Z, Y, X order).")
+        labels = link_frames(labels, stitch_threshold)
+    return labels, int(labels.max())

@@ -1,0 +1,138 @@
+"""``cellfocus predict`` on volumes, movies and multi-channel images (process runs, the
+built-in model, 64-80 px planes)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cellfocus.core.simulate import simulate_cells
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """``cellfocus ARGS`` in a new process, one CPU thread."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "napari_cellfocus.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def scene2d():
+    return simulate_cells(shape=(64, 64), radius=7, seed=3)
+
+
+def test_volume_is_stitched_by_default_and_planes_on_request(tmp_path):
+    """A simulated (12, 64, 64) volume (ImageJ metadata says ZYX): the default stitches
+    the planes into 3D objects (one counts row, fewer ids than plane by plane, close to
+    the true count) and says so; --z-mode planes gives a row per plane."""
+    scene = simulate_cells(shape=(12, 64, 64), radius=8, seed=2)
+    path = tmp_path / "in" / "vol.tif"
+    path.parent.mkdir()
+    tifffile.imwrite(path, scene.image, imagej=True, metadata={"axes": "ZYX"})
+    out = tmp_path / "stitch"
+    res = run("predict", str(path), "--out", str(out), "--diameter", "14", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert "axes ZYX" in res.stdout and "stitched across z" in res.stdout
+    stitched = tifffile.imread(out / "vol_labels.tif")
+    rows = read_rows(out / "counts.csv")
+    assert len(rows) == 1 and rows[0]["plane"] == "" and "frame" not in rows[0]
+    assert int(rows[0]["count"]) == stitched.max() == np.unique(stitched).size - 1
+    n_true = scene.labels.max()
+    assert abs(stitched.max() - n_true) <= max(3, 0.35 * n_true)
+
+    out2 = tmp_path / "planes"
+    res = run(
+        "predict", str(path), "--out", str(out2), "--diameter", "14", "--device", "cpu",
+        "--z-mode", "planes",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "plane by plane" in res.stdout
+    planes = tifffile.imread(out2 / "vol_labels.tif")
+    rows = read_rows(out2 / "counts.csv")
+    assert [r["plane"] for r in rows] == [str(z) for z in range(12)]
+    assert planes.max() > 2 * stitched.max()
+
+
+def test_movie_one_row_per_frame_and_linking(tmp_path, scene2d):
+    """A (3, 64, 64) movie of a scene shifted by 1 px per frame, --axes TYX --link:
+    counts.csv has frame 0, 1, 2, each the number of ids in that frame, and the cells
+    keep their ids (most ids are in all three frames)."""
+    movie = np.stack([np.roll(scene2d.image, t, axis=1) for t in range(3)])
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie, photometric="minisblack")
+    out = tmp_path / "out"
+    res = run(
+        "predict", str(path), "--out", str(out), "--axes", "TYX", "--link", "--table",
+        "--diameter", "14", "--device", "cpu",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "3 frames (linked" in res.stdout
+    labels = tifffile.imread(out / "movie_labels.tif")
+    rows = read_rows(out / "counts.csv")
+    assert list(rows[0]) == ["file", "frame", "plane", "count", "diameter_px"]
+    assert [r["frame"] for r in rows] == ["0", "1", "2"]
+    for t, row in enumerate(rows):
+        assert int(row["count"]) == np.unique(labels[t]).size - 1 > 0
+    in_all = set(np.unique(labels[0])) & set(np.unique(labels[1])) & set(np.unique(labels[2]))
+    assert len(in_all - {0}) >= 0.8 * (np.unique(labels[0]).size - 1)
+    table = read_rows(out / "movie_cells.csv")
+    assert table[0]["frame"] == "0" and len(table) == sum(int(r["count"]) for r in rows)
+
+
+def test_channels_need_a_channel(tmp_path, scene2d):
+    """A (2, 64, 64) image: without metadata refused as ambiguous (naming the shape and
+    --axes); with --axes CYX but no --channel refused naming the shape and the axes;
+    with --channel 1 the nuclear channel is segmented as the 2D image alone would be."""
+    cyx = np.stack([np.zeros_like(scene2d.image), scene2d.image])
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, cyx)
+    out = tmp_path / "out"
+    res = run("predict", str(path), "--out", str(out), "--device", "cpu")
+    assert res.returncode == 2
+    assert "(2, 64, 64)" in res.stderr and "--axes CYX" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = run("predict", str(path), "--out", str(out), "--axes", "CYX", "--device", "cpu")
+    assert res.returncode == 2
+    assert "(2, 64, 64)" in res.stderr and "CYX" in res.stderr and "--channel" in res.stderr
+    assert not out.exists() or not list(out.glob("*.tif"))
+
+    res = run(
+        "predict", str(path), "--out", str(out / "c1.tif"), "--axes", "CYX", "--channel", "1",
+        "--diameter", "14", "--device", "cpu",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    single = tmp_path / "single.tif"
+    tifffile.imwrite(single, scene2d.image)
+    res = run(
+        "predict", str(single), "--out", str(out / "s.tif"), "--diameter", "14", "--device", "cpu"
+    )
+    assert res.returncode == 0, res.stderr
+    c1 = tifffile.imread(out / "c1.tif")
+    assert c1.shape == (64, 64) and np.array_equal(c1, tifffile.imread(out / "s.tif"))
+
+
+def test_bad_axes_and_threshold_exit_2(tmp_path, scene2d):
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, scene2d.image)
+    res = run("predict", str(path), "--out", str(tmp_path / "o"), "--axes", "ZYX")
+    assert res.returncode == 2 and "(64, 64)" in res.stderr and "ZYX" in res.stderr
+    res = run("predict", str(path), "--out", str(tmp_path / "o"), "--stitch-threshold", "0")
+    assert res.returncode == 2 and "--stitch-threshold" in res.stderr
