@@ -1,0 +1,107 @@
+"""Segmenter on volumes (z stitching), movies (per-frame counts, linking) and channels,
+with the built-in 2D model on small simulated images (one CPU thread)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cellfocus.core.simulate import simulate_cells
+from napari_cellfocus.engine.segment import Segmenter, postprocess_planes
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return Segmenter("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scene2d():
+    return simulate_cells(shape=(64, 64), radius=7, seed=3)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return simulate_cells(shape=(12, 64, 64), radius=8, seed=2)
+
+
+def test_volume_stitched_vs_planes(seg, volume):
+    """Stitching gives far fewer ids than plane by plane, close to the true count; the
+    result says which mode was used; the planes mode is the old per-plane behaviour."""
+    st = seg.segment(volume.image, diameter=14)  # axes default: ZYX
+    pl = seg.segment(volume.image, diameter=14, z_mode="planes")
+    assert (st.axes, st.z_mode, pl.z_mode) == ("ZYX", "stitch", "planes")
+    assert st.labels.shape == volume.image.shape and st.labels.dtype == np.int32
+    n_true = int(volume.labels.max())
+    assert st.count == st.labels.max() == np.unique(st.labels).size - 1
+    assert pl.count > 2 * st.count
+    assert abs(st.count - n_true) <= max(3, 0.35 * n_true)
+    # the stitched objects are unions of the per-plane objects: same foreground
+    assert np.array_equal(st.labels > 0, pl.labels > 0)
+    old, _ = postprocess_planes(st.probs, 2, st.method, st.post_params)
+    assert np.array_equal(old, pl.labels)
+
+
+def test_movie_counts_and_linking(seg, scene2d):
+    movie = np.stack([np.roll(scene2d.image, t, axis=1) for t in range(3)])
+    res = seg.segment(movie, axes="TYX", diameter=14)
+    assert res.axes == "TYX" and res.z_mode is None and not res.linked
+    assert res.counts == [np.unique(f).size - 1 for f in res.labels]
+    assert res.count == sum(res.counts)  # unlinked: ids unique per frame
+    linked = seg.segment(movie, axes="TYX", diameter=14, link_frames=True)
+    assert linked.linked and linked.counts == res.counts
+    first = set(np.unique(linked.labels[0])) - {0}
+    kept = first & set(np.unique(linked.labels[1])) & set(np.unique(linked.labels[2]))
+    assert len(kept) >= 0.8 * len(first)
+    assert linked.count < 1.5 * res.counts[0]
+    # a frame shifted by 1 px: a cell's id sits at the shifted place
+    for lab in list(kept)[:5]:
+        ys, xs = np.nonzero(linked.labels[0] == lab)
+        hit = linked.labels[1, ys, (xs + 1) % 64]
+        assert np.mean(hit == lab) > 0.7
+
+
+def test_channels_need_a_channel(seg, scene2d):
+    cyx = np.stack([np.zeros_like(scene2d.image), scene2d.image])
+    with pytest.raises(ValueError, match=r"\(2, 64, 64\).*CYX.*channel"):
+        seg.segment(cyx, axes="CYX")
+    with pytest.raises(ValueError, match=r"\(2, 64, 64\).*--axes CYX"):
+        seg.segment(cyx)  # no axes: ambiguous, never guessed
+    alone = seg.segment(scene2d.image, diameter=14)
+    c1 = seg.segment(cyx, axes="CYX", channel=1, diameter=14)
+    assert c1.axes == "YX" and np.array_equal(c1.labels, alone.labels)
+    yxc = np.moveaxis(cyx, 0, -1)
+    assert np.array_equal(
+        seg.segment(yxc, axes="YXC", channel=1, diameter=14).labels, alone.labels
+    )
+
+
+def test_plain_2d_unchanged(seg, scene2d):
+    res = seg.segment(scene2d.image, diameter=14)
+    assert (res.axes, res.z_mode, res.counts, res.linked) == ("YX", None, None, False)
+    assert np.array_equal(seg.segment(scene2d.image, diameter=14, axes="YX").labels, res.labels)
+    with pytest.raises(ValueError, match="z_mode"):
+        seg.segment(scene2d.image, z_mode="3d")
+
+
+def test_tzyx_is_stitched_per_frame(seg, volume):
+    """Two frames of one volume: each frame stitched on its own (ids unique across frames
+    unless linked); linked, frame 1 has frame 0's ids."""
+    vol = volume.image[:6]
+    tz = np.stack([vol, vol])
+    res = seg.segment(tz, axes="TZYX", diameter=14)
+    one = seg.segment(vol, axes="ZYX", diameter=14)
+    assert res.axes == "TZYX" and res.z_mode == "stitch"
+    assert res.counts == [one.count, one.count] and res.count == 2 * one.count
+    linked = seg.segment(tz, axes="TZYX", diameter=14, link_frames=True)
+    assert linked.count == one.count and np.array_equal(linked.labels[0], linked.labels[1])
+    assert np.array_equal(linked.labels[0] > 0, one.labels > 0)
+
+
+def test_stack_diameter_estimated_on_several_planes(seg, scene2d):
+    """A movie of one scene repeated: the estimate equals the single image's."""
+    movie = np.stack([scene2d.image] * 4)
+    assert seg.estimate_diameter(movie) == pytest.approx(seg.estimate_diameter(scene2d.image))
