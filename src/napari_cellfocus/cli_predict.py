@@ -7,9 +7,13 @@ Outputs, for ``--out`` a folder (or a ``.tif`` file when one image is given):
 
 * ``NAME_labels.tif``: the instance labels (int32) of ``NAME.tif``;
 * ``counts.csv`` (``LABELS_counts.csv`` next to a single ``--out LABELS.tif``; ``--counts``
-  chooses): columns ``file, plane, count, diameter_px``, one row per image, or one row per
-  plane (``plane`` = its index) for a stack the model segments plane by plane; ``plane`` is
-  empty for a 2D image or a volume segmented as a whole;
+  chooses): columns ``file, plane, count, diameter_px`` (``file, frame, plane, ...`` when
+  an image of the run is a movie), one row per image, per frame of a movie (``frame`` =
+  its index) and per plane of a volume segmented with ``--z-mode planes`` (``plane`` = its
+  index); ``plane`` is empty for a 2D image or a volume stitched into 3D instances;
+
+Axes (``--axes``, else the TIFF's metadata, else YX / ZYX; see ``core.axes``) are found
+for every image before any is segmented, so an ambiguous shape fails at once.
 * with ``--table``, ``NAME_cells.csv``: one row per cell (label, area, centroid, mean
   intensity) from :func:`napari_cellfocus.core.measure.cell_table`;
 * with ``--overlay``, ``NAME_overlay.png``: the image with the cell outlines (one PNG per
