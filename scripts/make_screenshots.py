@@ -87,10 +87,49 @@ def worst_cell(gt: np.ndarray, pred: np.ndarray) -> int:
     return best
 
 
+def shoot_real(viewer, folder: Path, out: Path) -> None:
+    """Segment a 360 x 360 validation image of the built-in model (never trained on)."""
+    import ast
+
+    import tifffile
+
+    from napari_cellfocus.engine.checkpoint import default_model_path, load_checkpoint
+
+    _, info = load_checkpoint(default_model_path())
+    names = ast.literal_eval(
+        str(info.training.get("default_model", {}).get("validation_files", "[]"))
+    )
+    for name in names:
+        path = folder / "images" / f"{name}.tif"
+        if path.exists() and tifffile.imread(path).shape == (360, 360):
+            break
+    else:
+        print(f"no 360 x 360 validation image in {folder}: widget_segment_real.png skipped")
+        return
+    viewer.add_image(tifffile.imread(path), name="dsb 360px", colormap="gray")
+    _, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    seg.source.layers.set_layer(viewer.layers["dsb 360px"])
+    seg.run()
+    wait(lambda: seg.worker is None)
+    viewer.reset_view()
+    settle(0.6)
+    target = out / "widget_segment_real.png"
+    viewer.screenshot(str(target), canvas_only=False, flash=False)
+    print("wrote", target, f"({path.name}: {seg.status.text()})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     parser.add_argument("--steps", type=int, default=20, help="fine-tuning steps")
+    parser.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        help="a folder of real images (images/NAME.tif, e.g. ../shared/data/dsb2018-train): "
+        "also take widget_segment_real.png on a 360 x 360 image the built-in model did not "
+        "train on",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -218,8 +257,26 @@ def main(argv: list[str] | None = None) -> int:
     seg.run()
     shot("error")
 
+    # 7. Fuse: the simulated focus stack, fused with the default method ------------------
+    for layer in list(viewer.layers):
+        layer.visible = False
+    viewer.open_sample(PLUGIN, "focus_stack")
+    fuse = show("Fuse")
+    fuse.run()
+    wait(lambda: fuse.worker is None)
+    viewer.reset_view()
+    shot("fuse")
+
     print(f"model used: {model_used}; fine-tuned: {ft.state.model.name}")
     viewer.close()
+
+    # 8. Segment on a real image (held out from the built-in model's training), in a
+    # fresh viewer: the built-in model with its own defaults, as a new user has it ------
+    if args.real is not None:
+        viewer = napari.Viewer(show=True, title="napari-cellfocus")
+        viewer.window.resize(1500, 980)
+        shoot_real(viewer, args.real, args.out)
+        viewer.close()
     return 0
 
 
