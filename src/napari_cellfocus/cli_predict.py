@@ -205,9 +205,11 @@ def image_axes(path: Path, args: argparse.Namespace) -> str:
     except ValueError as err:
         raise CliError(f"{path}: {err}") from None
     if "C" in axes and args.channel is None and shape[axes.index("C")] > 1:
+        n = shape[axes.index("C")]
+        rgb = " (an RGB colour image?)" if axes.endswith("C") and n in (3, 4) else ""
         raise CliError(
-            f"{path}: shape {shape} with axes {axes} has {shape[axes.index('C')]} channels; "
-            f"choose the nuclear channel with --channel 0..{shape[axes.index('C')] - 1}."
+            f"{path}: shape {shape} with axes {axes} has {n} channels{rgb}; the model takes "
+            f"one grey channel: choose the nuclear channel with --channel 0..{n - 1}."
         )
     return axes
 
