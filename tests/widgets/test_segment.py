@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from widget_helpers import PLUGIN, dock, segment, wait_idle
+from widget_helpers import PLUGIN, dock, errors_since, n_records, segment, wait_idle
 
 from napari_cellfocus.engine.segment import Segmenter, postprocess_planes
 from napari_cellfocus.widgets._layers import labels_name, probability_name, role_of
@@ -122,8 +122,10 @@ def test_cancel_restores_previous_outputs(viewer, qtbot, tiny_model):
 
 def test_stack_and_channel_selection(make_napari_viewer, qtbot, tiny_model, scene):
     """A (2, Y, X) layer: with channel 'axis 0: channel 1' the second plane is segmented
-    as a 2D image (outputs are 2D, the channel axis' scale is dropped); with no channel
-    the two planes are a stack segmented plane by plane (labels unique across planes)."""
+    as a 2D image (outputs are 2D, the channel axis' scale is dropped). With no channel,
+    two planes whose axis label says nothing may be channels: Run refuses and asks; once
+    'z-stack: each plane on its own' is chosen the planes are segmented one by one
+    (labels unique across planes)."""
     viewer = make_napari_viewer()
     data = np.stack([np.zeros_like(scene.image), scene.image]).astype(np.uint16) * 200
     viewer.add_image(data, name="two", scale=(5.0, 0.5, 0.5))
@@ -138,6 +140,12 @@ def test_stack_and_channel_selection(make_napari_viewer, qtbot, tiny_model, scen
     assert tuple(labels.scale) == (0.5, 0.5)
     single = np.asarray(labels.data).copy()
     widget.source.set_channel(None)
+    start = n_records()
+    widget.run()
+    assert widget.worker is None
+    (message,) = errors_since(start)
+    assert "'two' has 2 planes" in message and "Channel" in message and "Stack" in message
+    widget.stack.setCurrentIndex(widget.stack.findText("z-stack: each plane on its own"))
     widget.run()
     wait_idle(qtbot, widget)
     stack = np.asarray(viewer.layers["two labels"].data)
@@ -199,3 +207,63 @@ def test_model_defaults_and_diameter_reach_the_widget(viewer, qtbot, tiny_model)
     given = Segmenter((model, info), device="cpu").segment(image, diameter=20.0)
     assert widget.diameter_label.text().startswith("20.0 px as given")
     np.testing.assert_array_equal(viewer.layers[labels_name("nuclei")].data, given.labels)
+
+
+def _volume(scene, planes: int = 6):
+    """A (Z, Y, X) volume: the scene repeated over ``planes`` planes (each nucleus spans
+    every plane), and its 3D ground truth."""
+    return np.stack([scene.image] * planes), np.stack([scene.labels] * planes)
+
+
+def test_z_stack_planes_are_joined_into_3d_cells(make_napari_viewer, qtbot, tiny_model, scene):
+    """A 6-plane z-stack labelled 'z': the Stack box offers 3D cells by default; the labels
+    are the per-plane labels joined across z (core.stitch.stitch_planes), the count is
+    that of one plane, not six times it, and the status says how the planes were used."""
+    from napari_cellfocus.core.postprocess import postprocess
+    from napari_cellfocus.core.stitch import stitch_planes
+
+    viewer = make_napari_viewer()
+    volume, _ = _volume(scene)
+    viewer.add_image(volume, name="vol", axis_labels=("z", "y", "x"))
+    widget = dock(viewer, "Segment")
+    widget.use_model(tiny_model, "tiny")
+    widget.source.set_source(viewer.layers["vol"])
+    assert widget.stack.currentText().startswith("z-stack: 3D cells")
+    widget.run()
+    wait_idle(qtbot, widget)
+    labels = np.asarray(viewer.layers["vol labels"].data)
+    probs = widget.state.result.probs
+    method, params = widget.state.post_method, widget.state.post_kwargs()
+    planes = np.stack([postprocess(probs[:, z], method=method, **params)[0] for z in range(6)])
+    offsets = np.cumsum([0] + [int(p.max()) for p in planes[:-1]])
+    planes = np.where(planes > 0, planes + offsets[:, None, None], 0).astype(np.int32)
+    np.testing.assert_array_equal(labels, stitch_planes(planes))
+    assert widget.state.count == int(labels.max()) == int(planes[0].max())
+    assert "3D cells" in widget.status.text()
+    # Tune re-labels the same way (3D cells), not plane by plane
+    tune = dock(viewer, "Tune")
+    tune.min_size.setValue(tune.min_size.value() + 1)
+    qtbot.waitUntil(lambda: tune.last_relabel_ms is not None, timeout=10_000)
+    wait_idle(qtbot, tune)
+    relabelled = np.asarray(viewer.layers["vol labels"].data)
+    assert int(relabelled.max()) <= int(planes[0].max())
+
+
+def test_time_series_keeps_ids_and_counts_each_frame(make_napari_viewer, qtbot, tiny_model, scene):
+    """A 3-frame movie labelled 't' (the scene shifted 1 px per frame): the default is
+    'each frame, ids kept'; a cell keeps its id from frame to frame, and the status gives
+    the cells per frame."""
+    viewer = make_napari_viewer()
+    movie = np.stack([np.roll(scene.image, t, axis=1) for t in range(3)])
+    viewer.add_image(movie, name="movie", axis_labels=("t", "y", "x"))
+    widget = dock(viewer, "Segment")
+    widget.use_model(tiny_model, "tiny")
+    widget.source.set_source(viewer.layers["movie"])
+    assert widget.stack.currentText() == "time series: each frame, ids kept across frames"
+    widget.run()
+    wait_idle(qtbot, widget)
+    labels = np.asarray(viewer.layers["movie labels"].data)
+    per_frame = [set(np.unique(frame)) - {0} for frame in labels]
+    assert len(per_frame[1] & per_frame[0]) >= 0.8 * len(per_frame[0])  # ids kept
+    counts = [len(ids) for ids in per_frame]
+    assert f"Per frame: {min(counts)}-{max(counts)} cells" in widget.status.text()

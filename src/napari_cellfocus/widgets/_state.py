@@ -77,6 +77,7 @@ class Segmentation:
     spatial_dims : 2 for a 2D model (leading axes are planes), 3 for a 3D model.
     scale, translate : of the output layers (the image layer's, channel axis dropped).
     generation : increases with every new probability map (stale results are dropped).
+    stack : how the planes of a 2D model became cells (z-stack joined, frames linked).
     """
 
     probs: np.ndarray
@@ -88,6 +89,8 @@ class Segmentation:
     translate: tuple[float, ...]
     model_name: str = ""
     generation: int = 0
+    #: How a 2D model's planes became cells (``widgets._stack.StackMode``), or None.
+    stack: Any = None
 
 
 class CellFocusState(QObject):

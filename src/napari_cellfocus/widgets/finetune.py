@@ -58,6 +58,7 @@ from napari_cellfocus.widgets._layers import (
 )
 from napari_cellfocus.widgets._plots import PlotCanvas
 from napari_cellfocus.widgets._progress import ProgressBar
+from napari_cellfocus.widgets._stack import stack_options
 from napari_cellfocus.widgets._state import Segmentation, get_state, unwrap
 from napari_cellfocus.widgets._workers import (
     EXPECTED_ERRORS,
@@ -180,7 +181,9 @@ def _preview(trainer: Any, job: dict[str, Any], step: int) -> Preview:
     from napari_cellfocus.engine.segment import postprocess_planes
 
     probs = _predict_planes(trainer, job, job["planes"])
-    labels, count = postprocess_planes(probs, 2, job["method"], job["params"])
+    labels, count = postprocess_planes(
+        probs, 2, job["method"], job["params"], **job.get("stack", {})
+    )
     return Preview(step, probs, labels, count)
 
 
@@ -210,7 +213,7 @@ def _starting_scores(trainer: Any, job: dict[str, Any]) -> dict:
     from napari_cellfocus.engine.segment import postprocess_planes
 
     probs = _predict_planes(trainer, job, job["annotated"])
-    labels, _ = postprocess_planes(probs, 2, job["method"], job["params"])
+    labels, _ = postprocess_planes(probs, 2, job["method"], job["params"], **job.get("stack", {}))
     return annotation_scores(job, labels)
 
 
@@ -575,6 +578,8 @@ class FinetuneWidget(QWidget):
             "template": template,
             "method": self.state.post_method,
             "params": self.state.post_kwargs(),
+            # a stack's planes become cells as in its segmentation (joined across z...)
+            "stack": stack_options(result.stack) if template is not None else {},
             "annotations": labels,
             "annotated": planes,
             "weak": weak,
@@ -599,6 +604,7 @@ class FinetuneWidget(QWidget):
             "layer": layer,
             "start_model": entry,
             "steps": int(settings["steps"]),
+            "stack_mode": result.stack if template is not None else None,
         }
 
     def start(self) -> None:
@@ -750,6 +756,7 @@ class FinetuneWidget(QWidget):
                     translate=source.translate,
                     model_name=name,
                     generation=self.state.new_generation(),
+                    stack=run["stack_mode"],
                 )
             )
         self.last_scores = {"before": result.before, "after": result.after}

@@ -50,6 +50,7 @@ from napari_cellfocus.widgets._layers import (
     snapshot_outputs,
 )
 from napari_cellfocus.widgets._progress import ProgressBar
+from napari_cellfocus.widgets._stack import StackChoice, StackMode, stack_options
 from napari_cellfocus.widgets._state import Segmentation, get_state, unwrap
 from napari_cellfocus.widgets._workers import Cancelled, Failed, start_job
 
@@ -74,6 +75,8 @@ class SegmentDone:
     diameter: float | None = None
     method: str = "map"
     params: dict[str, Any] | None = None
+    stack: StackMode | None = None
+    frame_counts: list[int] | None = None  # cells in each frame of a time series
 
 
 @dataclass
@@ -100,6 +103,7 @@ def segment_job(
     name: str,
     cancel: threading.Event,
     diameter: float | str | None = "auto",
+    stack: StackMode | None = None,
 ) -> Iterator[Any]:
     """Worker generator: yield the model (:class:`ModelReady`), the diameter
     (:class:`DiameterFound`), then every :class:`TileUpdate`; return labels at the end.
@@ -107,7 +111,8 @@ def segment_job(
     ``segmenter``: the model, or a function that loads it (called here, off the Qt
     thread; a model that cannot segment ``image`` returns :class:`Failed`).
     ``method=None``: the model's own post-processing defaults (with its size filter
-    relative to the diameter)."""
+    relative to the diameter). ``stack``: how a 2D model's planes become cells (z-stack
+    planes joined into 3D cells, frames linked; ``None``: each plane on its own)."""
     from napari_cellfocus.engine.segment import postprocess_planes
 
     start = time.perf_counter()
@@ -138,7 +143,14 @@ def segment_job(
             tiles.close()
         if update is None:
             return Failed(f"'{name}': nothing to segment (empty image).")
-        labels, count = postprocess_planes(update.probs, segmenter.spatial_dims, method, params)
+        if segmenter.spatial_dims != 2:
+            stack = None  # a 3D model makes 3D cells itself
+        labels, count = postprocess_planes(
+            update.probs, segmenter.spatial_dims, method, params, **stack_options(stack)
+        )
+        frames = None
+        if stack is not None and stack.axes.startswith("T"):
+            frames = [int(np.count_nonzero(np.unique(frame))) for frame in labels]
         return SegmentDone(
             update.probs,
             labels,
@@ -148,6 +160,8 @@ def segment_job(
             diam,
             method,
             params,
+            stack,
+            frames,
         )
     except (ValueError, MemoryError) as err:
         return Failed(str(err))
@@ -203,8 +217,10 @@ class SegmentWidget(QWidget):
         self._input = None
         self._segmenter: Segmenter | None = None
         self.last_diameter: float | None = None
+        self._stack: StackMode | None = None
 
         self.source = ImageSource(napari_viewer)
+        self.stack = StackChoice()
         self.model_combo = QComboBox()
         self.model_combo.setToolTip(
             "The segmentation model: the built-in default, a model file (.pt), "
@@ -256,6 +272,7 @@ class SegmentWidget(QWidget):
 
         form = QFormLayout()
         form.addRow(self.source)
+        form.addRow("Stack", self.stack)
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device_picker)
         form.addRow("Tile size", self.tile_spin)
@@ -282,6 +299,8 @@ class SegmentWidget(QWidget):
         self.state.models_changed.connect(self._fill_models)
         self.state.post_changed.connect(self._show_post)
         self.state.count_changed.connect(self._show_count)
+        self.source.changed.connect(self._source_changed)
+        self._source_changed()
 
     # ------------------------------------------------------------------ model / device
     def _fill_models(self) -> None:
@@ -351,6 +370,9 @@ class SegmentWidget(QWidget):
         value = float(self.diameter_spin.value())
         return "auto" if value <= 0 else value
 
+    def _source_changed(self) -> None:
+        self.stack.update_for(self.source.layers.layer(), self.source.selected_channel())
+
     def _show_count(self, count: int) -> None:
         self.count_label.setText(f"Cells: {count}")
 
@@ -368,6 +390,10 @@ class SegmentWidget(QWidget):
                 "Choose 'Load model file…' under Model, or train one in 'Correct and fine-tune'."
             )
         image = check_image(source.data, name=source.layer.name, ndim=range(2, 6))
+        stack = self.stack.mode(source.layer.name)
+        if stack is not None and len(stack.axes) != image.ndim - 2:
+            stack = None  # the Stack box has not caught up with a changed layer
+        self._stack = stack
         self._input = source
 
         def load() -> Segmenter:
@@ -410,6 +436,7 @@ class SegmentWidget(QWidget):
             self.state.post_kwargs() if self.state.post_user_set else None,
             self._input.layer.name,
             diameter=self.diameter,
+            stack=self._stack,
             yielded=self._on_tile,
             returned=self._on_done,
             finished=self._on_finished,
@@ -512,13 +539,22 @@ class SegmentWidget(QWidget):
                 scale=src.scale,
                 translate=src.translate,
                 model_name=self._model_name,
+                stack=result.stack,
                 generation=self.state.new_generation(),
             )
         )
+        how = f" ({result.stack.text})" if result.stack is not None else ""
+        per_frame = ""
+        if result.frame_counts:
+            counts = result.frame_counts
+            per_frame = (
+                f" Per frame: {min(counts)}-{max(counts)} cells "
+                f"(mean {np.mean(counts):.1f}, {len(counts)} frames)."
+            )
         self.status.setText(
-            f"{result.count} cells in '{src.layer.name}': {result.tiles} tile(s) in "
+            f"{result.count} cells in '{src.layer.name}'{how}: {result.tiles} tile(s) in "
             f"{result.seconds:.1f} s on {self._segmenter.device_name} "
-            f"with {self._model_name}."
+            f"with {self._model_name}.{per_frame}"
         )
 
     def _on_finished(self) -> None:

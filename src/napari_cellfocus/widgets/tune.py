@@ -44,6 +44,7 @@ from napari_cellfocus.widgets._inputs import LayerCombo
 from napari_cellfocus.widgets._layers import put_labels, role_of
 from napari_cellfocus.widgets._plots import PlotCanvas
 from napari_cellfocus.widgets._progress import ProgressBar
+from napari_cellfocus.widgets._stack import stack_options
 from napari_cellfocus.widgets._state import METHOD_PARAMS, get_state, unwrap
 from napari_cellfocus.widgets._workers import Cancelled, Failed, start_job
 
@@ -86,13 +87,15 @@ def relabel_job(
     params: dict[str, Any],
     generation: int,
     cancel: threading.Event,
+    **stack: Any,
 ) -> Relabelled | Failed:
-    """Worker function: post-process cached probabilities (no model involved)."""
+    """Worker function: post-process cached probabilities (no model involved); ``stack``:
+    ``postprocess_planes``' axes / z_mode / link of the segmentation (see Segment)."""
     from napari_cellfocus.engine.segment import postprocess_planes
 
     start = time.perf_counter()
     try:
-        labels, count = postprocess_planes(probs, spatial_dims, method, params)
+        labels, count = postprocess_planes(probs, spatial_dims, method, params, **stack)
     except ValueError as err:
         return Failed(str(err))
     return Relabelled(labels, count, 1000 * (time.perf_counter() - start), generation)
@@ -381,6 +384,7 @@ class TuneWidget(QWidget):
             result.generation,
             returned=self._relabelled,
             finished=self._relabel_finished,
+            **stack_options(result.stack if result.spatial_dims == 2 else None),
         )
 
     def _relabelled(self, out: Any) -> None:
