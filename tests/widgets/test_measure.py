@@ -190,3 +190,74 @@ def test_clicking_a_row_of_a_stack_goes_to_its_plane(make_napari_viewer, qtbot):
     np.testing.assert_allclose(camera_of(viewer).center[-2:], (20.5, 30.5))
     _click_row(qtbot, widget.cells_table, 0)
     assert layer.selected_label == 2 and viewer.dims.current_step[0] == 0
+
+
+def _movie_pair():
+    """A 3-frame (T, Y, X) movie of two 4 x 4 squares: ground truth with the same two ids
+    in every frame; the prediction finds both in frames 0 and 2 and splits the second
+    square in frame 1 into two 4 x 2 halves (IoU 0.5 each: no match)."""
+    gt = np.zeros((3, 20, 20), np.int32)
+    gt[:, 2:6, 2:6] = 1
+    gt[:, 10:14, 10:14] = 2
+    pred = gt.copy()
+    pred[1, 10:14, 12:14] = 3
+    return gt, pred
+
+
+def test_frame_table_and_frame_metrics_by_hand():
+    """Rows per cell and frame; per-frame matching: frames 0 and 2 have TP 2, frame 1
+    TP 1, FP 2 (the halves), FN 1. Pooled: TP 5, FP 2, FN 1, F1 = 5 / (5 + 1.5) = 10/13."""
+    from napari_cellfocus.core.measure import frame_counts, frame_table
+    from napari_cellfocus.core.metrics import evaluate_frames
+
+    gt, pred = _movie_pair()
+    table = frame_table(pred)
+    assert list(table)[:3] == ["frame", "label", "area"]
+    np.testing.assert_array_equal(table["frame"], [0, 0, 1, 1, 1, 2, 2])
+    np.testing.assert_array_equal(table["area"], [16, 16, 16, 8, 8, 16, 16])
+    assert frame_counts(pred) == [2, 3, 2]
+    scores = evaluate_frames(gt, pred)
+    assert [f["tp"] for f in scores["frames"]] == [2, 1, 2]
+    pooled = scores["pooled"]
+    assert (pooled["tp"], pooled["fp"], pooled["fn"]) == (5, 2, 1)
+    assert pooled["f1"] == pytest.approx(10 / 13)
+
+
+def test_time_series_is_measured_frame_by_frame(make_napari_viewer, qtbot, tmp_path):
+    """Labels whose first axis is labelled 't': a frame column, the pooled per-frame
+    metrics (not those of one 3D volume), the cells-per-frame plot, boxes per frame, a
+    per-frame metrics CSV, and a row click moves the time slider to the cell's frame."""
+    from napari_cellfocus.core.metrics import evaluate_frames
+
+    gt, pred = _movie_pair()
+    viewer = make_napari_viewer()
+    viewer.add_labels(pred, name="pred", axis_labels=("t", "y", "x"))
+    viewer.add_labels(gt, name="truth")
+    widget = dock(viewer, "Measure")
+    widget.labels.set_layer(viewer.layers["pred"])
+    widget.gt.set_layer(viewer.layers["truth"])
+    widget.boxes_check.setChecked(True)
+    assert widget.is_time_series(viewer.layers["pred"])
+    widget.measure()
+    wait_idle(qtbot, widget)
+    out = widget.result
+    assert out.frames and out.counts == [2, 3, 2]
+    assert out.metrics == evaluate_frames(gt, pred)["pooled"]
+    assert not widget.frames_plot.isHidden()  # shown for a time series only
+    assert widget.frames_plot.line_data() == [([0.0, 1.0, 2.0], [2.0, 3.0, 2.0])]
+    assert "Cells per frame: 2-3" in widget.count_label.text()
+    boxes = viewer.layers[BOXES_NAME]
+    assert len(boxes.data) == 7 + 1  # 5 TP + 2 FP rectangles, 1 FN
+    assert {float(r[0, 0]) for r in boxes.data} == {0.0, 1.0, 2.0}
+    written = widget.export_csv(tmp_path / "cells.csv")
+    assert [p.name for p in written] == [
+        "cells.csv",
+        "cells_metrics.csv",
+        "cells_metrics_per_frame.csv",
+    ]
+    with open(tmp_path / "cells_metrics_per_frame.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["tp"]) for r in rows] == [2, 1, 2]
+    row = int(np.flatnonzero(out.table["frame"] == 2)[0])
+    assert widget.go_to_cell(row)
+    assert viewer.dims.point[0] == pytest.approx(2.0)

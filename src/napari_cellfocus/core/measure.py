@@ -59,6 +59,51 @@ def cell_table(labels: np.ndarray, intensity: np.ndarray | None = None) -> dict[
     return table
 
 
+def frame_table(labels: np.ndarray, intensity: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """:func:`cell_table` of each frame of a time series, one row per cell *and frame*.
+
+    ``labels``: (T, Y, X) or (T, Z, Y, X); ``intensity`` of the same shape or None.
+    Columns: ``frame`` first, then those of :func:`cell_table` for one frame
+    (``centroid_y``, ``centroid_x``, ...). A cell whose id is kept across frames (linked)
+    has one row in each frame it is in.
+    """
+    lab = check_labels(labels, name="labels", ndim=(3, 4))
+    if intensity is not None:
+        check_same_shape(lab, intensity, "labels", "intensity image")
+    tables = [
+        cell_table(lab[t], None if intensity is None else intensity[t])
+        for t in range(lab.shape[0])
+    ]
+    names = ["frame", *tables[0]]
+    out: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for t, table in enumerate(tables):
+        n = len(table["label"])
+        out["frame"].append(np.full(n, t, np.int64))
+        for name in names[1:]:
+            out[name].append(table[name])
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def frame_counts(labels: np.ndarray) -> list[int]:
+    """Number of objects in each frame of (T, ...) labels."""
+    lab = np.asarray(labels)
+    return [int(np.count_nonzero(np.unique(frame))) for frame in lab]
+
+
+def frame_boxes(gt: np.ndarray, pred: np.ndarray, iou_threshold: float) -> tuple[list, list]:
+    """:func:`match_boxes` frame by frame (matching within each frame), the frame index
+    added in front of every corner: rectangles in (T, [Z,] Y, X) coordinates."""
+    from napari_cellfocus.core.metrics import match_instances
+
+    shapes: list[np.ndarray] = []
+    status: list[str] = []
+    for t in range(gt.shape[0]):
+        rects, kinds = match_boxes(gt[t], pred[t], match_instances(gt[t], pred[t], iou_threshold))
+        shapes += [np.column_stack([np.full(len(r), float(t)), r]) for r in rects]
+        status += kinds
+    return shapes, status
+
+
 def _box(sl: tuple[slice, ...]) -> np.ndarray:
     """Rectangle (4, ndim) around a bounding-box slice, on the object's first plane."""
     lead = [float(s.start) for s in sl[:-2]]

@@ -823,3 +823,16 @@ def score_on_annotations(
         touching = touching[touching > 0]
         pred = np.where(np.isin(pred, touching), pred, 0)
     return evaluate(annotations, pred, iou_threshold=iou_threshold)
+
+
+def evaluate_frames(gt: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) -> dict:
+    """Scores of a time series frame by frame: ``{"frames": [evaluate of frame t, ...],
+    "pooled": pool_scores of them}``. Objects are matched within each frame only (an id
+    kept across frames is one object per frame), as a movie is judged."""
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt has shape {gt.shape} but pred has shape {pred.shape}")
+    if gt.ndim < 3:
+        raise ValueError(f"expected (T, Y, X) or (T, Z, Y, X) labels, got shape {gt.shape}")
+    frames = [evaluate(gt[t], pred[t], iou_threshold=iou_threshold) for t in range(gt.shape[0])]
+    return {"frames": frames, "pooled": pool_scores(frames)}

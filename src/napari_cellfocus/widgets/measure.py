@@ -7,6 +7,11 @@ IoU exceeds the threshold) and, optionally, a Shapes layer of bounding boxes:
 green = true positive, red = false positive, yellow = false negative (missed).
 Clicking a row of the cell table selects that cell in the labels layer
 (``selected_label``) and centres the view on it (for stacks, on its plane).
+
+A time series (the labels of a Segment run with a "time series" Stack mode, or a layer
+whose first axis label is ``t``/``time``) is measured frame by frame: a ``frame``
+column, cells matched within each frame, metrics pooled over the frames (and per frame
+in the CSV), and a plot of the cells per frame.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ from qtpy.QtWidgets import (
 from napari_cellfocus.core.measure import (
     BOX_COLOURS,
     cell_table,
+    frame_boxes,
+    frame_counts,
+    frame_table,
     match_boxes,
     write_csv,
     write_metrics_csv,
@@ -51,7 +59,10 @@ from napari_cellfocus.widgets._layers import (
     own_labels,
     remove_own,
     role_of,
+    source_of,
 )
+from napari_cellfocus.widgets._plots import PlotCanvas
+from napari_cellfocus.widgets._stack import lead_axes_of
 from napari_cellfocus.widgets._state import get_state, unwrap
 from napari_cellfocus.widgets._workers import Failed, start_job
 
@@ -73,6 +84,10 @@ class Measured:
     labels_name: str
     scale: tuple[float, ...]
     translate: tuple[float, ...]
+    #: A time series measured frame by frame: per-frame counts and metrics.
+    frames: bool = False
+    counts: list[int] | None = None
+    frame_metrics: list[dict[str, Any]] | None = None
 
 
 def measure_job(
@@ -85,22 +100,46 @@ def measure_job(
     scale: tuple[float, ...],
     translate: tuple[float, ...],
     cancel: threading.Event,
+    frames: bool = False,
 ) -> Measured | Failed:
-    """Worker function: the table, the metrics and the boxes."""
-    from napari_cellfocus.core.metrics import evaluate, match_instances
+    """Worker function: the table, the metrics and the boxes. ``frames``: the first
+    axis is time: rows, counts, metrics and boxes frame by frame (matching within each
+    frame), the metrics pooled over the frames."""
+    from napari_cellfocus.core.metrics import evaluate, evaluate_frames, match_instances
 
     try:
-        table = cell_table(labels, intensity)
+        counts = frame_metrics = None
         metrics = shapes = status = None
-        if gt is not None:
-            metrics = evaluate(gt, labels, iou_threshold=iou_threshold)
-            if want_boxes:
-                shapes, status = match_boxes(
-                    gt, labels, match_instances(gt, labels, iou_threshold)
-                )
+        if frames:
+            table = frame_table(labels, intensity)
+            counts = frame_counts(labels)
+            if gt is not None:
+                scores = evaluate_frames(gt, labels, iou_threshold=iou_threshold)
+                metrics, frame_metrics = scores["pooled"], scores["frames"]
+                if want_boxes:
+                    shapes, status = frame_boxes(gt, labels, iou_threshold)
+        else:
+            table = cell_table(labels, intensity)
+            if gt is not None:
+                metrics = evaluate(gt, labels, iou_threshold=iou_threshold)
+                if want_boxes:
+                    shapes, status = match_boxes(
+                        gt, labels, match_instances(gt, labels, iou_threshold)
+                    )
     except ValueError as err:
         return Failed(str(err))
-    return Measured(table, metrics, shapes or [], status or [], labels_name, scale, translate)
+    return Measured(
+        table,
+        metrics,
+        shapes or [],
+        status or [],
+        labels_name,
+        scale,
+        translate,
+        frames,
+        counts,
+        frame_metrics,
+    )
 
 
 def camera_of(viewer: napari.Viewer) -> Any:
@@ -164,6 +203,8 @@ class MeasureWidget(QWidget):
         self.cells_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.cells_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.cells_table.setToolTip("Click a cell to select it in the labels and go to it.")
+        self.frames_plot = PlotCanvas("cells per frame", "frame", "cells")
+        self.frames_plot.setVisible(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -184,6 +225,7 @@ class MeasureWidget(QWidget):
         layout.addWidget(self.metrics_table)
         layout.addWidget(QLabel("Cells"))
         layout.addWidget(self.cells_table, 1)
+        layout.addWidget(self.frames_plot)
         layout.addWidget(self.status)
 
         self.measure_button.clicked.connect(self.measure)
@@ -258,6 +300,18 @@ class MeasureWidget(QWidget):
             show_info("Boxes need a ground-truth layer; measuring without them.")
         return layer, labels, intensity, gt
 
+    def is_time_series(self, layer: Any) -> bool:
+        """Whether the labels ``layer`` is a time series (first axis = frames): the
+        segmentation it came from says so, or its first axis label is t / time."""
+        if layer.ndim < 3:
+            return False
+        result = self.state.result
+        stack = getattr(result, "stack", None)
+        if result is not None and stack is not None and source_of(layer) == result.layer_name:
+            return stack.axes.startswith("T")
+        _, names = lead_axes_of(layer, None)
+        return bool(names) and (names[0] in ("t", "time", "frame") or names[0].startswith("time"))
+
     def measure(self) -> None:
         """Compute the table (and metrics); shows an error and changes nothing on bad input."""
         if self.worker is not None:
@@ -282,6 +336,7 @@ class MeasureWidget(QWidget):
             tuple(layer.translate),
             returned=self._measured,
             finished=self._finished,
+            frames=self.is_time_series(layer),
         )
 
     def _measured(self, out: Any) -> None:
@@ -310,10 +365,22 @@ class MeasureWidget(QWidget):
             )
         self.export_button.setEnabled(True)
         text = f"{n} cells in '{out.labels_name}'"
+        self.frames_plot.setVisible(bool(out.frames))
+        if out.frames and out.counts:
+            counts = out.counts
+            self.count_label.setText(
+                f"Cells per frame: {min(counts)}-{max(counts)} (mean {np.mean(counts):.1f})"
+            )
+            self.frames_plot.plot_lines([(list(range(len(counts))), counts, "")])
+            text = (
+                f"{len(counts)} frames of '{out.labels_name}', {min(counts)}-{max(counts)} "
+                "cells per frame (a row per cell and frame)"
+            )
         if out.metrics is not None:
             m = out.metrics
+            pooled = " pooled over the frames" if out.frames else ""
             text += (
-                f"; F1 {m['f1']:.3f} against ground truth "
+                f"; F1 {m['f1']:.3f}{pooled} against ground truth "
                 f"(TP {m['tp']}, FP {m['fp']}, FN {m['fn']})"
             )
         self.status.setText(text + ".")
@@ -334,7 +401,8 @@ class MeasureWidget(QWidget):
         for row in range(shown):
             for col, name in enumerate(names):
                 value = table[name][row]
-                text = str(int(value)) if name in ("label", "area") else f"{float(value):.2f}"
+                integer = name in ("label", "area", "frame")
+                text = str(int(value)) if integer else f"{float(value):.2f}"
                 self.cells_table.setItem(row, col, QTableWidgetItem(text))
         self.cells_table.setCurrentCell(-1, -1)
         self.cells_table.blockSignals(False)
@@ -372,6 +440,8 @@ class MeasureWidget(QWidget):
             self.viewer.layers[out.labels_name] if out.labels_name in self.viewer.layers else None
         )
         columns = [name for name in out.table if name.startswith("centroid_")]
+        if "frame" in out.table:  # a time series: the frame, then the centroid in it
+            columns = ["frame", *columns]
         if not isinstance(layer, Labels) or layer.ndim != len(columns):
             return False
         point = np.array([float(out.table[name][row]) for name in columns])
@@ -404,6 +474,12 @@ class MeasureWidget(QWidget):
             if self.result.metrics is not None:
                 metrics_path = path.with_name(f"{path.stem}_metrics.csv")
                 written.append(write_metrics_csv(metrics_path, self.result.metrics))
+            if self.result.frame_metrics:
+                rows = self.result.frame_metrics
+                per_frame = {"frame": np.arange(len(rows))}
+                per_frame.update({k: np.array([r[k] for r in rows]) for k in rows[0]})
+                frames_path = path.with_name(f"{path.stem}_metrics_per_frame.csv")
+                written.append(write_csv(frames_path, per_frame))
         except OSError as err:
             show_error(f"Could not write {path}: {err}")
             return []
