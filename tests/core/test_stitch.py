@@ -93,3 +93,26 @@ def test_bad_input():
         stitch_planes(np.zeros((2, 4, 4), np.int32), 0)
     with pytest.raises(ValueError, match="Z, Y, X"):
         stitch_planes(np.zeros((4, 4), np.int32))
+
+
+def test_trim_z_cuts_the_dim_out_of_focus_planes_by_hand():
+    """One object through 5 planes whose mean intensity above the background is
+    10, 50, 100, 70, 20 (the background, 5th percentile, is 0: the pixel (0, 0) of every
+    plane). With fraction 0.6 the planes of 100 and 70 stay (>= 60); 0.5 keeps 50 too; 0
+    keeps all. A second object, as bright in its only plane, is untouched."""
+    from napari_cellfocus.core.stitch import trim_z
+
+    lab = np.zeros((5, 6, 6), np.int32)
+    lab[:, 1:3, 1:3] = 1
+    lab[4, 4:6, 4:6] = 2
+    img = np.zeros((5, 6, 6))
+    for z, value in enumerate([10, 50, 100, 70, 20]):
+        img[z, 1:3, 1:3] = value
+    img[4, 4:6, 4:6] = 5.0
+    kept = lambda out: [int((out[z] == 1).any()) for z in range(5)]  # noqa: E731
+    assert kept(trim_z(lab, img, 0.6)) == [0, 0, 1, 1, 0]
+    assert kept(trim_z(lab, img, 0.5)) == [0, 1, 1, 1, 0]
+    assert kept(trim_z(lab, img, 0.0)) == [1, 1, 1, 1, 1]
+    assert (trim_z(lab, img, 0.6) == 2).sum() == 4
+    with pytest.raises(ValueError, match="same shape"):
+        trim_z(lab, img[:4], 0.6)

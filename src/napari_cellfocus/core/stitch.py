@@ -22,11 +22,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DEFAULT_STITCH_THRESHOLD", "link_frames", "match_by_overlap", "stitch_planes"]
+__all__ = [
+    "DEFAULT_STITCH_THRESHOLD",
+    "DEFAULT_Z_TRIM",
+    "link_frames",
+    "match_by_overlap",
+    "stitch_planes",
+    "trim_z",
+]
 
 #: Default IoU an object must share with its partner of the previous plane / frame.
 DEFAULT_STITCH_THRESHOLD = 0.25
 _TOL = 1e-9
+#: Planes of a stitched object dimmer than this share of its brightest plane are cut.
+DEFAULT_Z_TRIM = 0.6
 
 
 def _check_threshold(threshold: float) -> float:
@@ -145,3 +154,53 @@ def link_frames(labels: np.ndarray, threshold: float = DEFAULT_STITCH_THRESHOLD)
     if arr.ndim < 3:
         raise ValueError(f"link_frames: expected (T, Y, X) or (T, Z, Y, X), got {arr.shape}.")
     return _chain(arr, threshold)
+
+
+def trim_z(
+    labels: np.ndarray,
+    image: np.ndarray,
+    fraction: float = DEFAULT_Z_TRIM,
+    background_percentile: float = 5.0,
+) -> np.ndarray:
+    """Cut each 3D object of a stitched (Z, Y, X) volume to the planes where it is bright.
+
+    Along z a microscope blurs more than in the plane, so a 2D model also finds a
+    nucleus in the planes above and below it, in its out-of-focus light, and the
+    stitched object comes out too long in z (on simulated volumes 10 planes for 7; the
+    3D IoU with the true nucleus then falls under 0.5). The mean intensity of the object
+    in each plane, above the image's background (its ``background_percentile``), peaks
+    where the nucleus is in focus and falls off in the out-of-focus planes; planes where
+    it is below ``fraction`` of the object's brightest plane are removed from the
+    object (a full-width-at-``fraction``-maximum cut of its axial profile). The
+    brightest plane always stays, so no object disappears; ids are kept.
+
+    ``labels`` : int (Z, Y, X) 3D instances; ``image`` : the (Z, Y, X) grey image they
+    were segmented from; ``fraction`` in [0, 1] (0 keeps everything).
+    """
+    lab = np.asarray(labels)
+    img = np.asarray(image, dtype=np.float64)
+    if lab.ndim != 3 or img.shape != lab.shape:
+        raise ValueError(
+            f"trim_z: expected (Z, Y, X) labels and an image of the same shape, got "
+            f"{lab.shape} and {img.shape}."
+        )
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"trim_z: fraction must lie in [0, 1], got {fraction}.")
+    fg = lab > 0
+    if fraction == 0.0 or not fg.any():
+        return lab.copy()
+    n_planes = lab.shape[0]
+    z = np.broadcast_to(np.arange(n_planes)[:, None, None], lab.shape)[fg]
+    ids = lab[fg].astype(np.int64)
+    key = ids * n_planes + z
+    size = (int(ids.max()) + 1) * n_planes
+    signal = img[fg] - np.percentile(img, background_percentile)
+    sums = np.bincount(key, weights=signal, minlength=size).reshape(-1, n_planes)
+    counts = np.bincount(key, minlength=size).reshape(-1, n_planes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), -np.inf)
+    peak = means.max(axis=1, keepdims=True)
+    keep = (means >= fraction * peak) | (means == peak)
+    out = lab.copy()
+    out[fg] = np.where(keep[ids, z], ids, 0)
+    return out

@@ -47,7 +47,13 @@ from napari_cellfocus.core.size import (
     zoom_for,
 )
 from napari_cellfocus.core.size import resize as resize_array
-from napari_cellfocus.core.stitch import DEFAULT_STITCH_THRESHOLD, link_frames, stitch_planes
+from napari_cellfocus.core.stitch import (
+    DEFAULT_STITCH_THRESHOLD,
+    DEFAULT_Z_TRIM,
+    link_frames,
+    stitch_planes,
+    trim_z,
+)
 from napari_cellfocus.engine.checkpoint import ModelInfo, load_checkpoint, resolve_model_path
 from napari_cellfocus.engine.device import describe_device, select_device
 from napari_cellfocus.engine.predict import TileUpdate, iter_predict, predict_probabilities
@@ -74,7 +80,9 @@ class SegmentationResult:
     is gone, the order is T, Z, Y, X); z_mode : how z was handled, ``"stitch"`` (2D
     planes stitched into 3D instances), ``"planes"`` (one object per plane), ``"3d"`` (a
     3D model), ``None`` without z; counts : cells in each frame (distinct ids) of a
-    movie, ``None`` without T; linked : whether ids were linked across frames.
+    movie, ``None`` without T; linked : whether ids were linked across frames;
+    z_trim : the share of its brightest plane a stitched cell's planes had to reach
+    (:func:`core.stitch.trim_z`), ``None`` when no cut was made.
     """
 
     probs: np.ndarray
@@ -89,6 +97,7 @@ class SegmentationResult:
     counts: list[int] | None = None
     linked: bool = False
     stitch_threshold: float | None = None
+    z_trim: float | None = None
 
 
 class Segmenter:
@@ -354,6 +363,7 @@ class Segmenter:
         z_mode: str = "stitch",
         stitch_threshold: float = DEFAULT_STITCH_THRESHOLD,
         link_frames: bool = False,
+        z_trim: float | None = DEFAULT_Z_TRIM,
         **predict_kwargs: Any,
     ) -> SegmentationResult:
         """Predict and post-process.
@@ -369,6 +379,9 @@ class Segmenter:
             ``"planes"`` (each plane on its own, labels unique across planes).
         link_frames : for a movie (T): give a cell the same id in successive frames
             (overlap IoU >= ``stitch_threshold``); otherwise ids are unique per frame.
+        z_trim : with stitching, cut each 3D cell to the planes where it is at least this
+            share as bright as in its brightest plane (the out-of-focus planes above and
+            below a nucleus, :func:`core.stitch.trim_z`); ``None`` or 0: no cut.
 
         Labels come back on the prepared image's grid (channel gone, T, Z, Y, X order:
         ``result.axes``); a movie's ``result.counts`` holds the count of each frame.
@@ -388,6 +401,8 @@ class Segmenter:
             z_mode=z_mode,
             stitch_threshold=stitch_threshold,
             link=link_frames,
+            image=work if z_trim else None,
+            z_trim=z_trim,
         )
         used_z = None
         if "Z" in work_axes:
@@ -408,6 +423,7 @@ class Segmenter:
             counts=counts,
             linked=bool(link_frames and "T" in work_axes),
             stitch_threshold=float(stitch_threshold) if used_z == "stitch" or counts else None,
+            z_trim=float(z_trim) if used_z == "stitch" and z_trim else None,
         )
 
 
@@ -421,6 +437,8 @@ def postprocess_planes(
     z_mode: str = "planes",
     stitch_threshold: float = DEFAULT_STITCH_THRESHOLD,
     link: bool = False,
+    image: np.ndarray | None = None,
+    z_trim: float | None = None,
 ) -> tuple[np.ndarray, int]:
     """Post-process (C, *lead, *spatial) probabilities plane by plane; unique labels overall.
 
@@ -429,7 +447,10 @@ def postprocess_planes(
     (:func:`core.stitch.stitch_planes`), ``link=True`` links a movie's frames
     (:func:`core.stitch.link_frames`), both at IoU ``>= stitch_threshold``. Without
     ``axes`` (or with ``z_mode="planes"`` and no linking) every plane keeps its own
-    objects, as before. Returns ``(labels int32, count = labels.max())``.
+    objects, as before. With ``image`` (the grey image, shape ``probs.shape[1:]``) and
+    ``z_trim``, each stitched 3D object is cut to the planes where it is at least
+    ``z_trim`` as bright as in its brightest one (:func:`core.stitch.trim_z`).
+    Returns ``(labels int32, count = labels.max())``.
     """
     from napari_cellfocus.core.postprocess import postprocess
 
@@ -450,13 +471,20 @@ def postprocess_planes(
     if len(axes) != labels.ndim or set(axes[: len(lead)]) - set("TZ"):
         raise ValueError(f"axes {axes!r} do not fit labels of shape {labels.shape}.")
     lead_axes = axes[: len(lead)]
+    trim = bool(z_trim) and image is not None
+    if trim and np.shape(image) != labels.shape:
+        raise ValueError(f"image of shape {np.shape(image)} for labels {labels.shape}.")
     if z_mode == "stitch" and "Z" in lead_axes:
         if lead_axes == "Z":
             labels = stitch_planes(labels, stitch_threshold)
+            if trim:
+                labels = trim_z(labels, image, z_trim)
         elif lead_axes == "TZ":
             offset = 0
             for t in range(labels.shape[0]):
                 frame = stitch_planes(labels[t], stitch_threshold)
+                if trim:
+                    frame = trim_z(frame, image[t], z_trim)
                 frame[frame > 0] += offset
                 offset = max(offset, int(frame.max()))
                 labels[t] = frame

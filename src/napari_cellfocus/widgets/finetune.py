@@ -176,13 +176,21 @@ def _predict_planes(trainer: Any, job: dict[str, Any], planes: list) -> np.ndarr
     return probs
 
 
+def _stack_kwargs(job: dict[str, Any]) -> dict[str, Any]:
+    """The stack options of the job's segmentation, with its image (for the z cut)."""
+    options = dict(job.get("stack", {}))
+    if options:
+        options["image"] = job["image"]
+    return options
+
+
 def _preview(trainer: Any, job: dict[str, Any], step: int) -> Preview:
     """Predict the preview planes with the trainer's current weights; back to training mode."""
     from napari_cellfocus.engine.segment import postprocess_planes
 
     probs = _predict_planes(trainer, job, job["planes"])
     labels, count = postprocess_planes(
-        probs, 2, job["method"], job["params"], **job.get("stack", {})
+        probs, 2, job["method"], job["params"], **_stack_kwargs(job)
     )
     return Preview(step, probs, labels, count)
 
@@ -213,7 +221,7 @@ def _starting_scores(trainer: Any, job: dict[str, Any]) -> dict:
     from napari_cellfocus.engine.segment import postprocess_planes
 
     probs = _predict_planes(trainer, job, job["annotated"])
-    labels, _ = postprocess_planes(probs, 2, job["method"], job["params"], **job.get("stack", {}))
+    labels, _ = postprocess_planes(probs, 2, job["method"], job["params"], **_stack_kwargs(job))
     return annotation_scores(job, labels)
 
 

@@ -145,8 +145,11 @@ def segment_job(
             return Failed(f"'{name}': nothing to segment (empty image).")
         if segmenter.spatial_dims != 2:
             stack = None  # a 3D model makes 3D cells itself
+        options = stack_options(stack)
+        if options:
+            options["image"] = image
         labels, count = postprocess_planes(
-            update.probs, segmenter.spatial_dims, method, params, **stack_options(stack)
+            update.probs, segmenter.spatial_dims, method, params, **options
         )
         frames = None
         if stack is not None and stack.axes.startswith("T"):

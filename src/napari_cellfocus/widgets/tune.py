@@ -384,8 +384,16 @@ class TuneWidget(QWidget):
             result.generation,
             returned=self._relabelled,
             finished=self._relabel_finished,
-            **stack_options(result.stack if result.spatial_dims == 2 else None),
+            **self._stack_options(result),
         )
+
+    @staticmethod
+    def _stack_options(result: Any) -> dict[str, Any]:
+        """How the planes of ``result`` become cells again (as its segmentation did)."""
+        options = stack_options(result.stack if result.spatial_dims == 2 else None)
+        if options:
+            options["image"] = result.image
+        return options
 
     def _relabelled(self, out: Any) -> None:
         if isinstance(out, Failed):
