@@ -6,8 +6,11 @@ Only ``tifffile`` and numpy are used. Folders are expanded to their ``.tif`` /
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import tifffile
@@ -36,22 +39,68 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: cannot be read as a TIFF image ({err}).") from err
 
 
-def write_image(path: str | Path, array: np.ndarray, compress: bool = True) -> Path:
-    """Write ``array`` as a TIFF file, creating parent folders; returns the path.
+def _default_mode() -> int:
+    """Permissions a newly created file gets under the current umask (0o666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
-    The file is written to a temporary name first and renamed, so an
-    interrupted write never leaves a half-written file under ``path``. Arrays are stored
-    as grey planes (``photometric="minisblack"``), so a (3, Y, X) stack reads back as such.
+
+_NEW_FILE_MODE = _default_mode()
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a file through ``write(file_object)`` so that ``path`` never holds a partial
+    or mixed file; returns ``path``.
+
+    The bytes go to a unique temporary file in ``path``'s folder (so two writers to one
+    path never share it), are flushed and ``fsync``-ed, and the temporary file is renamed
+    over ``path`` with :func:`os.replace` (atomic: a reader sees the old file or the new
+    one). On any error the temporary file is removed and the error raised. The new file
+    gets the permissions of the file it replaces, else the usual ones under the umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)  # reopened by name: some writers (tifffile) want a named file object
+    tmp = Path(tmp_name)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            mode = path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE
+            os.chmod(tmp, mode)
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def write_image(path: str | Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Write ``array`` as a TIFF file, creating parent folders; returns the path.
+
+    The file is written atomically (:func:`atomic_write`: a unique temporary file in the
+    same folder, fsync, rename), so an interrupted write never leaves a half-written file
+    under ``path``. Arrays are stored as grey planes (``photometric="minisblack"``), so a
+    (3, Y, X) stack reads back as such.
+    """
     arr = np.asarray(array)
     # Never let tifffile guess RGB from a trailing or leading axis of 3: stacks and
     # (C, Y, X) probability maps are grey planes.
-    tifffile.imwrite(tmp, arr, compression="zlib" if compress else None, photometric="minisblack")
-    tmp.replace(path)
-    return path
+    return atomic_write(
+        path,
+        lambda fh: tifffile.imwrite(
+            fh, arr, compression="zlib" if compress else None, photometric="minisblack"
+        ),
+    )
 
 
 #: File-name endings of label and result images (``cellfocus simulate`` / ``predict``

@@ -18,15 +18,22 @@ dicts inside)::
       "state_dict": {...},        # torch tensors
     }
 
-Files are written to ``<name>.part`` and renamed, so a crash never leaves a
-half-written model under the final name. Every way of failing to load (missing file,
-not a torch file, a torch file that is not ours, a newer format, weights that do not
-fit the architecture) raises :class:`CheckpointError` with one clear line.
+Files are written atomically (a unique temporary file in the target folder, fsync,
+rename: :func:`napari_cellfocus.core.io.atomic_write`), so a crash never leaves a
+half-written model under the final name and two writers to one path never mix their
+tensors. Each file stores ``content_sha256``, a hash of its tensors and metadata
+(:func:`content_hash`), checked at load: a flipped byte is refused. Files written
+before the hash existed (no ``content_sha256`` entry) load unchecked. Every way of
+failing to load (missing file, not a torch file, a torch file that is not ours, a newer
+format, weights that do not fit the architecture) raises :class:`CheckpointError` with
+one clear line.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +41,13 @@ from typing import Any
 import torch
 
 from napari_cellfocus import __version__
+from napari_cellfocus.core.io import atomic_write
 from napari_cellfocus.core.normalize import PercentileNormalization
+from napari_cellfocus.core.outputs import check_writable
 
 FORMAT = "napari-cellfocus-model"
 FORMAT_VERSION = 1
+HASH_KEY = "content_sha256"
 CLASS_NAMES = ("background", "cell", "touching", "gap")
 
 
@@ -77,7 +87,10 @@ class ModelInfo:
 def save_checkpoint(path: str | Path, model: torch.nn.Module, info: ModelInfo) -> Path:
     """Write ``model``'s weights and ``info`` to ``path`` atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        check_writable(path, "model file")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
@@ -92,10 +105,39 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, info: ModelInfo) -
         "defaults": dict(info.defaults),
         "state_dict": state,
     }
-    tmp = path.with_name(path.name + ".part")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    payload[HASH_KEY] = content_hash(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        atomic_write(path, lambda fh: fh.write(buffer.getbuffer()))
+    except OSError as err:
+        raise CheckpointError(
+            f"{path}: cannot write the model file ({err.strerror or type(err).__name__})."
+        ) from err
     return path
+
+
+def content_hash(payload: dict[str, Any]) -> str:
+    """sha256 (hex) of a checkpoint's content, the ``content_sha256`` entry left out.
+
+    Covers the metadata (as sorted JSON) and every tensor of ``state_dict`` in sorted key
+    order: name, dtype, shape and raw bytes. Two payloads with the same content give the
+    same hash, whatever the file's zip layout.
+    """
+    digest = hashlib.sha256()
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", HASH_KEY)}
+    digest.update(json.dumps(meta, sort_keys=True, default=repr).encode())
+    state = payload.get("state_dict", {})
+    for name in sorted(state):
+        tensor = state[name]
+        digest.update(name.encode())
+        if isinstance(tensor, torch.Tensor):
+            t = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(tensor).encode())
+    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelInfo]:
@@ -130,6 +172,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelInf
     missing = [k for k in ("network", "state_dict", "classes") if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: damaged model file, missing {', '.join(missing)}.")
+    stored = payload.get(HASH_KEY)
+    if stored is not None:  # files from before the hash load unchecked
+        try:
+            actual = content_hash(payload)
+        except Exception as err:
+            raise CheckpointError(f"{path}: corrupt: cannot hash its content ({err}).") from err
+        if actual != stored:
+            raise CheckpointError(
+                f"{path}: corrupt: content hash mismatch (the file was damaged after it "
+                "was written); use another copy or train again."
+            )
     info = ModelInfo(
         network=payload["network"],
         task=payload.get("task", "segmentation"),
