@@ -75,7 +75,12 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace) -> int:
     from napari_cellfocus.core.io import expand_paths, read_image
-    from napari_cellfocus.engine.train import TrainConfig, Trainer, quick_finetune_config
+    from napari_cellfocus.engine.train import (
+        TrainConfig,
+        Trainer,
+        TrainingDiverged,
+        quick_finetune_config,
+    )
 
     images = expand_paths(args.images, role="images")
     labels = expand_paths(args.labels, role="labels")
@@ -84,6 +89,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"{len(images)} image file(s) but {len(labels)} label file(s): give one label "
             "image per image, in the same order."
         )
+    from napari_cellfocus.cli_common import check_train_output
+
+    check_train_output(args.out, [*images, *labels])  # before any work: no input replaced
     base = quick_finetune_config(weak=args.weak) if args.init else TrainConfig(weak=args.weak)
     overrides = {
         "n_classes": args.classes,
@@ -96,8 +104,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "val_fraction": args.val_fraction,
         "val_every": args.val_every,
+        "checkpoint_every": args.checkpoint_every,
+        "checkpoint_every_s": args.checkpoint_every_s,
     }
     config = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    out = Path(args.out)
+    _check_train_out(out)  # before any work: a folder, a non-model file, an unwritable place
     trainer = Trainer(
         [read_image(p) for p in images],
         [read_image(p) for p in labels],
@@ -114,17 +126,121 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{', from ' + str(args.init) if args.init else ''})",
         file=sys.stderr,
     )
+    backup = _keep_previous_model(out)
     bar = ProgressBar(config.steps, "train")
-    trainer.run(
-        on_step=lambda p: bar.update(
-            p.step,
-            f"loss {p.loss:.4f} eta {format_seconds(p.eta_s)}"
-            + "".join(f" {k} {v:.3f}" for k, v in p.metrics.items()),
+    received: list[int] = []
+    restore = _stop_on_signals(trainer, received)
+    try:
+        trainer.run(
+            on_step=lambda p: bar.update(
+                p.step,
+                f"loss {p.loss:.4f} eta {format_seconds(p.eta_s)}"
+                + "".join(f" {k} {v:.3f}" for k, v in p.metrics.items()),
+            ),
+            should_stop=lambda: bool(received),
         )
-    )
-    trainer.release()
-    print(f"model written to {args.out}")
+    except TrainingDiverged as err:
+        kept = f" The previous model is kept in {backup}." if backup is not None else ""
+        raise CliError(f"{err}{kept}") from None
+    finally:
+        restore()
+        trainer.release()
+    if trainer.cancelled and received:
+        print(
+            f"cellfocus: stopped by {trainer.cancel_reason} at step {trainer.step} of "
+            f"{config.steps}; checkpoint written to {out} (steps_done {trainer.step}, "
+            "cancelled)",
+            file=sys.stderr,
+        )
+        return 128 + received[0]  # 143 for SIGTERM, 130 for SIGINT, as a shell reports
+    print(f"model written to {out}")
     return 0
+
+
+def _check_train_out(out: Path) -> None:
+    """``train --out`` checked before training: not a folder, not an existing file that
+    is not a model (an image, labels...), and its folder writable (tried by creating a
+    file there, which also works where permission bits say nothing, e.g. as root)."""
+    import os
+    import tempfile
+
+    from napari_cellfocus.engine.checkpoint import CheckpointError, read_checkpoint
+
+    if out.is_dir():
+        raise CliError(
+            f"--out {out}: is a folder; give a model file name, e.g. {out / 'model.pt'}."
+        )
+    if out.exists():
+        try:
+            read_checkpoint(out)
+        except CheckpointError as err:
+            if out.suffix.lower() not in (".pt", ".pth"):
+                raise CliError(
+                    f"--out {out}: the file exists and is not a model ({err}); it is not "
+                    "replaced: choose a new .pt name."
+                ) from None
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise CliError(
+            f"--out {out}: cannot write in {parent} ({err.strerror or type(err).__name__})."
+        ) from None
+
+
+def _keep_previous_model(out: Path) -> Path | None:
+    """Copy an existing ``out`` to ``<name>.previous<suffix>`` before training replaces
+    it (atomically: a temporary copy renamed), and say so; returns the copy's path."""
+    import os
+    import shutil
+    import tempfile
+
+    if not out.is_file():
+        return None
+    backup = out.with_name(f"{out.stem}.previous{out.suffix}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{backup.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(out, tmp)
+        os.replace(tmp, backup)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise CliError(
+            f"--out {out}: cannot keep the existing model as {backup} "
+            f"({err.strerror or type(err).__name__}); nothing was trained."
+        ) from None
+    print(f"cellfocus: {out} exists: the previous model is kept as {backup}", file=sys.stderr)
+    return backup
+
+
+def _stop_on_signals(trainer, received: list[int]):
+    """SIGTERM / SIGINT (what ``timeout``, Slurm and Ctrl-C send) stop training after the
+    current step: the trainer writes a checkpoint marked cancelled, with the signal's name
+    as ``cancel_reason``. A second signal stops at once. Only in the CLI (napari has its
+    own cancel). Returns a function restoring the previous handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        if received:  # a second signal: do not wait for the step
+            raise KeyboardInterrupt
+        received.append(signum)
+        trainer.cancel_reason = signal.Signals(signum).name
+
+    signums = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, handler) for s in signums}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    return restore
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -157,6 +273,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=None)
     p.add_argument("--val-every", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write the model to --out every N steps (50; 25 with --from)",
+    )
+    p.add_argument(
+        "--checkpoint-every-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="and every S seconds (300); SIGTERM / Ctrl-C also write it, marked cancelled",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_train)
 

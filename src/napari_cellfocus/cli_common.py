@@ -15,9 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
+    "BatchReport",
     "CliError",
     "ProgressBar",
     "add_name_filters",
+    "add_overwrite_flag",
+    "check_output_paths",
+    "check_train_output",
+    "error_line",
     "filter_names",
     "format_seconds",
 ]
@@ -99,3 +104,92 @@ def filter_names(
             f"(first names: {', '.join(p.name for p in paths[:3])})."
         )
     return kept
+
+
+# --------------------------------------------------------------------------- outputs
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    """Add ``--overwrite`` (replace existing output files; never an input)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (an output that is one of the "
+        "inputs, or another output of the run, is refused even then)",
+    )
+
+
+def check_output_paths(
+    inputs: Sequence[Path], outputs: Sequence[tuple[str, Path]], overwrite: bool = False
+) -> None:
+    """:func:`core.outputs.check_outputs`, its refusal raised as :class:`CliError`."""
+    from napari_cellfocus.core.outputs import OutputPathError, check_outputs
+
+    try:
+        check_outputs(inputs, outputs, overwrite=overwrite)
+    except OutputPathError as err:
+        raise CliError(str(err)) from None
+
+
+def check_train_output(out: Path, inputs: Sequence[Path]) -> None:
+    """``train --out``, checked before training: not an input (an image or label file),
+    not a folder, writable; an existing file is replaced only when it is a model file
+    (``.pt`` / ``.pth``), since re-training into the same model file is the usual cycle."""
+    out = Path(out)
+    replaceable = out.suffix.lower() in (".pt", ".pth")
+    try:
+        check_output_paths(inputs, [("--out", out)], overwrite=replaceable)
+    except CliError as err:
+        if (
+            out.exists()
+            and not out.is_dir()
+            and not replaceable
+            and "is the input" not in str(err)
+        ):
+            raise CliError(
+                f"--out {out}: the file exists and is not a model file (.pt); a trained "
+                "model is written to --out: choose a new .pt name."
+            ) from None
+        raise
+
+
+def error_line(err: BaseException) -> str:
+    """One line for an error met while processing one file (no traceback)."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror}"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text
+
+
+class BatchReport:
+    """Which files of a batch worked and which failed (and why), for the summary line.
+
+    ``failed(path, err)`` prints ``cellfocus: skipped PATH: REASON`` on stderr at once;
+    :meth:`summary` gives ``"3 of 4 images segmented; failed: a.tif (reason)"``; the
+    command exits 1 when anything failed (:attr:`exit_code`).
+    """
+
+    def __init__(self, total: int, noun: str = "images", verb: str = "segmented") -> None:
+        self.total, self.noun, self.verb = total, noun, verb
+        self.done = 0
+        self.failures: list[tuple[Path, str]] = []
+
+    def ok(self) -> None:
+        self.done += 1
+
+    def failed(self, path: Path, err: BaseException) -> None:
+        reason = error_line(err)
+        prefix = f"{path}: "
+        if reason.startswith(prefix):
+            reason = reason[len(prefix) :]
+        self.failures.append((Path(path), reason))
+        print(f"cellfocus: skipped {path}: {reason}", file=sys.stderr, flush=True)
+
+    def summary(self) -> str:
+        line = f"{self.done} of {self.total} {self.noun} {self.verb}"
+        if self.failures:
+            line += "; failed: " + ", ".join(f"{p.name} ({why})" for p, why in self.failures)
+        return line
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0

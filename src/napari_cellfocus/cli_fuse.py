@@ -10,9 +10,12 @@ depth map is a float32 TIFF of slice indices along ``--axis``. Several stacks (f
 folders) write ``NAME_fused.tif`` / ``NAME_depth.tif`` per stack into the ``--out`` /
 ``--depth`` folders; from a folder, label and result files (``*_labels``, ``*_fused``,
 ``*_depth``, ...) are never taken as stacks. Registered by ``napari_cellfocus.cli``
-through :func:`add_fuse_parser`; errors in the user's input raise ``ValueError`` /
-``FileNotFoundError`` (``CliError`` for name filters that leave nothing) with a message
-naming the file, which the caller prints as one line.
+through :func:`add_fuse_parser`. Outputs are checked before any work
+(``core.outputs``): an output that is an input or another output is refused, an existing
+file needs ``--overwrite``. Over several stacks a bad one is reported and skipped, a
+summary line ends the run and the exit status is 1 when any failed; errors in the user's
+input raise ``ValueError`` / ``FileNotFoundError`` (``CliError`` for name filters that
+leave nothing) with a message naming the file, which the caller prints as one line.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ import sys
 import time
 from pathlib import Path
 
-from napari_cellfocus.cli_common import CliError, add_name_filters
+from napari_cellfocus.cli_common import (
+    BatchReport,
+    CliError,
+    add_name_filters,
+    add_overwrite_flag,
+    check_output_paths,
+    error_line,
+)
 
 __all__ = ["add_fuse_parser", "run_fuse"]
 
@@ -101,6 +111,8 @@ def run_fuse(args: argparse.Namespace) -> int:
         if args.depth is not None
         else [None] * len(stacks)
     )
+    planned = [("--out", p) for p in outs] + [("--depth", p) for p in depths if p is not None]
+    check_output_paths(stacks, planned, args.overwrite)  # before any model is loaded
     kwargs: dict = {"axis": args.axis}
     if args.rgb:
         kwargs["rgb"] = True
@@ -115,27 +127,38 @@ def run_fuse(args: argparse.Namespace) -> int:
             kwargs["near_post"] = args.near
     elif args.device is not None:  # classical in torch on the named device
         kwargs["device"] = args.device
+    report = BatchReport(len(stacks), "stacks", "fused")
     for stack_path, out, depth in zip(stacks, outs, depths, strict=True):
         try:
             result, n, seconds = _fuse_one(stack_path, args, kwargs)
-        except ValueError as err:
-            if len(stacks) > 1 and "focus stack" in str(err):
-                hint = " --include / --exclude choose which files of a folder are fused."
-                raise ValueError(f"{err}{hint}") from err
-            raise
-        write_image(out, result.fused)
-        if depth is not None:
-            write_image(depth, result.depth)
+            write_image(out, result.fused)
+            if depth is not None:
+                write_image(depth, result.depth)
+        except (CliError, ValueError, OSError, IndexError, TypeError, MemoryError) as err:
+            if len(stacks) == 1:
+                if isinstance(err, ValueError | CliError):
+                    raise
+                raise CliError(f"{stack_path}: {error_line(err)}") from None
+            report.failed(stack_path, err)
+            continue
+        report.ok()
         where = result.info.get("device")
         print(
             f"{stack_path}: {n} slices fused with {args.method} in {seconds:.1f} s"
             + (f" on {where}" if where else "")
             + f" -> {out}"
-            + (f" (depth map {depth})" if depth is not None else "")
+            + (f" (depth map {depth})" if depth is not None else ""),
+            flush=True,
         )
     if len(stacks) > 1:
-        print(f"{len(stacks)} stacks fused into {args.out}")
-    return 0
+        if report.failures and any("focus stack" in why for _, why in report.failures):
+            print(
+                "cellfocus: --include / --exclude choose which files of a folder are fused.",
+                file=sys.stderr,
+            )
+        print(f"{report.done} stacks fused into {args.out}")
+        print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
+    return report.exit_code
 
 
 def add_fuse_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -199,6 +222,7 @@ def add_fuse_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "classical methods run in numpy unless a device is given, then in torch on it, "
         "'auto' meaning a CUDA GPU if there is one, else numpy; 'numpy' forces numpy)",
     )
+    add_overwrite_flag(p)
     p.set_defaults(func=run_fuse)
     return p
 
@@ -211,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(["fuse", *(sys.argv[1:] if argv is None else argv)])
     try:
         return int(args.func(args) or 0)
-    except (CliError, ValueError, FileNotFoundError, MemoryError) as err:
+    except (CliError, ValueError, OSError, MemoryError) as err:
         print(f"cellfocus: error: {err}", file=sys.stderr)
         return 2
 

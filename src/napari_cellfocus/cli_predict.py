@@ -20,6 +20,11 @@ for every image before any is segmented, so an ambiguous shape fails at once.
   plane, ``NAME_overlay_003.png``, for a stack);
 * with ``--probs FOLDER``, ``NAME_probs.tif``: the class probabilities.
 
+Every output is checked before any image is read (``core.outputs``): one that is an
+input, or another output of the run, is refused; an existing file only with
+``--overwrite``. Over several images a bad file is reported, skipped, and named in the
+summary line; the exit status is then 1 (2: refused before any work).
+
 Registered by ``napari_cellfocus.cli`` through :func:`add_predict_parser`.
 """
 
@@ -35,7 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from napari_cellfocus.cli_common import CliError, ProgressBar, add_name_filters, filter_names
+from napari_cellfocus.cli_common import (
+    BatchReport,
+    CliError,
+    ProgressBar,
+    add_name_filters,
+    add_overwrite_flag,
+    check_output_paths,
+    error_line,
+    filter_names,
+)
 
 __all__ = ["add_predict_parser", "post_params_from_args", "run_predict"]
 
@@ -175,6 +189,43 @@ def _output_places(images: Sequence[Path], args: argparse.Namespace) -> dict[str
     return {"labels": outs, "probs": probs, "folder": folder, "counts": Path(counts)}
 
 
+def planned_outputs(
+    images: Sequence[Path], places: dict[str, Any], args: argparse.Namespace
+) -> list[tuple[str, Path]]:
+    """Every file the run will write, as ``(what, path)`` for
+    :func:`core.outputs.check_outputs`: labels, probabilities, the counts CSV and, when
+    asked, the per-cell tables and overlay PNGs (with the per-plane PNGs already there)."""
+    import glob
+
+    planned: list[tuple[str, Path]] = [("--out", p) for p in places["labels"]]
+    planned += [("--probs", p) for p in places["probs"] if p is not None]
+    planned.append(("--counts" if args.counts else "counts CSV", places["counts"]))
+    folder = places["folder"]
+    for path in images:
+        if args.table:
+            planned.append(("--table", folder / f"{path.stem}_cells.csv"))
+        if args.overlay:
+            planned.append(("--overlay", folder / f"{path.stem}_overlay.png"))
+            pattern = f"{glob.escape(path.stem)}_overlay_*.png"
+            planned += [("--overlay", p) for p in sorted(folder.glob(pattern))]
+    return planned
+
+
+def check_pixels(path: Path, image: np.ndarray) -> None:
+    """Refuse pixel types that are no intensities (bool masks, complex numbers), naming
+    the file; ``ValueError``."""
+    if image.dtype == bool:
+        raise ValueError(
+            f"{path}: a boolean (true/false) image, a mask rather than a fluorescence image; "
+            "segment the intensity image (8/16-bit or float)."
+        )
+    if np.iscomplexobj(image) or image.dtype.kind not in "uif":
+        raise ValueError(
+            f"{path}: pixel type {image.dtype} is not an intensity; save the image as "
+            "8/16-bit integers or floats."
+        )
+
+
 # --------------------------------------------------------------------------- axes
 def image_axes(path: Path, args: argparse.Namespace) -> str:
     """Axes of image ``path`` for this run, without reading its pixels: ``--axes`` when
@@ -191,6 +242,8 @@ def image_axes(path: Path, args: argparse.Namespace) -> str:
             shape = tuple(int(n) for n in tif.series[0].shape)
     except Exception:
         return ""  # unreadable: read_image names the file and the problem
+    if not 2 <= len(shape) <= 5:
+        return ""  # no image at all: refused (and skipped in a batch) when it is read
     try:
         meta = None if args.axes else axes_from_tiff(path)
         if args.axes is None and args.channel is not None and not (meta and "C" in meta):
@@ -204,6 +257,13 @@ def image_axes(path: Path, args: argparse.Namespace) -> str:
         axes, _ = resolve_axes(shape, args.axes, meta)
     except ValueError as err:
         raise CliError(f"{path}: {err}") from None
+    if "C" in axes and args.channel is not None:
+        n = shape[axes.index("C")]
+        if not 0 <= args.channel < n:
+            raise CliError(
+                f"{path}: --channel {args.channel} is out of range: shape {shape} with axes "
+                f"{axes} has {n} channel(s), 0..{n - 1}."
+            )
     if "C" in axes and args.channel is None and shape[axes.index("C")] > 1:
         n = shape[axes.index("C")]
         rgb = " (an RGB colour image?)" if axes.endswith("C") and n in (3, 4) else ""
@@ -280,6 +340,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     images = filter_names(expand_paths(args.images, role="images"), args.include, args.exclude)
     places = _output_places(images, args)
+    check_output_paths(images, planned_outputs(images, places, args), args.overwrite)
     if not 0.0 < args.stitch_threshold <= 1.0:
         raise CliError(f"--stitch-threshold {args.stitch_threshold}: expected an IoU in (0, 1].")
     all_axes = [image_axes(path, args) for path in images]  # before any image is segmented
@@ -294,58 +355,82 @@ def run_predict(args: argparse.Namespace) -> int:
         + "".join(f" {k}={v}" for k, v in params.items()),
         file=sys.stderr,
     )
-    places["counts"].parent.mkdir(parents=True, exist_ok=True)
-    with places["counts"].open("w", newline="") as counts_file:
-        counts = csv.writer(counts_file)
-        counts.writerow(["file", *(["frame"] if movies else []), "plane", "count", "diameter_px"])
-        iterator = zip(images, all_axes, places["labels"], places["probs"], strict=True)
-        for path, axes, out, pout in iterator:
-            raw = read_image(path)
-            try:
-                image, work_axes = seg.prepare(raw, axes or None, args.channel)
-            except ValueError as err:
-                raise CliError(f"{path}: {err}") from None
-            bar = ProgressBar(1, f"predict {path.name}")
-            result = seg.segment(
-                image,
-                method=method,
-                post_params=params or None,
-                diameter=args.diameter,
-                axes=work_axes,
-                z_mode=args.z_mode,
-                stitch_threshold=args.stitch_threshold,
-                link_frames=args.link,
-                tile_size=args.tile_size,
-                on_tile=lambda u, bar=bar: (setattr(bar, "total", u.total), bar.update(u.done)),
+    report = BatchReport(len(images), "images", "segmented")
+    rows: list[list[Any]] = []
+
+    def one(path: Path, axes: str, out: Path, pout: Path | None) -> None:
+        raw = read_image(path)
+        check_pixels(path, raw)
+        try:
+            image, work_axes = seg.prepare(raw, axes or None, args.channel)
+        except (ValueError, IndexError) as err:
+            raise CliError(f"{path}: {err}") from None
+        bar = ProgressBar(1, f"predict {path.name}")
+        result = seg.segment(
+            image,
+            method=method,
+            post_params=params or None,
+            diameter=args.diameter,
+            axes=work_axes,
+            z_mode=args.z_mode,
+            stitch_threshold=args.stitch_threshold,
+            link_frames=args.link,
+            tile_size=args.tile_size,
+            on_tile=lambda u, bar=bar: (setattr(bar, "total", u.total), bar.update(u.done)),
+        )
+        write_image(out, result.labels)
+        if pout is not None:
+            write_image(pout, result.probs)
+        diameter = "" if result.diameter is None else f"{result.diameter:.2f}"
+        for frame, plane, count in count_rows(result.labels, result.axes, result.z_mode):
+            rows.append([str(path), *([frame] if movies else []), plane, count, diameter])
+        extra = []
+        if args.table:
+            table = places["folder"] / f"{path.stem}_cells.csv"
+            if "T" in result.axes:
+                write_csv(table, movie_table(result.labels, image))
+            else:
+                write_csv(table, cell_table(result.labels, image))
+            extra.append(f"table {table}")
+        if args.overlay:
+            pngs = write_overlays(
+                places["folder"] / f"{path.stem}_overlay.png", image, result.labels
             )
-            write_image(out, result.labels)
-            if pout is not None:
-                write_image(pout, result.probs)
-            diameter = "" if result.diameter is None else f"{result.diameter:.2f}"
-            for frame, plane, count in count_rows(result.labels, result.axes, result.z_mode):
-                counts.writerow([str(path), *([frame] if movies else []), plane, count, diameter])
-            counts_file.flush()
-            extra = []
-            if args.table:
-                table = places["folder"] / f"{path.stem}_cells.csv"
-                if "T" in result.axes:
-                    write_csv(table, movie_table(result.labels, image))
-                else:
-                    write_csv(table, cell_table(result.labels, image))
-                extra.append(f"table {table}")
-            if args.overlay:
-                pngs = write_overlays(
-                    places["folder"] / f"{path.stem}_overlay.png", image, result.labels
-                )
-                extra.append(
-                    f"overlay {pngs[0]}" + (f" (+{len(pngs) - 1})" if len(pngs) > 1 else "")
-                )
-            size = describe_diameter(result.diameter, args.diameter)
-            also = f" ({', '.join(extra)})" if extra else ""
-            what = f"axes {result.axes}{describe_z(result)}"
-            print(f"{path}: {result.count} cells{size}; {what} -> {out}{also}")
-    print(f"counts of {len(images)} image(s) written to {places['counts']}")
-    return 0
+            extra.append(f"overlay {pngs[0]}" + (f" (+{len(pngs) - 1})" if len(pngs) > 1 else ""))
+        size = describe_diameter(result.diameter, args.diameter)
+        also = f" ({', '.join(extra)})" if extra else ""
+        what = f"axes {result.axes}{describe_z(result)}"
+        print(f"{path}: {result.count} cells{size}; {what} -> {out}{also}", flush=True)
+
+    iterator = zip(images, all_axes, places["labels"], places["probs"], strict=True)
+    for path, axes, out, pout in iterator:
+        try:
+            one(path, axes, out, pout)
+        except (CliError, ValueError, OSError, IndexError, TypeError, MemoryError) as err:
+            if len(images) == 1:
+                message = error_line(err)
+                raise CliError(message if str(path) in message else f"{path}: {message}") from None
+            report.failed(path, err)
+        else:
+            report.ok()
+        _write_counts(places["counts"], rows, movies)  # after each image: a kill keeps them
+    print(f"counts of {report.done} image(s) written to {places['counts']}")
+    if len(images) > 1 or report.failures:
+        print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
+    return report.exit_code
+
+
+def _write_counts(path: Path, rows: Sequence[Sequence[Any]], movies: bool) -> None:
+    """The counts CSV (header and ``rows``), written atomically."""
+    import io
+
+    from napari_cellfocus.core.io import atomic_write
+
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["file", *(["frame"] if movies else []), "plane", "count", "diameter_px"])
+    writer.writerows(rows)
+    atomic_write(path, lambda fh: fh.write(text.getvalue().encode()))
 
 
 def diameter_arg(text: str) -> float | str:
@@ -456,5 +541,6 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         "--channel-last", action="store_true", help="the channel axis is the last one (Y,X,C)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_predict)
     return p
