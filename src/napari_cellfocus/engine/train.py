@@ -6,13 +6,18 @@ so the napari widget can run it in a ``thread_worker`` (which can only stop betw
 yields), and the CLI and tests can drive it with :func:`train`.
 
 Safety rules:
-- the model is checked after every step; a non-finite loss stops training and the
-  weights of the last good step are restored (never a NaN model);
+- the model is checked after every step; a diverged run (a loss that is not a number,
+  non-finite weights, or a smoothed loss above ``divergence_factor`` times its best for
+  ``divergence_window`` steps in a row) stops with :class:`TrainingDiverged`; the weights
+  of the last step before divergence are restored (never a NaN model), and no model of
+  the diverged steps is written (see :meth:`Trainer.steps`);
 - when ``out`` is given, checkpoints are written atomically (temporary name +
-  rename) every ``checkpoint_every`` steps, on cancel and at the end, so a file
-  under the final name is always a complete, loadable model;
+  rename) every ``checkpoint_every`` steps, every ``checkpoint_every_s`` seconds, on
+  cancel and at the end, so a file under the final name is always a complete, loadable
+  model and a long run never loses more than a few minutes;
 - a cancel (``should_stop`` returning True, or closing the generator) keeps the
-  current good weights in ``trainer.model`` and on disk.
+  current good weights in ``trainer.model`` and on disk; ``cancel_reason`` (e.g. "SIGTERM",
+  set by the CLI's signal handler) is stored in the checkpoint's metadata.
 """
 
 from __future__ import annotations
@@ -85,6 +90,13 @@ class TrainConfig:
         image, validation uses the training image itself.
     val_every : steps between validation evaluations (0 = only at the end).
     checkpoint_every : steps between checkpoint writes when an ``out`` path is given.
+    checkpoint_every_s : seconds between checkpoint writes as well (0 = only by steps), so a
+        run killed by a scheduler loses at most this much work.
+    divergence_factor, divergence_window : training is declared diverged when the smoothed
+        loss (exponential moving average, weight 0.1 per step) stays above
+        ``divergence_factor`` times its best value for ``divergence_window`` steps in a row
+        (0 = only a non-finite loss or non-finite weights count). A normal run's smoothed
+        loss falls and wanders by far less than 10x; ``--lr 1e3`` multiplies it by 100-1000.
     seed : seeds numpy and torch.
     pseudo_label_weight : weak fine-tuning from a model only. Pixels farther than
         ``annotation_margin`` px from every annotated cell take the *starting model's*
@@ -123,6 +135,9 @@ class TrainConfig:
     val_fraction: float = 0.0
     val_every: int = 0
     checkpoint_every: int = 50
+    checkpoint_every_s: float = 300.0
+    divergence_factor: float = 10.0
+    divergence_window: int = 20
     seed: int = 0
     pseudo_label_weight: float = 1.0
     annotation_margin: int = 3
@@ -155,6 +170,15 @@ class TrainConfig:
             raise ValueError("scale_range jitter is not available with weak labels.")
         if self.diameter is not None and not self.diameter > 0:
             raise ValueError(f"diameter must be > 0 pixels, got {self.diameter}.")
+        if not (self.checkpoint_every_s >= 0 and self.checkpoint_every >= 0):
+            raise ValueError(
+                "checkpoint_every and checkpoint_every_s must be >= 0, got "
+                f"{self.checkpoint_every} and {self.checkpoint_every_s}."
+            )
+        if not (self.divergence_factor == 0 or self.divergence_factor > 1):
+            raise ValueError(
+                f"divergence_factor must be > 1 (or 0 = off), got {self.divergence_factor}."
+            )
 
     @property
     def scale_jitter(self) -> bool:
@@ -173,6 +197,10 @@ class TrainProgress:
     eta_s: float
     metrics: dict[str, float] = field(default_factory=dict)
     message: str = ""
+
+
+class TrainingDiverged(FloatingPointError):
+    """Training diverged; the message says at which step, why, and what was kept."""
 
 
 @dataclass
@@ -356,8 +384,19 @@ class Trainer(SteppedTraining):
         self.history: list[dict[str, Any]] = list(self.info.history)
         self.step = 0
         self.cancelled = False
+        self.cancel_reason: str | None = None
         self.finished = False
+        self.diverged = False
+        self.diverged_at: int | None = None
         self._good_state = copy.deepcopy(self.model.state_dict())
+        # divergence watch: smoothed loss, its best, steps in a row above the limit, and the
+        # (step, weights, history length) of the last step whose loss was healthy
+        self._ema: float | None = None
+        self._best_ema = math.inf
+        self._over = 0
+        self._healthy: tuple[int, dict[str, torch.Tensor], int] = (0, self._good_state, 0)
+        self._wrote_out = False
+        self._last_save_t = time.monotonic()
         if image_weights is not None and len(image_weights) != len(samples):
             raise ValueError(f"got {len(image_weights)} image weights for {len(samples)} images.")
         # each training image is drawn in proportion to its area (at the training scale)
@@ -546,10 +585,13 @@ class Trainer(SteppedTraining):
                     loss = self._loss(output, y, w)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    self.model.load_state_dict(self._good_state)
-                    raise FloatingPointError(
-                        f"training diverged at step {self.step + 1} (loss {value}); the model "
-                        "of the last good step was kept. Try a lower learning rate."
+                    raise self._diverge(self.step + 1, f"the loss is {value}")
+                if self._watch_loss(value):
+                    raise self._diverge(
+                        self.step + 1,
+                        f"the smoothed loss ({self._ema:.4g}) stayed above "
+                        f"{cfg.divergence_factor:g}x its best ({self._best_ema:.4g}) for "
+                        f"{cfg.divergence_window} steps",
                     )
                 loss.backward()
                 lr = cfg.lr
@@ -563,11 +605,8 @@ class Trainer(SteppedTraining):
                 self.optimizer.step()
                 self.step += 1
                 if not _finite_parameters(self.model):
-                    self.model.load_state_dict(self._good_state)
-                    raise FloatingPointError(
-                        f"weights became non-finite at step {self.step}; the last good model "
-                        "was kept. Try a lower learning rate."
-                    )
+                    self.step -= 1  # this step's update is undone
+                    raise self._diverge(self.step + 1, "the weights became non-finite")
                 self._good_state = {
                     k: v.detach().clone() for k, v in self.model.state_dict().items()
                 }
@@ -577,12 +616,13 @@ class Trainer(SteppedTraining):
                 self.history.append(record)
                 elapsed = time.perf_counter() - start
                 rate = elapsed / max(1, self.step - first)
-                if (
-                    self.out is not None
-                    and cfg.checkpoint_every
-                    and self.step % cfg.checkpoint_every == 0
-                ):
-                    self.save(self.out)
+                now = time.monotonic()
+                due = (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or (
+                    cfg.checkpoint_every_s and now - self._last_save_t >= cfg.checkpoint_every_s
+                )
+                if self.out is not None and due and self._over == 0:
+                    # never while the loss is running away: that model may be a diverging one
+                    self._checkpoint()
                 yield TrainProgress(
                     self.step,
                     cfg.steps,
@@ -592,14 +632,72 @@ class Trainer(SteppedTraining):
                     {k: v for k, v in record.items() if k.startswith("val_")},
                 )
             self.finished = True
-        except GeneratorExit:
+        except (GeneratorExit, KeyboardInterrupt):
             self.cancelled = True
             raise
         finally:
             self.model.load_state_dict(self._good_state)
             self.model.eval()
-            if self.out is not None:
+            if self.out is not None and not self.diverged:
+                self._checkpoint()
+
+    def _watch_loss(self, value: float) -> bool:
+        """Update the smoothed loss; True when it has diverged (see ``TrainConfig``).
+        While the loss is healthy, the weights it was computed with (those before this
+        step's update) become the ones kept if training diverges later."""
+        cfg = self.config
+        self._ema = value if self._ema is None else self._ema + 0.1 * (value - self._ema)
+        self._best_ema = min(self._best_ema, self._ema)
+        if cfg.divergence_factor and self._ema > cfg.divergence_factor * self._best_ema:
+            self._over += 1
+        else:
+            self._over = 0
+            self._healthy = (self.step, self._good_state, len(self.history))
+        return bool(cfg.divergence_factor) and self._over >= max(1, cfg.divergence_window)
+
+    def _diverge(self, step: int, why: str) -> TrainingDiverged:
+        """Stop a diverged run: restore the weights of the last healthy step (that of the
+        previous step when the loss or weights just stopped being numbers, as long as the
+        loss was not running away), and deal with ``out``:
+
+        - nothing was written to ``out`` by this run: nothing is written (a file already
+          there, e.g. the previous model, stays as it was);
+        - this run already wrote checkpoints there: the file is replaced by the model of the
+          last healthy step, marked ``diverged`` in ``training["last_run"]``, or removed
+          when that step is 0 (the starting weights).
+        Returns the exception to raise."""
+        if self._over == 0:  # a sudden NaN: the previous step's finite weights are kept
+            self._healthy = (self.step, self._good_state, len(self.history))
+        good_step, state, n_history = self._healthy
+        self._good_state = state
+        self.model.load_state_dict(state)
+        self.step = good_step
+        del self.history[n_history:]
+        self.diverged, self.diverged_at = True, step
+        kept = f"the model of the last good step ({good_step}) was kept in memory"
+        if self.out is not None and self._wrote_out:
+            if good_step > 0:
+                self.model.eval()
                 self.save(self.out)
+                kept = (
+                    f"{self.out} holds the model of the last good step ({good_step}), from "
+                    "before the divergence, marked diverged"
+                )
+            else:
+                self.out.unlink(missing_ok=True)
+                kept = f"no model was written ({self.out} was removed); {kept}"
+        elif self.out is not None:
+            kept = f"no model was written to {self.out}; {kept}"
+        return TrainingDiverged(
+            f"training diverged at step {step}: {why}; {kept}. Try a lower learning rate "
+            f"(now {self.config.lr:g})."
+        )
+
+    def _checkpoint(self) -> None:
+        assert self.out is not None
+        self.save(self.out)
+        self._wrote_out = True
+        self._last_save_t = time.monotonic()
 
     # ------------------------------------------------------------------ results
     def current_info(self) -> ModelInfo:
@@ -617,7 +715,11 @@ class Trainer(SteppedTraining):
             "last_run": {
                 **cfg,
                 "steps_done": self.step,
+                "finished": self.finished,
                 "cancelled": self.cancelled,
+                "cancel_reason": self.cancel_reason if self.cancelled else None,
+                "diverged": self.diverged,
+                "diverged_at_step": self.diverged_at,
                 "device": str(self.device),
                 "n_train_images": len(self.train_samples),
                 "n_val_images": len(self.val),
