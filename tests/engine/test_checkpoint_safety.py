@@ -1,0 +1,143 @@
+"""Issue 15: checkpoint saves are atomic and checked.
+
+Two processes saving 50 times each to one path, with a reader loading all along: every
+load gives one writer's model exactly (never a mix), none fails, and no temporary file
+is left. A file with flipped bytes is refused with a message naming it; a checkpoint
+without a hash (as shipped) still loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_cellfocus.engine.checkpoint import (
+    HASH_KEY,
+    CheckpointError,
+    ModelInfo,
+    content_hash,
+    default_model_path,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+WRITER = """
+import sys, torch
+from napari_cellfocus.engine.checkpoint import ModelInfo, save_checkpoint
+path, value = sys.argv[1], float(sys.argv[2])
+torch.set_num_threads(1)
+model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256))
+for i in range(50):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(value)
+    save_checkpoint(path, model, ModelInfo(network={"who": value}, training={"i": i}))
+"""
+
+
+def test_two_writers_and_a_reader_never_see_a_mixed_model(tmp_path):
+    path = tmp_path / "m.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), v], env=env)
+        for v in ("1.0", "2.0")
+    ]
+    loads, failures = 0, []
+    seen = set()
+    try:
+        while any(w.poll() is None for w in writers):
+            if not path.exists():
+                time.sleep(0.01)
+                continue
+            try:
+                state, info = read_checkpoint(path)
+            except CheckpointError as err:
+                failures.append(str(err))
+                continue
+            loads += 1
+            who = info.network["who"]
+            seen.add(who)
+            for name, tensor in state.items():  # every tensor is the writer's own
+                assert torch.all(tensor == who), f"mixed model: {name} in a file of {who}"
+    finally:
+        for w in writers:
+            w.wait(timeout=300)
+    assert [w.returncode for w in writers] == [0, 0]
+    assert not failures, failures[:3]
+    assert loads > 0
+    state, info = read_checkpoint(path)
+    assert all(torch.all(t == info.network["who"]) for t in state.values())
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left
+
+
+def _saved(tmp_path: Path) -> Path:
+    model = torch.nn.Linear(64, 64)
+    return save_checkpoint(tmp_path / "m.pt", model, ModelInfo(network={"kind": "linear"}))
+
+
+def test_flipped_bytes_are_refused(tmp_path):
+    path = _saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(20):
+        data[middle + i] ^= 0xFF
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt: content hash mismatch") as info:
+        read_checkpoint(bad)
+    assert str(bad) in str(info.value)
+    one = bytearray(path.read_bytes())
+    one[middle] ^= 0x01  # a single bit
+    bad.write_bytes(bytes(one))
+    with pytest.raises(CheckpointError, match=str(bad).replace(".", r"\.")):
+        read_checkpoint(bad)
+
+
+def test_hash_is_stored_and_covers_tensors_and_metadata(tmp_path):
+    path = _saved(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    assert payload[HASH_KEY] == content_hash(payload)
+    changed = dict(payload, training={"steps": 1})
+    assert content_hash(changed) != payload[HASH_KEY]
+    state = {k: v.clone() for k, v in payload["state_dict"].items()}
+    state["bias"][0] += 1
+    assert content_hash(dict(payload, state_dict=state)) != payload[HASH_KEY]
+
+
+def test_checkpoints_without_a_hash_still_load(tmp_path):
+    path = _saved(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    del payload[HASH_KEY]
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    state, _ = read_checkpoint(old)
+    assert set(state) == {"weight", "bias"}
+    read_checkpoint(default_model_path())  # the shipped model, saved before the hash
+
+
+def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = _saved(tmp_path)
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(CheckpointError, match="No space left"):
+        save_checkpoint(path, torch.nn.Linear(64, 64), ModelInfo(network={}))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_save_into_a_folder_or_under_a_file_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder"):
+        save_checkpoint(tmp_path, torch.nn.Linear(2, 2), ModelInfo(network={}))
+    note = tmp_path / "note.txt"
+    note.write_text("x")
+    with pytest.raises(CheckpointError, match="not a folder"):
+        save_checkpoint(note / "m.pt", torch.nn.Linear(2, 2), ModelInfo(network={}))
