@@ -270,3 +270,13 @@ def test_no_traceback_for_bool_complex_and_channel_out_of_range(tmp_path):
         assert res.returncode == 2 and "Traceback" not in res.stderr
         assert "two.tif" in res.stderr and "out of range" in res.stderr
     assert not any((tmp_path / n).exists() for n in ("m.tif", "c.tif", "t.tif"))
+
+
+def test_evaluate_csv_never_replaces_a_label_file(scene_dir, capsys):
+    truth = scene_dir / "sim_000_labels.tif"
+    before = digest(truth)
+    err = refused(
+        capsys, "evaluate", "--gt", str(truth), "--pred", str(truth), "--csv", str(truth)
+    )
+    assert "--csv" in err and str(truth) in err and "is the input" in err
+    assert digest(truth) == before

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_cellfocus.cli_common import CliError
+from napari_cellfocus.cli_common import CliError, check_output_paths
 
 __all__ = ["add_evaluate_parser", "label_key", "pair_by_name", "run_evaluate"]
 
@@ -158,6 +158,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Body of ``cellfocus evaluate``: a key/value list (or a JSON object) for one pair, a
     table (or JSON ``{"images": [...], "pooled": {...}}``) for two folders."""
     pairs = pair_by_name(Path(args.gt), Path(args.pred))
+    if args.csv is not None:  # before any work: never over a label file; a CSV is replaced
+        inputs = [p for _, gt, pred in pairs for p in (gt, pred)]
+        check_output_paths(inputs, [("--csv", Path(args.csv))], overwrite=True)
     rows, pooled = evaluate_pairs(pairs, args.iou)
     if args.csv is not None:
         write_rows_csv(Path(args.csv), rows, pooled)
