@@ -49,18 +49,49 @@ def _default_mode() -> int:
 _NEW_FILE_MODE = _default_mode()
 
 
+#: A temporary file of :func:`atomic_write` (or a ``.part`` of older versions) this old
+#: (seconds) is left over from a killed writer and removed by the next save to that path.
+STALE_AFTER_S = 3600.0
+
+
+def remove_stale_temporaries(path: str | Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporary files a killed writer left next to ``path`` (``.NAME.*.tmp``
+    and the ``NAME.part`` of older versions) not touched for ``older_than_s`` seconds, so
+    another writer's file in progress is never taken; returns the removed paths."""
+    import glob
+    import time
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    name = glob.escape(path.name)
+    removed = []
+    now = time.time()
+    for pattern in (f".{name}.*.tmp", f"{name}.part"):
+        for stale in path.parent.glob(pattern):
+            try:
+                if now - stale.stat().st_mtime > older_than_s:
+                    stale.unlink()
+                    removed.append(stale)
+            except OSError:
+                pass
+    return removed
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write a file through ``write(file_object)`` so that ``path`` never holds a partial
-    or mixed file; returns ``path``.
+        or mixed file; returns ``path``.
 
-    The bytes go to a unique temporary file in ``path``'s folder (so two writers to one
-    path never share it), are flushed and ``fsync``-ed, and the temporary file is renamed
-    over ``path`` with :func:`os.replace` (atomic: a reader sees the old file or the new
-    one). On any error the temporary file is removed and the error raised. The new file
-    gets the permissions of the file it replaces, else the usual ones under the umask.
+        The bytes go to a unique temporary file in ``path``'s folder (so two writers to one
+        path never share it), are flushed and ``fsync``-ed, and the temporary file is renamed
+        over ``path`` with :func:`os.replace` (atomic: a reader sees the old file or the new
+        one). On any error the temporary file is removed and the error raised; temporaries
+    left by a killed writer are removed once stale (:func:`remove_stale_temporaries`). The new file
+        gets the permissions of the file it replaces, else the usual ones under the umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)  # reopened by name: some writers (tifffile) want a named file object
     tmp = Path(tmp_name)
