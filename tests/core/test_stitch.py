@@ -116,3 +116,25 @@ def test_trim_z_cuts_the_dim_out_of_focus_planes_by_hand():
     assert (trim_z(lab, img, 0.6) == 2).sum() == 4
     with pytest.raises(ValueError, match="same shape"):
         trim_z(lab, img[:4], 0.6)
+
+
+def test_split_z_cuts_an_object_at_its_waist_by_hand():
+    """Areas along z of one stitched object: 4, 9, 4, 9, 4 (2x2, 3x3, 2x2, 3x3, 2x2
+    squares): plane 2 is a local minimum, 4 < 0.85 * min(9, 9) = 7.65, so planes 3-4 become
+    a second object. A shallow waist (9, 8, 9: 8 >= 7.65) is not cut; ratio 0 cuts
+    nothing; a second object elsewhere keeps its own id."""
+    from napari_cellfocus.core.stitch import split_z
+
+    lab = np.zeros((5, 10, 10), np.int32)
+    for z, side in enumerate([2, 3, 2, 3, 2]):
+        lab[z, :side, :side] = 7
+    lab[:, 8:, 8:] = 3
+    out = split_z(lab, 0.85)
+    assert len(set(np.unique(out[:3, :3, :3])) - {0}) == 1
+    assert out[0, 0, 0] == out[2, 0, 0] != out[3, 0, 0] == out[4, 0, 0]
+    assert int(out.max()) == 3 and len(np.unique(out[:, 8:, 8:])) == 1
+    shallow = np.zeros((3, 10, 10), np.int32)
+    shallow[0, :3, :3] = shallow[2, :3, :3] = 1
+    shallow[1, :2, :4] = 1  # area 8
+    assert int(split_z(shallow, 0.85).max()) == 1
+    assert int(split_z(lab, 0.0).max()) == 2

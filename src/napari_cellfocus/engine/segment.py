@@ -49,8 +49,10 @@ from napari_cellfocus.core.size import (
 from napari_cellfocus.core.size import resize as resize_array
 from napari_cellfocus.core.stitch import (
     DEFAULT_STITCH_THRESHOLD,
+    DEFAULT_Z_SPLIT,
     DEFAULT_Z_TRIM,
     link_frames,
+    split_z,
     stitch_planes,
     trim_z,
 )
@@ -82,7 +84,8 @@ class SegmentationResult:
     3D model), ``None`` without z; counts : cells in each frame (distinct ids) of a
     movie, ``None`` without T; linked : whether ids were linked across frames;
     z_trim : the share of its brightest plane a stitched cell's planes had to reach
-    (:func:`core.stitch.trim_z`), ``None`` when no cut was made.
+    (:func:`core.stitch.trim_z`), ``None`` when no cut was made; z_split : the waist
+    ratio stitched cells were split at (:func:`core.stitch.split_z`), or ``None``.
     """
 
     probs: np.ndarray
@@ -98,6 +101,7 @@ class SegmentationResult:
     linked: bool = False
     stitch_threshold: float | None = None
     z_trim: float | None = None
+    z_split: float | None = None
 
 
 class Segmenter:
@@ -364,6 +368,7 @@ class Segmenter:
         stitch_threshold: float = DEFAULT_STITCH_THRESHOLD,
         link_frames: bool = False,
         z_trim: float | None = DEFAULT_Z_TRIM,
+        z_split: float | None = DEFAULT_Z_SPLIT,
         **predict_kwargs: Any,
     ) -> SegmentationResult:
         """Predict and post-process.
@@ -382,6 +387,9 @@ class Segmenter:
         z_trim : with stitching, cut each 3D cell to the planes where it is at least this
             share as bright as in its brightest plane (the out-of-focus planes above and
             below a nucleus, :func:`core.stitch.trim_z`); ``None`` or 0: no cut.
+        z_split : with stitching, split a 3D cell at a plane whose area is under this
+            share of its largest areas on both sides (two nuclei stacked in z,
+            :func:`core.stitch.split_z`); ``None`` or 0: no split.
 
         Labels come back on the prepared image's grid (channel gone, T, Z, Y, X order:
         ``result.axes``); a movie's ``result.counts`` holds the count of each frame.
@@ -403,6 +411,7 @@ class Segmenter:
             link=link_frames,
             image=work if z_trim else None,
             z_trim=z_trim,
+            z_split=z_split,
         )
         used_z = None
         if "Z" in work_axes:
@@ -424,6 +433,7 @@ class Segmenter:
             linked=bool(link_frames and "T" in work_axes),
             stitch_threshold=float(stitch_threshold) if used_z == "stitch" or counts else None,
             z_trim=float(z_trim) if used_z == "stitch" and z_trim else None,
+            z_split=float(z_split) if used_z == "stitch" and z_split else None,
         )
 
 
@@ -439,6 +449,7 @@ def postprocess_planes(
     link: bool = False,
     image: np.ndarray | None = None,
     z_trim: float | None = None,
+    z_split: float | None = None,
 ) -> tuple[np.ndarray, int]:
     """Post-process (C, *lead, *spatial) probabilities plane by plane; unique labels overall.
 
@@ -449,7 +460,9 @@ def postprocess_planes(
     ``axes`` (or with ``z_mode="planes"`` and no linking) every plane keeps its own
     objects, as before. With ``image`` (the grey image, shape ``probs.shape[1:]``) and
     ``z_trim``, each stitched 3D object is cut to the planes where it is at least
-    ``z_trim`` as bright as in its brightest one (:func:`core.stitch.trim_z`).
+    ``z_trim`` as bright as in its brightest one (:func:`core.stitch.trim_z`); with
+    ``z_split``, stitched objects are first split where their area narrows between two
+    maxima (two nuclei stacked in z, :func:`core.stitch.split_z`).
     Returns ``(labels int32, count = labels.max())``.
     """
     from napari_cellfocus.core.postprocess import postprocess
@@ -477,12 +490,16 @@ def postprocess_planes(
     if z_mode == "stitch" and "Z" in lead_axes:
         if lead_axes == "Z":
             labels = stitch_planes(labels, stitch_threshold)
+            if z_split:
+                labels = split_z(labels, z_split)
             if trim:
                 labels = trim_z(labels, image, z_trim)
         elif lead_axes == "TZ":
             offset = 0
             for t in range(labels.shape[0]):
                 frame = stitch_planes(labels[t], stitch_threshold)
+                if z_split:
+                    frame = split_z(frame, z_split)
                 if trim:
                     frame = trim_z(frame, image[t], z_trim)
                 frame[frame > 0] += offset

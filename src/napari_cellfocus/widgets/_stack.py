@@ -53,14 +53,20 @@ MODES: dict[int, list[StackMode]] = {
 
 def stack_options(stack: StackMode | None) -> dict[str, Any]:
     """Keyword arguments of ``engine.segment.postprocess_planes`` for a stack mode (a
-    z-stack's 3D cells are cut to their bright planes, ``core.stitch.trim_z``; the
-    caller passes the image)."""
+    z-stack's 3D cells are split at waists, ``core.stitch.split_z``, and cut to their
+    bright planes, ``core.stitch.trim_z``; the caller passes the image)."""
     if stack is None:
         return {}
-    from napari_cellfocus.core.stitch import DEFAULT_Z_TRIM
+    from napari_cellfocus.core.stitch import DEFAULT_Z_SPLIT, DEFAULT_Z_TRIM
 
-    trim = DEFAULT_Z_TRIM if stack.z_mode == "stitch" else None
-    return {"axes": stack.axes + "YX", "z_mode": stack.z_mode, "link": stack.link, "z_trim": trim}
+    stitch = stack.z_mode == "stitch"
+    return {
+        "axes": stack.axes + "YX",
+        "z_mode": stack.z_mode,
+        "link": stack.link,
+        "z_trim": DEFAULT_Z_TRIM if stitch else None,
+        "z_split": DEFAULT_Z_SPLIT if stitch else None,
+    }
 
 
 def lead_axes_of(layer: Any, channel: tuple[int, int] | None) -> tuple[tuple[int, ...], list]:
