@@ -181,6 +181,7 @@ class BatchReport:
         prefix = f"{path}: "
         if reason.startswith(prefix):
             reason = reason[len(prefix) :]
+        reason = reason.rstrip(".")
         self.failures.append((Path(path), reason))
         print(f"cellfocus: skipped {path}: {reason}", file=sys.stderr, flush=True)
 
