@@ -21,7 +21,7 @@ dicts inside)::
 Files are written atomically (a unique temporary file in the target folder, fsync,
 rename: :func:`napari_cellfocus.core.io.atomic_write`), so a crash never leaves a
 half-written model under the final name and two writers to one path never mix their
-tensors. Each file stores ``content_sha256``, a hash of its tensors and metadata
+tensors. Each file stores ``content_sha256``, a hash of its weights
 (:func:`content_hash`), checked at load: a flipped byte is refused. Files written
 before the hash existed (no ``content_sha256`` entry) load unchecked. Every way of
 failing to load (missing file, not a torch file, a torch file that is not ours, a newer
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,15 +117,15 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, info: ModelInfo) -
 
 
 def content_hash(payload: dict[str, Any]) -> str:
-    """sha256 (hex) of a checkpoint's content, the ``content_sha256`` entry left out.
+    """sha256 (hex) of a checkpoint's weights: every tensor of ``state_dict`` in sorted
+    key order, as name, dtype, shape and raw bytes.
 
-    Covers the metadata (as sorted JSON) and every tensor of ``state_dict`` in sorted key
-    order: name, dtype, shape and raw bytes. Two payloads with the same content give the
-    same hash, whatever the file's zip layout.
+    The weights are what a damaged file silently spoils (a flipped byte in the pickled
+    metadata breaks unpickling or a check instead); the metadata stay editable by
+    ``torch.load`` / ``torch.save`` (tools that add ``defaults`` to a model file). The
+    same weights give the same hash, whatever the file's zip layout.
     """
     digest = hashlib.sha256()
-    meta = {k: v for k, v in payload.items() if k not in ("state_dict", HASH_KEY)}
-    digest.update(json.dumps(meta, sort_keys=True, default=repr).encode())
     state = payload.get("state_dict", {})
     for name in sorted(state):
         tensor = state[name]
