@@ -42,10 +42,11 @@ def digest(path: Path) -> str:
 def refused(capsys, *argv: str) -> str:
     """Run ``cellfocus ARGV`` in-process; it must exit 2 with one error line; returns it."""
     assert main(list(argv)) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("cellfocus: error:") and "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    return err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("cellfocus: error:")]
+    assert len(errors) == 1, err  # (before it at most progress lines)
+    return errors[0]
 
 
 @pytest.fixture
@@ -280,3 +281,56 @@ def test_evaluate_csv_never_replaces_a_label_file(scene_dir, capsys):
     )
     assert "--csv" in err and str(truth) in err and "is the input" in err
     assert digest(truth) == before
+
+
+def test_output_errors_in_a_process_are_one_line(stack_path, tmp_path):
+    """NotADirectoryError / IsADirectoryError cases of fuse and predict, run as a process:
+    exit 2, one line naming the path, nothing written."""
+    note = tmp_path / "note.txt"
+    note.write_text("x")
+    res = run("fuse", str(stack_path), "--method", "gff", "--out", str(note / "f.tif"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert str(note) in res.stderr and "not a folder" in res.stderr
+    folder_tif = tmp_path / "d.tif"
+    folder_tif.mkdir()
+    args = ["fuse", str(stack_path), "--method", "gff", "--out", str(tmp_path / "f.tif")]
+    res = run(*args, "--depth", str(folder_tif))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert str(folder_tif) in res.stderr and "is a folder" in res.stderr
+    assert not (tmp_path / "f.tif").exists() and note.read_text() == "x"
+
+
+def test_write_failure_during_a_batch_names_the_file(stack_path, tmp_path, capsys, monkeypatch):
+    """A write that fails after the checks (disk full, permissions changed): in a batch
+    that stack is reported and skipped (exit 1); alone, one line naming it (exit 2)."""
+    import napari_cellfocus.core.io as core_io
+
+    real = core_io.write_image
+
+    def failing(path, array, compress=True):
+        if Path(path).name.startswith("a_"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, array, compress)
+
+    monkeypatch.setattr(core_io, "write_image", failing)
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.tif").write_bytes(stack_path.read_bytes())
+    out = tmp_path / "fused"
+    assert main(["fuse", str(folder), "--method", "max-focus", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "1 of 2 stacks fused; failed: a.tif (" in captured.err
+    assert str(out / "a_fused.tif") in captured.err and "Permission denied" in captured.err
+    assert (out / "b_fused.tif").exists()
+    err = refused(
+        capsys,
+        "fuse",
+        str(folder / "a.tif"),
+        "--method",
+        "max-focus",
+        "--out",
+        str(out / "a_one.tif"),
+    )
+    assert "Permission denied" in err and str(out / "a_one.tif") in err
