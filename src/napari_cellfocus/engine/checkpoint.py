@@ -54,6 +54,12 @@ class CheckpointError(ValueError):
     """A model file that cannot be used, with a message naming the file."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A model file that cannot be written (a folder, under a file, read-only, disk full),
+    with a message naming it; an ``OSError`` too, so callers catching write errors
+    (the Save model button) keep working."""
+
+
 @dataclass
 class ModelInfo:
     """Everything a checkpoint stores besides the weights."""
@@ -89,7 +95,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, info: ModelInfo) -
     try:
         check_writable(path, "model file")
     except ValueError as err:
-        raise CheckpointError(str(err)) from None
+        raise CheckpointWriteError(str(err)) from None
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
@@ -110,7 +116,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, info: ModelInfo) -
     try:
         atomic_write(path, lambda fh: fh.write(buffer.getbuffer()))
     except OSError as err:
-        raise CheckpointError(
+        raise CheckpointWriteError(
             f"{path}: cannot write the model file ({err.strerror or type(err).__name__})."
         ) from err
     return path
