@@ -334,3 +334,22 @@ def test_write_failure_during_a_batch_names_the_file(stack_path, tmp_path, capsy
         str(out / "a_one.tif"),
     )
     assert "Permission denied" in err and str(out / "a_one.tif") in err
+
+
+def test_batch_report_summary(capsys):
+    from napari_cellfocus.cli_common import BatchReport
+
+    report = BatchReport(14)
+    report.ok(), report.ok()
+    for i in range(12):
+        report.failed(Path(f"d/f{i}.tif"), ValueError(f"d/f{i}.tif: cannot be read."))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "cellfocus: skipped d/f0.tif: cannot be read"
+    summary = report.summary()
+    assert summary.startswith("2 of 14 images segmented; failed: f0.tif (cannot be read), ")
+    assert (
+        "f9.tif" in summary
+        and "f10.tif" not in summary
+        and summary.endswith("2 more (listed above)")
+    )
+    assert report.exit_code == 1 and BatchReport(1).exit_code == 0

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
+    "FILE_ERRORS",
     "BatchReport",
     "CliError",
     "ProgressBar",
@@ -30,6 +31,11 @@ __all__ = [
 
 class CliError(Exception):
     """An error in the user's input, printed without a traceback."""
+
+
+#: What one bad file of a batch may raise (unreadable, wrong shape or type, a write that
+#: fails, out of memory): reported and skipped, the other files go on.
+FILE_ERRORS = (CliError, ValueError, OSError, IndexError, TypeError, MemoryError, RuntimeError)
 
 
 class ProgressBar:
@@ -168,6 +174,9 @@ class BatchReport:
     command exits 1 when anything failed (:attr:`exit_code`).
     """
 
+    #: Failures named in the summary line (all of them were printed as they happened).
+    SHOWN = 10
+
     def __init__(self, total: int, noun: str = "images", verb: str = "segmented") -> None:
         self.total, self.noun, self.verb = total, noun, verb
         self.done = 0
@@ -188,7 +197,10 @@ class BatchReport:
     def summary(self) -> str:
         line = f"{self.done} of {self.total} {self.noun} {self.verb}"
         if self.failures:
-            line += "; failed: " + ", ".join(f"{p.name} ({why})" for p, why in self.failures)
+            shown = self.failures[: self.SHOWN]
+            line += "; failed: " + ", ".join(f"{p.name} ({why})" for p, why in shown)
+            if len(self.failures) > len(shown):
+                line += f" and {len(self.failures) - len(shown)} more (listed above)"
         return line
 
     @property

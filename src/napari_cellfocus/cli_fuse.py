@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from napari_cellfocus.cli_common import (
+    FILE_ERRORS,
     BatchReport,
     CliError,
     add_name_filters,
@@ -134,7 +135,7 @@ def run_fuse(args: argparse.Namespace) -> int:
             write_image(out, result.fused)
             if depth is not None:
                 write_image(depth, result.depth)
-        except (CliError, ValueError, OSError, IndexError, TypeError, MemoryError) as err:
+        except FILE_ERRORS as err:
             if len(stacks) == 1:
                 if isinstance(err, ValueError | CliError):
                     raise

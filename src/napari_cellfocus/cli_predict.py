@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from napari_cellfocus.cli_common import (
+    FILE_ERRORS,
     BatchReport,
     CliError,
     ProgressBar,
@@ -406,7 +407,7 @@ def run_predict(args: argparse.Namespace) -> int:
     for path, axes, out, pout in iterator:
         try:
             one(path, axes, out, pout)
-        except (CliError, ValueError, OSError, IndexError, TypeError, MemoryError) as err:
+        except FILE_ERRORS as err:
             if len(images) == 1:
                 message = error_line(err)
                 raise CliError(message if str(path) in message else f"{path}: {message}") from None
