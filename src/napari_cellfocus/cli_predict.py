@@ -414,7 +414,12 @@ def run_predict(args: argparse.Namespace) -> int:
             report.failed(path, err)
         else:
             report.ok()
-        _write_counts(places["counts"], rows, movies)  # after each image: a kill keeps them
+        try:  # after each image: a kill keeps the counts so far
+            _write_counts(places["counts"], rows, movies)
+        except OSError as err:
+            raise CliError(
+                f"{places['counts']}: cannot write the counts ({error_line(err)})."
+            ) from None
     print(f"counts of {report.done} image(s) written to {places['counts']}")
     if len(images) > 1 or report.failures:
         print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
