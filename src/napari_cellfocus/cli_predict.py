@@ -317,27 +317,11 @@ def describe_z(result: Any) -> str:
     return f", {', '.join(parts)}" if parts else ""
 
 
-def movie_table(labels: np.ndarray, image: np.ndarray) -> dict[str, np.ndarray]:
-    """:func:`core.measure.cell_table` of each frame, with a leading ``frame`` column."""
-    from napari_cellfocus.core.measure import cell_table
-
-    tables = [cell_table(labels[t], image[t]) for t in range(labels.shape[0])]
-    names = list(tables[0]) if tables else []
-    out: dict[str, np.ndarray] = {
-        "frame": np.concatenate(
-            [np.full(len(next(iter(tb.values()))), t) for t, tb in enumerate(tables)]
-        )
-    }
-    for name in names:
-        out[name] = np.concatenate([tb[name] for tb in tables])
-    return out
-
-
 # --------------------------------------------------------------------------- command
 def run_predict(args: argparse.Namespace) -> int:
     """Body of ``cellfocus predict`` (``args`` as parsed by the ``predict`` sub-parser)."""
     from napari_cellfocus.core.io import expand_paths, read_image, write_image
-    from napari_cellfocus.core.measure import cell_table, write_csv
+    from napari_cellfocus.core.measure import cell_table, frame_table, write_csv
 
     images = filter_names(expand_paths(args.images, role="images"), args.include, args.exclude)
     places = _output_places(images, args)
@@ -389,7 +373,7 @@ def run_predict(args: argparse.Namespace) -> int:
         if args.table:
             table = places["folder"] / f"{path.stem}_cells.csv"
             if "T" in result.axes:
-                write_csv(table, movie_table(result.labels, image))
+                write_csv(table, frame_table(result.labels, image))
             else:
                 write_csv(table, cell_table(result.labels, image))
             extra.append(f"table {table}")

@@ -80,14 +80,15 @@ def remove_stale_temporaries(path: str | Path, older_than_s: float = STALE_AFTER
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write a file through ``write(file_object)`` so that ``path`` never holds a partial
-        or mixed file; returns ``path``.
+    or mixed file; returns ``path``.
 
-        The bytes go to a unique temporary file in ``path``'s folder (so two writers to one
-        path never share it), are flushed and ``fsync``-ed, and the temporary file is renamed
-        over ``path`` with :func:`os.replace` (atomic: a reader sees the old file or the new
-        one). On any error the temporary file is removed and the error raised; temporaries
-    left by a killed writer are removed once stale (:func:`remove_stale_temporaries`). The new file
-        gets the permissions of the file it replaces, else the usual ones under the umask.
+    The bytes go to a unique temporary file in ``path``'s folder (so two writers to one
+    path never share it), are flushed and ``fsync``-ed, and the temporary file is renamed
+    over ``path`` with :func:`os.replace` (atomic: a reader sees the old file or the new
+    one). On any error the temporary file is removed and the error raised; temporaries
+    left by a killed writer are removed once stale (:func:`remove_stale_temporaries`). The
+    new file gets the permissions of the file it replaces, else the usual ones under the
+    umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

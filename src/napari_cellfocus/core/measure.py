@@ -7,9 +7,10 @@ and intensities per label, and the bounding boxes of matched / missed / spurious
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+import io
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from scipy import ndimage
@@ -137,28 +138,32 @@ def match_boxes(gt: np.ndarray, pred: np.ndarray, matching: Any) -> tuple[list, 
     return shapes, status
 
 
+def _write_rows(path: str | Path, rows: Iterable[Sequence[Any]]) -> Path:
+    """Write CSV rows atomically (:func:`napari_cellfocus.core.io.atomic_write`): an
+    interrupted export never leaves a half-written file under ``path``."""
+    from napari_cellfocus.core.io import atomic_write
+
+    def write(binary: IO[bytes]) -> None:
+        text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+        csv.writer(text).writerows(rows)
+        text.flush()
+        text.detach()  # leave the binary file open for atomic_write's fsync
+
+    return atomic_write(path, write)
+
+
 def write_csv(path: str | Path, table: Mapping[str, np.ndarray]) -> Path:
     """Write columns to a CSV file (header row, one row per cell)."""
-    path = Path(path)
     names = list(table)
     n = len(next(iter(table.values()))) if table else 0
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(names)
-        for i in range(n):
-            writer.writerow([_fmt(table[name][i]) for name in names])
-    return path
+    rows = [names] + [[_fmt(table[name][i]) for name in names] for i in range(n)]
+    return _write_rows(path, rows)
 
 
 def write_metrics_csv(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     """Write a ``metric,value`` CSV."""
-    path = Path(path)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["metric", "value"])
-        for key, value in metrics.items():
-            writer.writerow([key, _fmt(value)])
-    return path
+    rows = [["metric", "value"]] + [[key, _fmt(value)] for key, value in metrics.items()]
+    return _write_rows(path, rows)
 
 
 def _fmt(value: Any) -> Any:
