@@ -156,13 +156,27 @@ def wait_for(app, done, timeout_s: float) -> None:
 def fresh_viewer():
     import napari
 
-    viewer = napari.Viewer(show=True)
-    return viewer
+    return napari.Viewer(show=True)
 
 
 def dock(viewer, name: str):
     _, widget = viewer.window.add_plugin_dock_widget("napari-cellfocus", name)
     return widget
+
+
+def record_gaps(app, widget, click, diagnose: bool, timeout_s: float) -> dict:
+    """Let the viewer settle (1 s), then record the gaps from ``click()`` until the
+    widget's worker has finished; with ``diagnose`` print where the Qt thread stalled."""
+    settle = time.perf_counter() + 1.0
+    wait_for(app, lambda: time.perf_counter() > settle, 5)
+    recorder = GapRecorder(diagnose)
+    recorder.start()
+    click()
+    wait_for(app, lambda: widget.worker is None, timeout_s)
+    figures = recorder.stop()
+    if diagnose:
+        print("\n".join(recorder.stalls()), flush=True)
+    return figures
 
 
 def scenario_finetune(app, steps: int, diagnose: bool = False) -> dict[str, float]:
@@ -184,14 +198,7 @@ def scenario_finetune(app, steps: int, diagnose: bool = False) -> dict[str, floa
         widget.mode_combo.setCurrentIndex(widget.mode_combo.findData("weak"))
         widget.steps_spin.setValue(steps)
         widget.preview_spin.setValue(10)
-        wait_for(app, lambda: True, 1)
-        recorder = GapRecorder(diagnose)
-        recorder.start()
-        widget.start()
-        wait_for(app, lambda: widget.worker is None, 1800)
-        figures = recorder.stop()
-        if diagnose:
-            print("\n".join(recorder.stalls()), flush=True)
+        figures = record_gaps(app, widget, widget.start, diagnose, timeout_s=1800)
         figures["steps"] = int(widget.last_progress.step) if widget.last_progress else 0
         figures["previews"] = int(widget.previews)
         return figures
@@ -211,14 +218,7 @@ def scenario_stream(app, size: int, diagnose: bool = False) -> dict[str, float]:
         viewer.add_image(big, name="big")
         widget = dock(viewer, "Segment")
         widget.source.layers.set_layer(viewer.layers["big"])
-        wait_for(app, lambda: True, 1)
-        recorder = GapRecorder(diagnose)
-        recorder.start()
-        widget.run()
-        wait_for(app, lambda: widget.worker is None, 3600)
-        figures = recorder.stop()
-        if diagnose:
-            print("\n".join(recorder.stalls()), flush=True)
+        figures = record_gaps(app, widget, widget.run, diagnose, timeout_s=3600)
         figures["size"] = size
         figures["status"] = widget.status.text()
         return figures

@@ -4,10 +4,8 @@ and ``--param`` post-processing parameters, run as a process with the built-in m
 
 from __future__ import annotations
 
-import csv
-import os
+import functools
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,29 +14,15 @@ import tifffile
 from skimage import io as skio
 from skimage.segmentation import find_boundaries
 
+from cli_helpers import read_rows, run_cli
 from napari_cellfocus.cli_common import CliError, filter_names
-from napari_cellfocus.cli_predict import PARAM_HELP, method_parameters, plane_counts
+from napari_cellfocus.cli_predict import PARAM_HELP, count_rows, method_parameters
 from napari_cellfocus.core.simulate import simulate_cells
 
 AMBER = (255, 204, 0)
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    """``cellfocus ARGS`` in a new process, one CPU thread."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "napari_cellfocus.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        check=False,
-    )
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+run = functools.partial(run_cli, one_thread=True)
 
 
 @pytest.fixture(scope="module")
@@ -209,12 +193,15 @@ def test_filter_names_matches_file_names_ignoring_case():
         filter_names(paths, ["*.png"])
 
 
-def test_plane_counts():
+def test_count_rows():
+    """(frame, plane, count) rows: per plane of a stack segmented plane by plane, one row
+    for stitched 3D cells, per frame and plane of a movie of stacks."""
     lab = np.zeros((2, 8, 8), np.int32)
     lab[0, :2, :2], lab[0, 4:, 4:], lab[1, :3, :3] = 1, 2, 3
-    assert plane_counts(lab, 2) == [("0", 2), ("1", 1)]
-    assert plane_counts(lab, 3) == [("", 3)]
-    assert plane_counts(lab[None], 2) == [("0:0", 2), ("0:1", 1)]
+    assert count_rows(lab, "ZYX", "planes") == [("", "0", 2), ("", "1", 1)]
+    assert count_rows(lab, "ZYX", "stitch") == [("", "", 3)]
+    assert count_rows(lab[None], "TZYX", "planes") == [("0", "0", 2), ("0", "1", 1)]
+    assert count_rows(lab, "TYX", None) == [("0", "", 2), ("1", "", 1)]
 
 
 def test_param_help_lists_each_methods_parameters():

@@ -11,7 +11,7 @@ from napari_cellfocus.engine.checkpoint import load_checkpoint
 
 @pytest.fixture(scope="module")
 def sim_folder(tmp_path_factory):
-    from tests.conftest import run_cli
+    from cli_helpers import run_cli
 
     out = tmp_path_factory.mktemp("sim")
     res = run_cli("simulate", "--out", str(out), "-n", "2", "--size", "96", "--seed", "4")

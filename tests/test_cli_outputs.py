@@ -8,31 +8,20 @@ images."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
+from cli_helpers import run_cli
 from napari_cellfocus.cli import main
 from napari_cellfocus.core.simulate import simulate_cells, simulate_focus_stack
 
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    """``cellfocus ARGS`` in a new process, one CPU thread."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "napari_cellfocus.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        check=False,
-    )
+run = functools.partial(run_cli, one_thread=True)
 
 
 def digest(path: Path) -> str:

@@ -3,35 +3,16 @@ built-in model, 64-80 px planes)."""
 
 from __future__ import annotations
 
-import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
+import functools
 
 import numpy as np
 import pytest
 import tifffile
 
+from cli_helpers import read_rows, run_cli
 from napari_cellfocus.core.simulate import simulate_cells
 
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    """``cellfocus ARGS`` in a new process, one CPU thread."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "napari_cellfocus.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        check=False,
-    )
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+run = functools.partial(run_cli, one_thread=True)
 
 
 @pytest.fixture(scope="module")

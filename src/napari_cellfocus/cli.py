@@ -91,7 +91,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     from napari_cellfocus.cli_common import check_train_output
 
-    check_train_output(args.out, [*images, *labels])  # before any work: no input replaced
+    # before any work: not an input, a folder, a non-model file or an unwritable place
+    check_train_output(args.out, [*images, *labels])
     base = quick_finetune_config(weak=args.weak) if args.init else TrainConfig(weak=args.weak)
     overrides = {
         "n_classes": args.classes,
@@ -109,7 +110,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     }
     config = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     out = Path(args.out)
-    _check_train_out(out)  # before any work: a folder, a non-model file, an unwritable place
     trainer = Trainer(
         [read_image(p) for p in images],
         [read_image(p) for p in labels],
@@ -155,40 +155,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 128 + received[0]  # 143 for SIGTERM, 130 for SIGINT, as a shell reports
     print(f"model written to {out}")
     return 0
-
-
-def _check_train_out(out: Path) -> None:
-    """``train --out`` checked before training: not a folder, not an existing file that
-    is not a model (an image, labels...), and its folder writable (tried by creating a
-    file there, which also works where permission bits say nothing, e.g. as root)."""
-    import os
-    import tempfile
-
-    from napari_cellfocus.engine.checkpoint import CheckpointError, read_checkpoint
-
-    if out.is_dir():
-        raise CliError(
-            f"--out {out}: is a folder; give a model file name, e.g. {out / 'model.pt'}."
-        )
-    if out.exists():
-        try:
-            read_checkpoint(out)
-        except CheckpointError as err:
-            if out.suffix.lower() not in (".pt", ".pth"):
-                raise CliError(
-                    f"--out {out}: the file exists and is not a model ({err}); it is not "
-                    "replaced: choose a new .pt name."
-                ) from None
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise CliError(
-            f"--out {out}: cannot write in {parent} ({err.strerror or type(err).__name__})."
-        ) from None
 
 
 def _keep_previous_model(out: Path) -> Path | None:

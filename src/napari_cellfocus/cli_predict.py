@@ -141,19 +141,6 @@ def post_params_from_args(
 
 
 # --------------------------------------------------------------------------- outputs
-def plane_counts(labels: np.ndarray, spatial_dims: int) -> list[tuple[str, int]]:
-    """``(plane, count)`` rows: one ``("", n)`` for an image segmented as a whole, else one
-    per plane of the leading axes (``"3"``, or ``"1:3"`` for two leading axes), counting
-    the distinct labels in it."""
-    lead = labels.shape[: max(0, labels.ndim - spatial_dims)]
-    if not lead:
-        return [("", int(np.count_nonzero(np.unique(labels))))]
-    return [
-        (":".join(map(str, idx)), int(np.count_nonzero(np.unique(labels[idx]))))
-        for idx in np.ndindex(*lead)
-    ]
-
-
 def write_overlays(path: Path, image: np.ndarray, labels: np.ndarray) -> list[Path]:
     """Overlay PNG(s) of ``image`` with ``labels``' outlines: ``path`` for a 2D image,
     ``<stem>_<plane>.png`` per plane (leading axes) otherwise."""

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from napari_cellfocus.core.axes import canonical, resolve_axes, select_channel
+from napari_cellfocus.core.measure import frame_counts
 from napari_cellfocus.core.size import (
     MAX_ZOOM,
     disc_area,
@@ -418,7 +419,7 @@ class Segmenter:
             used_z = "3d" if self.spatial_dims == 3 else z_mode
         counts = None
         if "T" in work_axes:
-            counts = [int(np.count_nonzero(np.unique(f))) for f in labels]
+            counts = frame_counts(labels)
         return SegmentationResult(
             probs,
             labels,

@@ -51,10 +51,10 @@ MODES: dict[int, list[StackMode]] = {
 }
 
 
-def stack_options(stack: StackMode | None) -> dict[str, Any]:
+def stack_options(stack: StackMode | None, image: np.ndarray | None = None) -> dict[str, Any]:
     """Keyword arguments of ``engine.segment.postprocess_planes`` for a stack mode (a
     z-stack's 3D cells are split at waists, ``core.stitch.split_z``, and cut to their
-    bright planes, ``core.stitch.trim_z``; the caller passes the image)."""
+    bright planes in ``image``, ``core.stitch.trim_z``); ``{}`` for ``None`` (2D)."""
     if stack is None:
         return {}
     from napari_cellfocus.core.stitch import DEFAULT_Z_SPLIT, DEFAULT_Z_TRIM
@@ -66,6 +66,7 @@ def stack_options(stack: StackMode | None) -> dict[str, Any]:
         "link": stack.link,
         "z_trim": DEFAULT_Z_TRIM if stitch else None,
         "z_split": DEFAULT_Z_SPLIT if stitch else None,
+        "image": image,
     }
 
 
@@ -84,7 +85,7 @@ def lead_axes_of(layer: Any, channel: tuple[int, int] | None) -> tuple[tuple[int
     return lead, [str(label).lower() for label in labels[: len(lead)]]
 
 
-def _says(label: str) -> str | None:
+def axis_kind(label: str) -> str | None:
     """'Z' or 'T' when a napari axis label names the axis (z, depth, t, time, frame...)."""
     if label in ("z", "depth", "plane", "planes", "slice") or label.startswith("z"):
         return "Z"
@@ -119,7 +120,7 @@ class StackChoice(QComboBox):
         if not modes:
             self.addItem("— (2D image)" if not lead else "— (too many axes)", None)
         else:
-            said = [_says(label) for label in labels]
+            said = [axis_kind(label) for label in labels]
             ambiguous = len(lead) == 1 and said[0] is None and lead[0] <= AMBIGUOUS_MAX
             if ambiguous:
                 self.addItem(

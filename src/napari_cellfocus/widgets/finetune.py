@@ -176,22 +176,12 @@ def _predict_planes(trainer: Any, job: dict[str, Any], planes: list) -> np.ndarr
     return probs
 
 
-def _stack_kwargs(job: dict[str, Any]) -> dict[str, Any]:
-    """The stack options of the job's segmentation, with its image (for the z cut)."""
-    options = dict(job.get("stack", {}))
-    if options:
-        options["image"] = job["image"]
-    return options
-
-
 def _preview(trainer: Any, job: dict[str, Any], step: int) -> Preview:
     """Predict the preview planes with the trainer's current weights; back to training mode."""
     from napari_cellfocus.engine.segment import postprocess_planes
 
     probs = _predict_planes(trainer, job, job["planes"])
-    labels, count = postprocess_planes(
-        probs, 2, job["method"], job["params"], **_stack_kwargs(job)
-    )
+    labels, count = postprocess_planes(probs, 2, job["method"], job["params"], **job["stack"])
     return Preview(step, probs, labels, count)
 
 
@@ -221,7 +211,7 @@ def _starting_scores(trainer: Any, job: dict[str, Any]) -> dict:
     from napari_cellfocus.engine.segment import postprocess_planes
 
     probs = _predict_planes(trainer, job, job["annotated"])
-    labels, _ = postprocess_planes(probs, 2, job["method"], job["params"], **_stack_kwargs(job))
+    labels, _ = postprocess_planes(probs, 2, job["method"], job["params"], **job["stack"])
     return annotation_scores(job, labels)
 
 
@@ -587,7 +577,7 @@ class FinetuneWidget(QWidget):
             "method": self.state.post_method,
             "params": self.state.post_kwargs(),
             # a stack's planes become cells as in its segmentation (joined across z...)
-            "stack": stack_options(result.stack) if template is not None else {},
+            "stack": stack_options(result.stack, image) if template is not None else {},
             "annotations": labels,
             "annotated": planes,
             "weak": weak,

@@ -62,7 +62,7 @@ from napari_cellfocus.widgets._layers import (
     source_of,
 )
 from napari_cellfocus.widgets._plots import PlotCanvas
-from napari_cellfocus.widgets._stack import lead_axes_of
+from napari_cellfocus.widgets._stack import axis_kind, lead_axes_of
 from napari_cellfocus.widgets._state import get_state, unwrap
 from napari_cellfocus.widgets._workers import Failed, start_job
 
@@ -310,7 +310,7 @@ class MeasureWidget(QWidget):
         if result is not None and stack is not None and source_of(layer) == result.layer_name:
             return stack.axes.startswith("T")
         _, names = lead_axes_of(layer, None)
-        return bool(names) and (names[0] in ("t", "time", "frame") or names[0].startswith("time"))
+        return bool(names) and axis_kind(names[0]) == "T"
 
     def measure(self) -> None:
         """Compute the table (and metrics); shows an error and changes nothing on bad input."""

@@ -113,6 +113,7 @@ def segment_job(
     ``method=None``: the model's own post-processing defaults (with its size filter
     relative to the diameter). ``stack``: how a 2D model's planes become cells (z-stack
     planes joined into 3D cells, frames linked; ``None``: each plane on its own)."""
+    from napari_cellfocus.core.measure import frame_counts
     from napari_cellfocus.engine.segment import postprocess_planes
 
     start = time.perf_counter()
@@ -145,15 +146,12 @@ def segment_job(
             return Failed(f"'{name}': nothing to segment (empty image).")
         if segmenter.spatial_dims != 2:
             stack = None  # a 3D model makes 3D cells itself
-        options = stack_options(stack)
-        if options:
-            options["image"] = image
         labels, count = postprocess_planes(
-            update.probs, segmenter.spatial_dims, method, params, **options
+            update.probs, segmenter.spatial_dims, method, params, **stack_options(stack, image)
         )
         frames = None
         if stack is not None and stack.axes.startswith("T"):
-            frames = [int(np.count_nonzero(np.unique(frame))) for frame in labels]
+            frames = frame_counts(labels)
         return SegmentDone(
             update.probs,
             labels,

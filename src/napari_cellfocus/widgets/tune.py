@@ -384,16 +384,9 @@ class TuneWidget(QWidget):
             result.generation,
             returned=self._relabelled,
             finished=self._relabel_finished,
-            **self._stack_options(result),
+            # the planes become cells again as in the segmentation (joined across z...)
+            **stack_options(result.stack if result.spatial_dims == 2 else None, result.image),
         )
-
-    @staticmethod
-    def _stack_options(result: Any) -> dict[str, Any]:
-        """How the planes of ``result`` become cells again (as its segmentation did)."""
-        options = stack_options(result.stack if result.spatial_dims == 2 else None)
-        if options:
-            options["image"] = result.image
-        return options
 
     def _relabelled(self, out: Any) -> None:
         if isinstance(out, Failed):
