@@ -164,6 +164,40 @@ def test_q_s_hand_values():
     assert q_s([tex, tex], 2 * tex) == pytest.approx(0.64, abs=1e-9)
 
 
+def _q_s_brute_force(a: np.ndarray, b: np.ndarray, f: np.ndarray, window: int) -> float:
+    """Piella-Heijmans Q_S from its definition, window by window: every window x window
+    block fully inside the image, population means / variances / covariance in it."""
+
+    def q0(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        mx, my = x.mean(), y.mean()
+        vx, vy = ((x - mx) ** 2).mean(), ((y - my) ** 2).mean()
+        cxy = ((x - mx) * (y - my)).mean()
+        return (2 * cxy / (vx + vy)) * (2 * mx * my / (mx * mx + my * my)), vx
+
+    values = []
+    for r in range(a.shape[0] - window + 1):
+        for c in range(a.shape[1] - window + 1):
+            win = (slice(r, r + window), slice(c, c + window))
+            qa, sa = q0(a[win], f[win])
+            qb, sb = q0(b[win], f[win])
+            lam = sa / (sa + sb)
+            values.append(lam * qa + (1 - lam) * qb)
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize(("shape", "window"), [((13, 17), 8), ((12, 10), 7), ((9, 8), 8)])
+def test_q_s_is_the_mean_over_all_windows(shape, window):
+    """Random sources and fused image: Q_S equals the brute-force mean over all
+    (Y - w + 1)(X - w + 1) windows, including the last row and column of windows (the
+    even 8x8 window used to lose them)."""
+    rng = np.random.default_rng(7)
+    a, b = 1 + rng.random(shape), 1 + rng.random(shape)
+    f = 0.5 * (a + b) + 0.1 * rng.random(shape)
+    assert q_s([a, b], f, window=window) == pytest.approx(
+        _q_s_brute_force(a, b, f, window), rel=1e-9
+    )
+
+
 def test_q_cb_identical_scaled_and_flat():
     """F = A = B -> preservation 1 everywhere -> 1. F = 2A: the CSF filter is linear and the
     contrast a ratio, so C'_F = C'_A -> 1. F flat: C'_F = 0 where C'_A > 0 -> 0."""

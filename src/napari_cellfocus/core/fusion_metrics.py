@@ -498,10 +498,16 @@ def _uiqi(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.nda
 
 
 def _crop(a: np.ndarray, window: int) -> np.ndarray:
-    h = window // 2
-    if a.shape[0] > 2 * h and a.shape[1] > 2 * h and h > 0:
-        return a[h:-h, h:-h]
-    return a
+    """The values of ``a`` (a map of ``ndi.uniform_filter(size=window)`` statistics) at the
+    centres of all ``window x window`` windows fully inside the image: ``n - window + 1``
+    per axis. ``uniform_filter``'s window at index ``i`` covers ``i - window // 2`` to
+    ``i + (window - 1 - window // 2)``, so for an even window it is not symmetric (8: i - 4
+    to i + 3). An image smaller than the window keeps the whole map."""
+    lo = window // 2
+    hi = window - 1 - lo
+    if window <= 1 or a.shape[0] < window or a.shape[1] < window:
+        return a
+    return a[lo : a.shape[0] - hi, lo : a.shape[1] - hi]
 
 
 def q_s(sources: Any, fused: Any, window: int = 8) -> float:
@@ -513,9 +519,9 @@ def q_s(sources: Any, fused: Any, window: int = 8) -> float:
     ``lambda(w) = s(A|w) / (s(A|w) + s(B|w))``
 
     with ``Q0`` the Wang-Bovik universal image quality index in the window ``w`` and the
-    saliency ``s`` the local variance; ``window x window`` sliding windows (8 x 8) fully
-    inside the image. For ``n`` sources ``lambda_i = s_i / sum_j s_j`` (equal weights where
-    every source is flat).
+    saliency ``s`` the local variance; every ``window x window`` sliding window (8 x 8) fully
+    inside the image, ``(Y - window + 1) (X - window + 1)`` of them. For ``n`` sources
+    ``lambda_i = s_i / sum_j s_j`` (equal weights where every source is flat).
     """
     srcs, f = _inputs(sources, fused)
     qs, sal = zip(*(_uiqi(s, f, window) for s in srcs), strict=True)
