@@ -402,22 +402,42 @@ def test_triplex_weight_map_no_cells():
 
 # --------------------------------------------------------------------------- overcrowding
 def test_overcrowding_map_single_cell():
-    """3x3 cell in a 5x5 image, sigma = 1. Contour = ring of 8 (d = 0 -> 1), centre d = 1,
-    background: d = 1 except the image corners (sqrt(2) from the cell corners).
-    add: contour 1 + 1, centre 1 + e^-0.5, background 1.5 + e^-0.5, corners 1.5 + e^-1.
-    multiply: 1, e^-0.5, 1.5 e^-0.5, 1.5 e^-1."""
+    """3x3 cell in a 5x5 image, sigma = 1. The Gaussians are summed on background only:
+    S = e^-0.5 next to the cell (d = 1 to its contour), e^-1 at the image corners
+    (sqrt(2)), 0 on the cell. multiply: cell 1, background 1.5 * max(S, 1) = 1.5;
+    add: cell 1, background 1.5 + S."""
     g = np.zeros((5, 5), dtype=np.int32)
     g[1:4, 1:4] = 8
     s = np.full((5, 5), math.exp(-0.5))
-    s[1:4, 1:4] = 1.0
-    s[2, 2] = math.exp(-0.5)
+    s[1:4, 1:4] = 0.0
     for r, c in [(0, 0), (0, 4), (4, 0), (4, 4)]:
         s[r, c] = math.exp(-1)
     cls = np.where(g > 0, 1.0, 1.5)
-    np.testing.assert_allclose(wm.overcrowding_map(g, sigma=1), cls + s, rtol=1e-6)
-    np.testing.assert_allclose(
-        wm.overcrowding_map(g, sigma=1, combine="multiply"), cls * s, rtol=1e-6
-    )
+    np.testing.assert_allclose(wm.overcrowding_map(g, sigma=1), cls * np.maximum(s, 1))
+    np.testing.assert_allclose(wm.overcrowding_map(g, sigma=1, combine="add"), cls + s, rtol=1e-6)
+
+
+def test_overcrowding_map_gap_between_close_cells_outweighs_cells():
+    """C's default sigma = 25. Cells A (rows 15-24, cols 10-19) and B (cols 22-31) leave a
+    2-px gap; C (cols 220-229) is alone, 188 px from B (beyond truncate * sigma = 125).
+    Gap pixel (19, 20): 1 px from A's contour (col 19), 2 px from B's (col 22):
+    S = e^(-1/1250) + e^(-4/1250) ~ 1.996, w = 1.5 S ~ 2.99. Next to C, (19, 230): S =
+    e^(-1/1250) < 1, floored: w = 1.5. Cell pixels: 1, interiors and contours alike (the
+    old reading summed the Gaussians inside cells too and gave them ~2)."""
+    g = np.zeros((40, 260), dtype=np.int32)
+    g[15:25, 10:20] = 1
+    g[15:25, 22:32] = 2
+    g[15:25, 220:230] = 3
+    w = wm.overcrowding_map(g)
+    gap = 1.5 * (math.exp(-1 / 1250) + math.exp(-4 / 1250))
+    assert w[19, 20] == pytest.approx(gap, rel=1e-6)
+    assert w[19, 230] == pytest.approx(1.5, rel=1e-6)
+    np.testing.assert_array_equal(w[g > 0], 1.0)
+    assert w[19, 20] > 2.9 and w[19, 21] > 2.9  # the whole gap column pair
+    assert w[g == 0].min() == pytest.approx(1.5)
+    add = wm.overcrowding_map(g, combine="add")
+    assert add[19, 20] == pytest.approx(1.5 + gap / 1.5, rel=1e-6)
+    np.testing.assert_array_equal(add[g > 0], 1.0)
 
 
 def _crowd_expected(c: int) -> float:
@@ -427,15 +447,16 @@ def _crowd_expected(c: int) -> float:
 
 
 def test_overcrowding_map_contributions_add_up():
-    """3 x 9: A (4) cols 0-1, B (2) cols 5-8, sigma = 2; w = class weight + S(c)."""
+    """3 x 9: A (4) cols 0-1, B (2) cols 5-8, sigma = 2; on the background columns 2-4
+    w = 1.5 * max(S(c), 1) with S the sum of both cells' terms, on cells 1."""
     g = np.zeros((3, 9), dtype=np.int32)
     g[:, 0:2] = 4
     g[:, 5:9] = 2
     w = wm.overcrowding_map(g, sigma=2)
-    exp = np.array([(1.0 if g[0, c] else 1.5) + _crowd_expected(c) for c in range(9)])
+    exp = np.array([1.5 * max(_crowd_expected(c), 1) if g[0, c] == 0 else 1.0 for c in range(9)])
     np.testing.assert_allclose(w, np.broadcast_to(exp, g.shape), rtol=1e-6)
-    # the middle background column gets both cells' share: 2 e^-0.5
-    assert w[0, 3] == pytest.approx(1.5 + 2 * math.exp(-0.5), rel=1e-6)
+    # the middle background column gets both cells' share: 2 e^-0.5 = 1.21 > 1
+    assert w[0, 3] == pytest.approx(1.5 * 2 * math.exp(-0.5), rel=1e-6)
 
     w3 = wm.overcrowding_map(np.stack([g, g]), sigma=2)
     np.testing.assert_allclose(w3, np.broadcast_to(exp, (2, 3, 9)), rtol=1e-6)

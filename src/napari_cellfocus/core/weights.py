@@ -435,19 +435,28 @@ def overcrowding_map(
     sigma: float = 25.0,
     cell_weight: float = 1.0,
     background_weight: float = 1.5,
-    combine: str = "add",
+    combine: str = "multiply",
     truncate: float = 5.0,
 ) -> np.ndarray:
     """Overcrowding weight map of the c-ResUnet counting paper (C section 4.2).
 
-    ``S(p) = sum_i exp(-d_i(p)^2 / (2 sigma^2))``, where ``d_i(p)`` is the distance from ``p``
-    to the closest contour pixel of cell ``i`` (inside and outside the cell), so contributions
-    of nearby cells add up where cells crowd. C then applies class weights, 1 on cells and 1.5
-    on background, without saying how; ``combine`` picks the reading:
+    ``S(p) = sum_i exp(-d_i(p)^2 / (2 sigma^2))`` on **background** pixels, where ``d_i(p)``
+    is the distance from ``p`` to the closest contour pixel of cell ``i``, so contributions of
+    nearby cells add up in the gaps where cells crowd; ``S = 0`` on cells. The map is floored
+    at 1, ``M = max(S, 1)`` (cells and isolated background get 1), and C's class weights,
+    1 on cells and 1.5 on background, then apply; ``combine`` says how:
 
-    * ``"add"`` (default): ``w = class_weight + S`` (like Ronneberger's ``w_c + ...``; every
-      pixel keeps at least its class weight);
-    * ``"multiply"``: ``w = class_weight * S``.
+    * ``"multiply"`` (default): ``w = class_weight * M`` -- cells ``cell_weight``, background
+      ``background_weight * max(S, 1)``;
+    * ``"add"``: ``w = class_weight + S`` (Ronneberger's ``w_c + ...`` form).
+
+    Either way a gap pixel between two close cells (``S`` near 2) weighs more than any cell
+    pixel. C's steps (distance to the border for "each pixel of the current map", summed
+    over cells) leave open where the sum is kept; its aim ("penalize the errors on the
+    borders of touching cells ... bigger as the number and/or the proximity of cells
+    increases", Fig. 3) and the Ronneberger map it develops weight the background between
+    cells, so the sum is kept on background only: summed everywhere, cell interiors near
+    their own border got about as much weight as the gaps.
 
     Speed: each cell's distances are computed in its bounding box grown by
     ``truncate * sigma`` pixels; a dropped contribution is below ``exp(-truncate^2 / 2)``
@@ -460,7 +469,7 @@ def overcrowding_map(
         Pixels; C sets it to the average cell radius, 25.
     cell_weight, background_weight : float
         Class weights (C: 1 and 1.5).
-    combine : {"add", "multiply"}
+    combine : {"multiply", "add"}
     truncate : float
         Cut-off in units of ``sigma``.
 
@@ -482,8 +491,13 @@ def overcrowding_map(
             continue
         d = ndi.distance_transform_edt(~own)
         total[win] += np.exp(-(d**2) / (2.0 * sigma**2))
-    class_w = np.where(lab > 0, cell_weight, background_weight)
-    w = class_w + total if combine == "add" else class_w * total
+    background = lab == 0
+    total[~background] = 0.0
+    class_w = np.where(background, background_weight, cell_weight)
+    if combine == "add":
+        w = class_w + total
+    else:
+        w = class_w * np.maximum(total, 1.0)
     return w.astype(np.float32)
 
 
