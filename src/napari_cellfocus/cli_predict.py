@@ -304,6 +304,100 @@ def describe_z(result: Any) -> str:
     return f", {', '.join(parts)}" if parts else ""
 
 
+# --------------------------------------------------------------------------- memory
+#: Above this many pixels a 2D image is segmented in blocks even when it would fit whole
+#: (6000 x 6000): the whole-image path needs ~28 bytes a pixel, 1 GiB here.
+BLOCKS_ABOVE_PIXELS = 36_000_000
+
+
+def choose_mode(path: Path, axes: str, args: argparse.Namespace, seg: Any) -> str:
+    """``"whole"`` or ``"blocks"`` for image ``path`` (axes as found), from its header
+    alone: ``--blocks on/off``, else blocks for a 2D image over
+    :data:`BLOCKS_ABOVE_PIXELS` or one that would not fit whole. Raises
+    :class:`CliError` naming the file, the memory needed and the memory available when
+    the chosen way does not fit either (before any pixel is read)."""
+    from napari_cellfocus.core.io import tiff_header
+    from napari_cellfocus.core.memory import (
+        available_bytes,
+        block_bytes,
+        fits,
+        gib,
+        whole_image_bytes,
+    )
+    from napari_cellfocus.engine.blocks import block_margin
+
+    header = tiff_header(path)
+    if header is None or not axes:
+        return "whole"  # unreadable or no image: read_image says what is wrong
+    shape, dtype = header
+    itemsize = np.dtype(dtype).itemsize
+    n_channels = shape[axes.index("C")] if "C" in axes and len(axes) == len(shape) else 1
+    total = int(np.prod(shape))
+    pixels = total // max(1, n_channels)
+    diameter = None if args.diameter == "auto" else float(args.diameter)
+    zoom = seg.zoom_for(diameter) if diameter else 1.0
+    whole = whole_image_bytes(pixels, itemsize, seg.n_classes, zoom, raw_bytes=total * itemsize)
+    plane = axes.replace("C", "") == "YX"
+    available = available_bytes()
+    if args.blocks == "on" and not plane:
+        raise CliError(
+            f"{path}: --blocks on segments 2D images (Y, X); this one has shape {shape}, "
+            f"axes {axes}."
+        )
+    mode, need = "whole", whole
+    if plane and args.blocks != "off":
+        if args.blocks == "on" or pixels > BLOCKS_ABOVE_PIXELS or not fits(whole, available):
+            yx = tuple(n for n, a in zip(shape, axes, strict=True) if a != "C")
+            margin = block_margin(diameter or seg.model_diameter, zoom)
+            raw_extra = (total - pixels) * itemsize
+            need = raw_extra + block_bytes(
+                yx, itemsize, args.block_size, margin, seg.n_classes, zoom
+            )
+            mode = "blocks"
+    if not fits(need, available):
+        if mode == "blocks":
+            hint = "use a smaller --block-size, or free memory"
+        elif plane:
+            hint = "use --blocks on (labels computed block by block), or free memory"
+        else:
+            hint = "split the stack or movie into smaller files, or free memory"
+        raise CliError(
+            f"{path}: segmenting this {' x '.join(map(str, shape))} {np.dtype(dtype)} image "
+            f"{'in blocks ' if mode == 'blocks' else 'whole '}needs about {gib(need)} of "
+            f"memory, {gib(available)} is available: {hint}."
+        )
+    return mode
+
+
+def segment_in_blocks(
+    path: Path,
+    image: np.ndarray,
+    out: Path,
+    seg: Any,
+    method: str,
+    params: dict[str, Any],
+    args: argparse.Namespace,
+) -> Any:
+    """Segment a 2D image block by block straight into ``out``
+    (:func:`engine.blocks.segment_to_tiff`), with a progress bar; returns the job."""
+    from napari_cellfocus.engine.blocks import segment_to_tiff
+
+    bar = ProgressBar(1, f"predict {path.name} in blocks")
+    return segment_to_tiff(
+        seg,
+        image,
+        out,
+        method=method,
+        post_params=params or None,
+        diameter=args.diameter,
+        block=args.block_size,
+        tile_size=args.tile_size,
+        with_table=args.table,
+        on_block=lambda u: (setattr(bar, "total", u.total), bar.update(u.done)),
+        name=str(path),
+    )
+
+
 # --------------------------------------------------------------------------- command
 def run_predict(args: argparse.Namespace) -> int:
     """Body of ``cellfocus predict`` (``args`` as parsed by the ``predict`` sub-parser)."""
@@ -331,12 +425,36 @@ def run_predict(args: argparse.Namespace) -> int:
     rows: list[list[Any]] = []
 
     def one(path: Path, axes: str, out: Path, pout: Path | None) -> None:
+        mode = choose_mode(path, axes, args, seg)  # before the pixels are read
+        if mode == "blocks" and (pout is not None or args.overlay):
+            raise CliError(
+                f"{path}: is segmented in blocks (a large 2D image), where --probs and "
+                "--overlay are not written (a full-size map would not fit): run without "
+                "them, or with --blocks off if it fits whole."
+            )
         raw = read_image(path)
         check_pixels(path, raw)
         try:
             image, work_axes = seg.prepare(raw, axes or None, args.channel)
         except (ValueError, IndexError) as err:
             raise CliError(f"{path}: {err}") from None
+        del raw
+        if mode == "blocks":
+            job = segment_in_blocks(path, image, out, seg, method, params, args)
+            diameter = "" if job.diameter is None else f"{job.diameter:.2f}"
+            rows.append([str(path), *([""] if movies else []), "", job.count, diameter])
+            extra = ""
+            if args.table:
+                table = places["folder"] / f"{path.stem}_cells.csv"
+                write_csv(table, job.table)
+                extra = f" (table {table})"
+            size = describe_diameter(job.diameter, args.diameter)
+            print(
+                f"{path}: {job.count} cells{size}; axes YX, in {job.n_blocks} blocks of "
+                f"{job.block} px (+{job.margin} px margin) -> {out}{extra}",
+                flush=True,
+            )
+            return
         bar = ProgressBar(1, f"predict {path.name}")
         result = seg.segment(
             image,
@@ -423,6 +541,17 @@ def diameter_arg(text: str) -> float | str:
     return value
 
 
+def block_size_arg(text: str) -> int:
+    """``--block-size``: a whole number of pixels >= 256."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 256:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels >= 256, got {text!r}")
+    return value
+
+
 def describe_diameter(diameter: float | None, asked: float | str) -> str:
     """', nucleus diameter 23.1 px (estimated)' for the per-image line; '' without one."""
     if diameter is None:
@@ -479,6 +608,20 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png per image")
     p.add_argument("--probs", type=Path, default=None, help="also write probabilities (C,Y,X)")
     p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (512)")
+    p.add_argument(
+        "--blocks",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="segment a 2D image block by block, labels streamed to the file, memory "
+        "bounded by the block (no --probs/--overlay then); auto (default): for images "
+        "over 36 megapixels or that would not fit in memory whole",
+    )
+    p.add_argument(
+        "--block-size",
+        type=block_size_arg,
+        default=2048,
+        help="block side in pixels with --blocks (2048)",
+    )
     p.add_argument(
         "--axes",
         default=None,

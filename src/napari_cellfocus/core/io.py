@@ -187,3 +187,90 @@ def output_paths(inputs: Sequence[Path], out: str | Path, suffix: str = "_labels
             f"--out {out}: {len(inputs)} inputs need a folder for their results, not one file."
         )
     return [out / f"{p.stem}{suffix}.tif" for p in inputs]
+
+
+#: Tile side (px) of the TIFF files written row band by row band (:func:`write_image_rows`).
+ROW_TILE = 256
+
+
+def write_image_rows(
+    path: str | Path,
+    shape: tuple[int, int],
+    dtype: np.dtype | type,
+    bands: Iterable[tuple[int, np.ndarray]],
+    compress: bool = True,
+) -> Path:
+    """Write a (Y, X) image that arrives as row bands, never holding it whole.
+
+    ``bands`` yields ``(first_row, rows)`` pairs in order, ``rows`` of shape (n, X) and
+    ``dtype``, covering rows 0..Y-1 once each (any band heights). The file is a tiled
+    TIFF (:data:`ROW_TILE` px tiles, zlib), written atomically (:func:`atomic_write`), so
+    a failure or a kill while the bands are computed leaves no partial file. Memory:
+    one row of tiles plus one band. Raises ``ValueError`` when the bands do not cover
+    the image in order.
+    """
+    height, width = (int(n) for n in shape)
+    dtype = np.dtype(dtype)
+    tile = ROW_TILE
+
+    def tiles() -> Iterable[np.ndarray]:
+        # tifffile closes this generator at its last tile: the bands are read one ahead,
+        # so the producer runs to its end, and the coverage is checked, before that tile.
+        source = iter(bands)
+        pending = np.zeros((0, width), dtype)
+        expected = 0
+        band = next(source, None)
+        while band is not None:
+            following = next(source, None)
+            first, rows = band[0], np.asarray(band[1], dtype)
+            if first != expected or rows.ndim != 2 or rows.shape[1] != width:
+                raise ValueError(
+                    f"{path}: row band at {first} of shape {rows.shape} does not follow row "
+                    f"{expected} of a {height} x {width} image."
+                )
+            expected += rows.shape[0]
+            last = following is None
+            if last and expected != height:
+                raise ValueError(f"{path}: row bands stopped at row {expected} of {height}.")
+            if expected > height:
+                raise ValueError(f"{path}: more row bands than the image's {height} rows.")
+            if pending.size:
+                rows = np.concatenate([pending, rows])
+            n_full = rows.shape[0] // tile * tile
+            strips = [rows[y : y + tile] for y in range(0, n_full, tile)]
+            pending = rows[n_full:]
+            if last and pending.size:
+                strips.append(np.pad(pending, ((0, tile - pending.shape[0]), (0, 0))))
+            for strip in strips:
+                for x in range(0, width, tile):
+                    part = strip[:, x : x + tile]
+                    if part.shape[1] < tile:
+                        part = np.pad(part, ((0, 0), (0, tile - part.shape[1])))
+                    yield np.ascontiguousarray(part)
+            band = following
+        if expected != height:
+            raise ValueError(f"{path}: row bands stopped at row {expected} of {height}.")
+
+    def write(fh: IO[bytes]) -> None:
+        tifffile.imwrite(
+            fh,
+            tiles(),
+            shape=(height, width),
+            dtype=dtype,
+            tile=(tile, tile),
+            compression="zlib" if compress else None,
+            photometric="minisblack",
+        )
+
+    return atomic_write(path, write)
+
+
+def tiff_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype of a TIFF file's first image series, read from its header (no
+    pixels); ``None`` when it cannot be read (:func:`read_image` then says why)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return tuple(int(n) for n in series.shape), np.dtype(series.dtype)
+    except Exception:
+        return None

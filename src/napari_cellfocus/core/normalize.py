@@ -60,3 +60,32 @@ class PercentileNormalization:
         if data.get("kind", "percentile") != "percentile":
             raise ValueError(f"unknown normalisation kind {data.get('kind')!r}.")
         return cls(low=float(data["low"]), high=float(data["high"]))
+
+
+@dataclass(frozen=True)
+class FixedRange:
+    """The stretch of a :class:`PercentileNormalization` with its limits already known:
+    ``lo`` -> 0 and ``hi`` -> 1 for every part of an image.
+
+    Used when an image is predicted in parts (blocks of a huge image): each part must see
+    the whole image's percentiles, not its own (a block of background stretched to its
+    own 1-99.8 % would show noise as nuclei).
+    """
+
+    lo: float
+    hi: float
+
+    @classmethod
+    def of(cls, image: np.ndarray, normalization: PercentileNormalization) -> FixedRange:
+        """The limits ``normalization`` takes on the whole of ``image``."""
+        return cls(*normalization.limits(image))
+
+    def limits(self, image: np.ndarray | None = None) -> tuple[float, float]:
+        """``(lo, hi)`` whatever the image."""
+        return float(self.lo), float(self.hi)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        arr = np.asarray(image, dtype=np.float32)
+        if self.hi <= self.lo:
+            return np.zeros_like(arr)
+        return (arr - np.float32(self.lo)) * np.float32(1.0 / (self.hi - self.lo))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_cellfocus.core.normalize import MAX_SAMPLES, PercentileNormalization
+from napari_cellfocus.core.normalize import MAX_SAMPLES, FixedRange, PercentileNormalization
 from napari_cellfocus.core.validation import check_image, non_finite_message
 from napari_cellfocus.engine.device import autocast, is_out_of_memory, release_memory
 from napari_cellfocus.engine.tiling import Tile, grid_tiles
@@ -61,7 +61,7 @@ def iter_predict(
     model: torch.nn.Module,
     image: np.ndarray,
     *,
-    normalizer: PercentileNormalization | None = None,
+    normalizer: PercentileNormalization | FixedRange | None = None,
     spatial_dims: int = 2,
     tile_size: int = 512,
     halo: int = 32,
@@ -81,7 +81,8 @@ def iter_predict(
     image : grey image; the last ``spatial_dims`` axes are spatial, leading axes
         (z for a 2D model, time, ...) are predicted plane by plane.
     normalizer : intensity normalisation (the model's own; percentiles 1-99.8 by default),
-        computed per plane.
+        computed per plane; a :class:`~napari_cellfocus.core.normalize.FixedRange` gives
+        the limits (a part of a larger image, normalised as the whole).
     spatial_dims : 2 or 3, the model's convolution dimensionality.
     tile_size : tile side in pixels (rounded down to the model's ``divisor``).
     halo : context pixels discarded at inner tile edges (see :mod:`.tiling`).
@@ -254,11 +255,14 @@ class _DevicePlane(_PlaneSource):
         x = _upload_as_float(plane, device)
         if plane.dtype.kind == "f" and not bool(torch.isfinite(x).all()):
             raise ValueError(non_finite_message(name))
-        flat = x.reshape(-1)
-        if flat.numel() > MAX_SAMPLES:
-            flat = flat[:: flat.numel() // MAX_SAMPLES + 1]
-        q = torch.tensor([normalizer.low, normalizer.high], device=device) / 100.0
-        lo, hi = torch.quantile(flat, q).tolist()
+        if isinstance(normalizer, FixedRange):
+            lo, hi = normalizer.limits()
+        else:
+            flat = x.reshape(-1)
+            if flat.numel() > MAX_SAMPLES:
+                flat = flat[:: flat.numel() // MAX_SAMPLES + 1]
+            q = torch.tensor([normalizer.low, normalizer.high], device=device) / 100.0
+            lo, hi = torch.quantile(flat, q).tolist()
         scale = 1.0 / (hi - lo) if hi > lo else 0.0
         self.x = x.sub_(lo).mul_(scale)
         self._factors: dict[tuple[int, int], torch.Tensor] = {}
