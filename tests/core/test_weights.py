@@ -252,15 +252,45 @@ def test_shape_aware_weight_map_concave_complement():
         assert w[r, c] == pytest.approx(49 / 54 + 1, rel=1e-6)
 
 
-def test_shape_aware_weight_map_smoothing_spreads_and_lowers_peaks():
-    """With the default 20 Gaussian passes the contour term reaches background 5+ px from any
-    contour (it was 0 there) and, the filter being an average, drops below its peak of 1."""
+def test_shape_aware_weight_map_plain_blur_spreads_and_lowers_peaks():
+    """propagation="blur": 20 plain Gaussian passes take the contour term to background 5+ px
+    from any contour (it was 0 there) and, the filter being an average, far below its peak
+    of 1 (the reading that made SAW nearly class balance + 1)."""
     g = _u_shape(size=21, offset=7)
     wb = wm.class_balance_weights(class_target(g, 3))
-    term = wm.shape_aware_weight_map(g) - wb - 1
+    term = wm.shape_aware_weight_map(g, propagation="blur") - wb - 1
     assert term[0, 0] > 0
-    assert term.max() < 1
+    assert term.max() < 0.2
     assert term.min() >= 0
+
+
+def test_shape_aware_contour_term_matters_beside_the_class_weights():
+    """Default propagation="keep": every pass keeps at least eq. 3.4's contour values, so
+    after 20 passes the 1-px notch of the U (its own skeleton: phi_K = 0, w^c = 1) still
+    has a contour term of exactly 1. 21x21 image, one cell of 22 px, 419 background:
+    w_B = 441 / (2 * 419) = 0.526 on background, 441 / 44 = 10.02 on the cell. The notch
+    (background) weighs 0.526 + 1 + 1 = 2.53, nearly 3x the background class weight + 1
+    it would get without the term; the plain blur gives it < 0.2. The term spreads: it is
+    > 0 on background 5+ px away, and >= w^c on every contour pixel."""
+    g = _u_shape(size=21, offset=7)
+    h = class_target(g, 3)
+    wb = wm.class_balance_weights(h)
+    assert wb[0, 0] == pytest.approx(441 / 838, rel=1e-6)
+    assert wb[g > 0][0] == pytest.approx(441 / 44, rel=1e-6)
+    w = wm.shape_aware_weight_map(g)
+    term = w - wb - 1
+    notch = (slice(8, 11), 10)
+    np.testing.assert_allclose(w[notch], 441 / 838 + 2, rtol=1e-6)
+    np.testing.assert_allclose(term[notch], 1.0, atol=1e-6)
+    assert term.max() == pytest.approx(1.0, abs=1e-6)
+    assert term[notch].min() > 1.5 * wb[0, 0]  # larger than the background class weight
+    contour_values = wm.shape_aware_weight_map(g, n_passes=0) - wb - 1
+    assert np.all(term >= contour_values - 1e-6)
+    assert 0 < term[0, 0] < 0.5
+    blurred = wm.shape_aware_weight_map(g, propagation="blur") - wb - 1
+    assert blurred[notch].max() < 0.2
+    with pytest.raises(ValueError, match="propagation"):
+        wm.shape_aware_weight_map(g, propagation="max")
 
 
 def test_shape_aware_weight_map_3d_box():

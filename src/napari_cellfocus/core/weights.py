@@ -289,6 +289,7 @@ def shape_aware_weight_map(
     tau: float | None = None,
     target: np.ndarray | None = None,
     normalize: str = "mean",
+    propagation: str = "keep",
 ) -> np.ndarray:
     """Shape aware weight map SAW, thesis eqs. 3.3-3.4.
 
@@ -302,13 +303,24 @@ def shape_aware_weight_map(
     ``phi_K`` the distance to ``K``, ``Gamma_H`` the union of all contours and, by default,
     ``tau = sup_{Gamma_H} phi_K`` (so ``w^c`` spans [0, 1] and is largest on narrow parts).
     ``F_sigma`` is a Gaussian filter of width ``sigma`` with copy (edge-replicating) padding,
-    applied ``n_passes`` times (20 in the thesis) to spread the contour weights.
+    applied ``n_passes`` times (20 in the thesis) to "propagate ``w^c`` values from
+    ``Gamma_H`` to neighboring pixels".
 
-    Choices the thesis leaves open: the convex hull is that of the pixel centres (so convex
-    digital shapes have an empty ``r_t``); ``sigma`` is not given in the thesis, 3 pixels (the
-    value of T 4.2.3) is used; a user-given ``tau`` smaller than the supremum clips
-    ``w^c`` at 0; if every contour pixel lies on a skeleton (``tau = 0``), ``w^c = 1`` there.
-    Note the Gaussian passes preserve the sum of ``w^c``, so its peak values drop well below 1.
+    Reading of the propagation (``propagation``). Twenty plain Gaussian passes (``"blur"``)
+    preserve the *sum* of ``w^c``: with sigma 3 they spread it over ~13 px (3 sqrt(20)), so its
+    peak falls from 1 to ~0.15 and SAW becomes class balance + 1 (on a crowded image the
+    term averaged 0.06-0.11 against class weights of 0.7-3). T describes the filter as
+    *propagating* the contour values to neighbouring pixels and says small distances "give
+    rise to large weights", so the default ``"keep"`` propagates without losing them: each
+    pass is ``w <- max(F_sigma * w, w^c)``, so every contour pixel keeps at least its
+    eq. 3.4 value (narrow parts: ~1) and the neighbourhood gets a smooth, decaying copy of it
+    (on the same crowded image: mean 0.35 on background, 0.54 on cells, peak 1).
+
+    Other choices the thesis leaves open: the convex hull is that of the pixel centres (so
+    convex digital shapes have an empty ``r_t``); ``sigma`` is not given in the thesis, 3
+    pixels (the value of T 4.2.3) is used; a user-given ``tau`` smaller than the supremum
+    clips ``w^c`` at 0; if every contour pixel lies on a skeleton (``tau = 0``), ``w^c = 1``
+    there.
 
     Parameters
     ----------
@@ -323,6 +335,9 @@ def shape_aware_weight_map(
         Class map for ``w_B``; default 3-class target of ``labels``.
     normalize : {"mean", "max", "none"}
         Scale of ``w_B``.
+    propagation : {"keep", "blur"}
+        ``"keep"`` (default): each pass keeps at least the contour values of eq. 3.4;
+        ``"blur"``: plain repeated Gaussian filtering (the contour term then becomes small).
 
     Returns
     -------
@@ -334,10 +349,15 @@ def shape_aware_weight_map(
         raise ValueError(f"sigma and n_passes must be >= 0, got {sigma} and {n_passes}.")
     if tau is not None and tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}.")
-    wc = _saw_contour_weights(lab, n, tau)
+    if propagation not in ("keep", "blur"):
+        raise ValueError(f"propagation must be 'keep' or 'blur', got {propagation!r}.")
+    contour_w = _saw_contour_weights(lab, n, tau)
+    wc = contour_w
     if sigma > 0:
         for _ in range(int(n_passes)):
             wc = ndi.gaussian_filter(wc, sigma=sigma, mode="nearest")
+            if propagation == "keep":
+                wc = np.maximum(wc, contour_w)
     wb = class_balance_weights(h, normalize=normalize).astype(np.float64)
     return (wb + wc + 1.0).astype(np.float32)
 
