@@ -213,43 +213,49 @@ def write_image_rows(
     dtype = np.dtype(dtype)
     tile = ROW_TILE
 
+    def split(strip: np.ndarray) -> Iterable[np.ndarray]:
+        """The tiles of one ``tile``-row strip (zero-padded to full tiles)."""
+        if strip.shape[0] < tile:
+            strip = np.pad(strip, ((0, tile - strip.shape[0]), (0, 0)))
+        for x in range(0, width, tile):
+            part = strip[:, x : x + tile]
+            if part.shape[1] < tile:
+                part = np.pad(part, ((0, 0), (0, tile - part.shape[1])))
+            yield np.ascontiguousarray(part)
+
     def tiles() -> Iterable[np.ndarray]:
-        # tifffile closes this generator at its last tile: the bands are read one ahead,
-        # so the producer runs to its end, and the coverage is checked, before that tile.
-        source = iter(bands)
+        # tifffile closes this generator at its last tile, so nothing runs after it: the
+        # coverage is checked when the last row arrives. Bands are not copied: strips are
+        # views, only the rows short of a strip at a band's end are kept over.
         pending = np.zeros((0, width), dtype)
         expected = 0
-        band = next(source, None)
-        while band is not None:
-            following = next(source, None)
-            first, rows = band[0], np.asarray(band[1], dtype)
+        for first, rows in bands:
+            rows = np.asarray(rows, dtype)
             if first != expected or rows.ndim != 2 or rows.shape[1] != width:
                 raise ValueError(
                     f"{path}: row band at {first} of shape {rows.shape} does not follow row "
                     f"{expected} of a {height} x {width} image."
                 )
             expected += rows.shape[0]
-            last = following is None
-            if last and expected != height:
-                raise ValueError(f"{path}: row bands stopped at row {expected} of {height}.")
             if expected > height:
                 raise ValueError(f"{path}: more row bands than the image's {height} rows.")
-            if pending.size:
-                rows = np.concatenate([pending, rows])
-            n_full = rows.shape[0] // tile * tile
-            strips = [rows[y : y + tile] for y in range(0, n_full, tile)]
-            pending = rows[n_full:]
-            if last and pending.size:
-                strips.append(np.pad(pending, ((0, tile - pending.shape[0]), (0, 0))))
-            for strip in strips:
-                for x in range(0, width, tile):
-                    part = strip[:, x : x + tile]
-                    if part.shape[1] < tile:
-                        part = np.pad(part, ((0, 0), (0, tile - part.shape[1])))
-                    yield np.ascontiguousarray(part)
-            band = following
-        if expected != height:
-            raise ValueError(f"{path}: row bands stopped at row {expected} of {height}.")
+            y = 0
+            if pending.shape[0]:
+                y = min(rows.shape[0], tile - pending.shape[0])
+                pending = np.concatenate([pending, rows[:y]])
+                if pending.shape[0] == tile:
+                    yield from split(pending)
+                    pending = np.zeros((0, width), dtype)
+            while y + tile <= rows.shape[0]:
+                yield from split(rows[y : y + tile])
+                y += tile
+            if y < rows.shape[0]:
+                pending = rows[y:].copy()
+            if expected == height:
+                if pending.shape[0]:
+                    yield from split(pending)
+                return
+        raise ValueError(f"{path}: row bands stopped at row {expected} of {height}.")
 
     def write(fh: IO[bytes]) -> None:
         tifffile.imwrite(

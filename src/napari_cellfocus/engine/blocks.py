@@ -118,13 +118,15 @@ class BlockSegmentation:
                     self.on_block(BlockUpdate(done, total, rows.count))
                 if self.should_stop is not None and self.should_stop():
                     raise InterruptedError("segmentation cancelled")
-            next_start = grid[r + 1][0].core[0].start if r + 1 < len(grid) else self.image.shape[0]
-            yield from rows.finish_row(next_start)
-        yield from rows.flush()
-        self.count, self.dropped = rows.count, rows.dropped
-        if self.with_table:
-            self.table = _concat_tables(self._parts)
-            self._parts = []
+            if r + 1 < len(grid):
+                yield from rows.finish_row(grid[r + 1][0].core[0].start)
+                continue
+            # Bookkeeping before the last rows: a writer may stop at the last row it needs.
+            self.count, self.dropped = rows.count, rows.dropped
+            if self.with_table:
+                self.table = _concat_tables(self._parts)
+                self._parts = []
+            yield from rows.flush()
 
 
 def _block_table(
