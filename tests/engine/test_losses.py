@@ -474,3 +474,27 @@ def test_half_precision_logits_are_summed_in_float32(dtype):
         90_000 * LN3, rel=1e-4
     )
     assert torch.isfinite(soft_jaccard_loss(logits, target))
+
+
+def test_youden_mask_leaves_pixels_out_of_every_sum():
+    """A mask of (1, 1, 1, 0) gives the value of the batch without pixel 3; the CE+J
+    ``weighted_mean`` reduction is sum(w ce) / sum(w). Uniform logits on 4 pixels with
+    classes (0, 1, 2, 2): CE = log 3 and J = 6 log 2 whatever the mask keeps of them, but
+    masking the only class-0 pixel drops the 4 pairs involving class 0: J = 2 log 2."""
+    logits = torch.zeros(1, 3, 1, 4)
+    target = torch.tensor([[[0, 1, 2, 2]]])
+    keep = torch.tensor([[[1.0, 1.0, 1.0, 0.0]]])
+    assert _val(youden_j_loss(logits, target, mask=keep)) == pytest.approx(6 * LN2, rel=1e-5)
+    no_bg = torch.tensor([[[0.0, 1.0, 1.0, 1.0]]])
+    assert _val(youden_j_loss(logits, target, mask=no_bg)) == pytest.approx(2 * LN2, rel=1e-5)
+    torch.manual_seed(0)
+    rnd = torch.randn(1, 3, 1, 4)
+    assert _val(youden_j_loss(rnd, target, mask=keep)) == pytest.approx(
+        _val(youden_j_loss(rnd[..., :3], target[..., :3])), rel=1e-6
+    )
+    w = torch.tensor([[[2.0, 1.0, 1.0, 0.0]]])
+    assert _val(
+        ce_youden_loss(logits, target, weight=w, reduction="weighted_mean", mask=w > 0)
+    ) == pytest.approx(LN3 + 6 * LN2, rel=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        ce_youden_loss(logits, target, reduction="sum")

@@ -240,6 +240,7 @@ def youden_j_loss(
     lam: torch.Tensor | None = None,
     per_image: bool = False,
     eps: float = 1e-7,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Youden-J regulariser over all class pairs, thesis eq. 5.2 / 5.3 ("J3", "J4").
 
@@ -273,6 +274,11 @@ def youden_j_loss(
     eps : float
         Stabiliser: the log is taken of ``((alpha + beta)/2 + eps) / (1 + eps)``, so the
         loss is exactly 0 at a perfect prediction and finite when ``alpha + beta = 0``.
+    mask : Tensor (N, *S), optional
+        Pixels that take part (nonzero) or not (0): every sum over ``p`` (``n_l``, the soft
+        true and false rates) runs over the pixels of the mask only, as if the others were
+        not in ``Omega``. Used for weak labels (pixels far from every annotation) and for
+        padding. None = every pixel.
 
     Returns
     -------
@@ -295,6 +301,11 @@ def youden_j_loss(
     if c < 2:
         raise ValueError(f"youden_j_loss needs at least 2 classes, got {c}.")
     y = _target_probs(logits, target)
+    m = _check_weight(mask, (logits.shape[0], *logits.shape[2:]))
+    if m is not None:
+        # every sum over p carries a factor y, so zeroing y outside the mask removes those
+        # pixels from n_l, sum z_i y_i and sum z_i y_k alike
+        y = y * (m > 0).to(y.dtype).unsqueeze(1)
     lam_t = _check_lambda(lam, c, logits)
     z = torch.softmax(logits, dim=1)
     n_img = logits.shape[0]
@@ -328,23 +339,38 @@ def ce_youden_loss(
     n_classes: int | None = None,
     per_image: bool = False,
     eps: float = 1e-7,
+    reduction: str = "mean",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross entropy plus Youden regulariser, ``L = L_CE + L_J`` (T 5.2.2).
 
-    ``L_CE = -(1/|Omega|) sum_l sum_p y_l log z_l`` (the mean cross entropy of T 5.2.2;
-    with ``weight`` it is the weighted mean ``mean(w * ce)`` of :func:`weighted_cross_entropy`,
-    an optional extension) and ``L_J`` is :func:`youden_j_loss`. With ``n_classes=3`` this
-    is the thesis' "J3", with ``n_classes=4`` (gap class) "J4".
+    ``L_CE = -(1/|Omega|) sum_l sum_p y_l log z_l`` (the mean cross entropy of T 5.2.2)
+    and ``L_J`` is :func:`youden_j_loss`. With ``n_classes=3`` this is the thesis' "J3",
+    with ``n_classes=4`` (gap class) "J4". The thesis trains it with no weight map:
+    ``weight=None`` (the default) is its loss.
 
     Parameters
     ----------
     logits, target, lam, n_classes, per_image, eps
         As in :func:`youden_j_loss`.
     weight : Tensor (N, *S), optional
-        Weight map for the cross-entropy term only (None = plain CE, as in the thesis).
+        Weight map for the cross-entropy term only (an extension; None = plain CE, as in
+        the thesis).
+    reduction : {"mean", "weighted_mean"}
+        Reduction of the CE term (see :func:`weighted_cross_entropy`): ``"mean"`` =
+        ``mean(w * ce)``; ``"weighted_mean"`` = ``sum(w * ce) / sum(w)``, which keeps the CE
+        term on the scale of a mean cross entropy whatever the scale of ``w`` (for a 0/1
+        ``w`` it is the plain mean CE over the pixels where ``w = 1``). This is what the
+        :class:`~napari_cellfocus.engine.train.Trainer` uses.
+    mask : Tensor (N, *S), optional
+        Pixels the Youden term is computed over (see :func:`youden_j_loss`); None = all.
     """
-    ce = weighted_cross_entropy(logits, target, weight=weight, reduction="mean")
-    j = youden_j_loss(logits, target, n_classes=n_classes, lam=lam, per_image=per_image, eps=eps)
+    if reduction not in ("mean", "weighted_mean"):
+        raise ValueError(f"reduction must be 'mean' or 'weighted_mean', got {reduction!r}.")
+    ce = weighted_cross_entropy(logits, target, weight=weight, reduction=reduction)
+    j = youden_j_loss(
+        logits, target, n_classes=n_classes, lam=lam, per_image=per_image, eps=eps, mask=mask
+    )
     return ce + j
 
 

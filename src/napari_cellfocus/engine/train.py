@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from napari_cellfocus.core.augment import AugmentConfig, augment_sample
 from napari_cellfocus.core.normalize import PercentileNormalization
@@ -59,6 +60,13 @@ from napari_cellfocus.engine.device import example_threads, release_memory, sele
 from napari_cellfocus.engine.losses import get_loss, mae_loss
 from napari_cellfocus.engine.networks import build_network
 
+#: Losses made of cross entropy plus the Youden regulariser (T 5.2.2).
+YOUDEN_LOSSES = ("j3", "j4")
+
+#: W3's saturation distance ``beta`` (T eq. 4.3): background farther than this from every
+#: annotated cell is outside the annotated zone.
+W3_BETA = 30.0
+
 #: Default network of new models: small enough to train on a laptop CPU.
 DEFAULT_NETWORK: dict[str, Any] = {
     "architecture": "unet",
@@ -77,10 +85,17 @@ class TrainConfig:
 
     n_classes : 3 (bg / cell / touching) or 4 (adds gap).
     loss : "wce" (weighted cross entropy), "j3" / "j4" (CE + Youden J), "jaccard".
-    weights : weight map for "wce" / "j*": "saw", "dwm", "unet", "balance",
-        "overcrowding" or "none"; ignored when ``weak`` (W3 is then used).
+    weights : weight map of the loss: "saw", "dwm", "unet", "balance", "overcrowding" or
+        "none"; ``None`` (default) = the loss' own: "saw" for "wce", "none" for "j3" / "j4"
+        (the thesis trains them as plain CE + J, T 5.2.2). A map given explicitly with
+        "j3" / "j4" weights their CE term only (the weighted variant, an extension).
+        Ignored when ``weak`` (W3 is then used) and by "jaccard". See :attr:`weight_scheme`.
     weak : annotations are incomplete: unannotated regions get the W3 weights
-        (thesis eq. 4.3), so only annotated cells and their surroundings teach.
+        (thesis eq. 4.3), so only annotated cells and their surroundings teach. With
+        "j3" / "j4" the W3 map is cut to its annotated zone (annotated cells and the
+        background within W3's ``beta`` = 30 px of them), the CE term is the W3-weighted
+        mean ``sum(w ce) / sum(w)`` and the Youden term is computed over that zone only
+        (see :meth:`Trainer._loss`).
     steps : optimisation steps; batch_size : crops per step; crop_size : crop side (px).
     lr : Adam learning rate (thesis: 1e-4 with betas 0.9 / 0.99).
     lr_schedule : "constant" or "cosine" (decay to 5 % of ``lr`` over ``steps``).
@@ -124,7 +139,7 @@ class TrainConfig:
 
     n_classes: int = 3
     loss: str = "wce"
-    weights: str = "saw"
+    weights: str | None = None
     weak: bool = False
     steps: int = 200
     batch_size: int = 4
@@ -181,6 +196,19 @@ class TrainConfig:
             )
 
     @property
+    def weight_scheme(self) -> str:
+        """The weight map the run uses: "w3" when ``weak``, "none" for "jaccard", else
+        ``weights`` or, when that is None, the loss' own ("saw" for "wce", "none" for
+        "j3" / "j4")."""
+        if self.weak:
+            return "w3"
+        if self.loss == "jaccard":
+            return "none"
+        if self.weights is not None:
+            return self.weights
+        return "saw" if self.loss == "wce" else "none"
+
+    @property
     def scale_jitter(self) -> bool:
         """True when crops are drawn at a random extra zoom (``scale_range`` != (1, 1))."""
         return tuple(self.scale_range) != (1.0, 1.0)
@@ -218,15 +246,23 @@ class _Sample:
 def target_and_weight(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Class target (uint8) and loss weight map (float32) of an instance image for ``config``."""
     target = class_target(labels, n_classes=config.n_classes)
-    if config.weak:
-        weight = triplex_weight_map(labels)
-    elif config.weights == "none" or config.loss == "jaccard":
+    scheme = config.weight_scheme
+    if scheme == "w3":
+        weight = triplex_weight_map(labels, beta=W3_BETA)
+        if config.loss in YOUDEN_LOSSES:
+            # Outside W3's annotated zone (background farther than beta from every annotated
+            # cell) W3 keeps only nu / n_0, near zero: there the labels say nothing. With the
+            # Youden losses that zone is cut out exactly (weight 0), so the J term, which
+            # has no weights, can leave it out (Trainer._loss: mask = weight > 0).
+            far = ndi.distance_transform_edt(labels == 0) >= W3_BETA
+            weight = np.where(far, 0.0, weight)
+    elif scheme == "none":
         weight = np.ones(labels.shape, np.float32)
-    elif config.weights == "overcrowding":
+    elif scheme == "overcrowding":
         weight = weight_map("overcrowding", labels)
     else:
-        extra = {"n_classes": config.n_classes} if config.weights == "balance" else {}
-        weight = weight_map(config.weights, labels, target=target, **extra)
+        extra = {"n_classes": config.n_classes} if scheme == "balance" else {}
+        weight = weight_map(scheme, labels, target=target, **extra)
     return target, weight.astype(np.float32)
 
 
@@ -450,8 +486,6 @@ class Trainer(SteppedTraining):
         """Weak fine-tuning: outside the annotated zone, teach the starting model's own
         prediction with a small weight, so unannotated regions do not drift (see
         ``TrainConfig.pseudo_label_weight``)."""
-        from scipy import ndimage as ndi
-
         from napari_cellfocus.engine.predict import predict_probabilities
 
         cfg = self.config
@@ -537,9 +571,25 @@ class Trainer(SteppedTraining):
 
     # ------------------------------------------------------------------ loop
     def _loss(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch; ``w`` is the batch's weight map (0 on padding
+        and outside the image).
+
+        * "wce": ``mean(w * ce)`` (T eq. 3.1 / 4.2 divided by ``|Omega|``).
+        * "j3" / "j4": ``sum(w * ce) / sum(w) + J``, J computed over the pixels with
+          ``w > 0``. With the default ``weights`` (``weight_scheme == "none"``) ``w`` is 1
+          on every pixel of the image, so this is T 5.2.2's plain mean CE + J; with an
+          explicit map the CE term is that map's weighted mean (the weighted variant); with
+          ``weak`` it is the W3-weighted mean over the annotated zone and J ignores the
+          unannotated rest (see :func:`target_and_weight`). The weighted mean keeps the CE
+          term on the scale of a mean cross entropy (W3's weights are ~1e-3, which would
+          otherwise shrink CE to nothing beside J).
+        * "jaccard": the soft Jaccard loss, unweighted.
+        """
         name = self.config.loss
         if name == "jaccard":
             return self.loss_fn(logits, y)
+        if name in YOUDEN_LOSSES:
+            return self.loss_fn(logits, y, weight=w, reduction="weighted_mean", mask=w > 0)
         return self.loss_fn(logits, y, weight=w)
 
     def validate(self) -> dict[str, float]:
@@ -714,6 +764,7 @@ class Trainer(SteppedTraining):
             **info.training,
             "last_run": {
                 **cfg,
+                "weight_scheme": self.config.weight_scheme,  # what weights=None resolved to
                 "steps_done": self.step,
                 "finished": self.finished,
                 "cancelled": self.cancelled,
