@@ -419,6 +419,35 @@ def test_centroid_match_is_optimal_one_to_one():
     assert r["f1"] == 1.0
 
 
+def test_centroid_match_nearest_is_c_closest_first_rule():
+    """matching="nearest" (C 5.1: each target "uniquely associated with the closest"
+    prediction). The layout above: pairs by distance t10-p12 (2), t10-p7 (3),
+    t15-p12 (3); t10-p12 is taken first, then t10 and p12 are used, so TP = 1,
+    FP = 1 (p7), FN = 1 (t15): P = R = F1 = 1/2.
+
+    Second layout, where both rules agree: gt at x = 2, 20, 40; pred at x = 4, 19,
+    60; max 5. Closest first: t20-p19 (1), t2-p4 (2); p60 is 20 from t40: TP 2,
+    FP 1, FN 1. Order of the labels does not matter (renumbered below)."""
+    gt = np.zeros((10, 20), np.int32)
+    pred = np.zeros_like(gt)
+    gt[5, 10], gt[5, 15] = 1, 2
+    pred[5, 12], pred[5, 7] = 1, 2
+    r = centroid_match_f1(gt, pred, max_distance=3.5, matching="nearest")
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 1)
+    assert r["precision"] == r["recall"] == r["f1"] == pytest.approx(0.5)
+
+    gt = np.zeros((3, 64), np.int32)
+    pred = np.zeros_like(gt)
+    gt[1, 2], gt[1, 20], gt[1, 40] = 1, 2, 3
+    pred[1, 4], pred[1, 19], pred[1, 60] = 1, 2, 3
+    for g, p in ((gt, pred), (np.where(gt > 0, 4 - gt, 0), np.where(pred > 0, 10 - pred, 0))):
+        for rule in ("nearest", "optimal"):
+            r = centroid_match_f1(g, p, max_distance=5, matching=rule)
+            assert (r["tp"], r["fp"], r["fn"]) == (2, 1, 1)
+    with pytest.raises(ValueError, match="matching"):
+        centroid_match_f1(gt, pred, matching="greedy")
+
+
 def test_centroid_match_3d_spacing_and_empty():
     """3D single voxels at (0,0,0) and (1,0,0): distance 1 voxel; with spacing
     (2, 1, 1) it is 2.  max 1.5: TP=1 in voxels, TP=0 with spacing; max 2.5: TP=1.

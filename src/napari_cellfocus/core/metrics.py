@@ -467,16 +467,28 @@ def centroid_match_f1(
     pred: np.ndarray,
     max_distance: float = 50.0,
     spacing: Sequence[float] | None = None,
+    matching: str = "optimal",
 ) -> dict:
     """Detection F1 from matching object centroids (counting paper C, 5.1).
 
     A ground-truth and a predicted object can be paired when the Euclidean
     distance between their centroids is **strictly less** than ``max_distance``
     (C 5.1: "less than a fixed threshold (50 pixels, i.e. average cell
-    diameter)").  Pairing is one-to-one; C 5.1 associates each target with its
-    closest prediction, here made optimal: the assignment with the most pairs
-    and, among those, the smallest total distance
-    (:func:`scipy.optimize.linear_sum_assignment` on the candidate pairs).
+    diameter)").  Pairing is one-to-one, by one of two rules (``matching``):
+
+    * ``"optimal"`` (default): the assignment with the most pairs and, among
+      those, the smallest total distance
+      (:func:`scipy.optimize.linear_sum_assignment` on the candidate pairs);
+    * ``"nearest"``: C 5.1's rule, "each target cell was compared to all of the
+      objects in the corresponding predicted mask and uniquely associated with
+      the closest one", read as closest first: the candidate pairs are taken
+      in increasing order of distance (ties: lower ground-truth, then
+      prediction, index in label order), each skipped when its target or its
+      prediction is already paired.  It never finds more pairs than
+      ``"optimal"`` and can find fewer (a prediction closest to two targets goes
+      to the nearer one even when the other has no second choice); use it to
+      compare with C Table 1.
+
     Paired predictions are TP, unpaired ground truth FN, unpaired predictions FP.
 
     Empty inputs: both empty -> precision = recall = f1 = 1.0; one side empty ->
@@ -493,6 +505,8 @@ def centroid_match_f1(
     spacing : sequence of float, optional
         Physical size of a pixel along each axis (Z, Y, X order), for
         anisotropic stacks.  Default 1 for every axis.
+    matching : {"optimal", "nearest"}
+        Pairing rule, see above.
 
     Returns
     -------
@@ -502,6 +516,8 @@ def centroid_match_f1(
     gt, pred = _check_pair(gt, pred)
     if not (np.isfinite(max_distance) and max_distance > 0):
         raise ValueError(f"max_distance: expected a positive number, got {max_distance!r}.")
+    if matching not in ("optimal", "nearest"):
+        raise ValueError(f"matching: expected 'optimal' or 'nearest', got {matching!r}.")
     sp = _check_spacing(spacing, gt.ndim)
     ct, cp = _centroids(gt, sp), _centroids(pred, sp)
     n_true, n_pred = len(ct), len(cp)
@@ -509,7 +525,9 @@ def centroid_match_f1(
     if n_true and n_pred:
         dist = cKDTree(ct).sparse_distance_matrix(cKDTree(cp), max_distance, output_type="ndarray")
         dist = dist[dist["v"] < max_distance]
-        if dist.size:
+        if dist.size and matching == "nearest":
+            tp = _closest_first(dist["i"], dist["j"], dist["v"])
+        elif dist.size:
             urows, ri = np.unique(dist["i"], return_inverse=True)
             ucols, ci = np.unique(dist["j"], return_inverse=True)
             # Forbidden pairs cost more than any complete set of allowed pairs,
@@ -530,6 +548,19 @@ def centroid_match_f1(
         "n_true": n_true,
         "n_pred": n_pred,
     }
+
+
+def _closest_first(rows: np.ndarray, cols: np.ndarray, dist: np.ndarray) -> int:
+    """Number of pairs taken by closest-first one-to-one pairing of the candidate
+    pairs ``(rows[k], cols[k])`` at distances ``dist[k]``."""
+    taken_rows: set[int] = set()
+    taken_cols: set[int] = set()
+    for k in np.lexsort((cols, rows, dist)):
+        r, c = int(rows[k]), int(cols[k])
+        if r not in taken_rows and c not in taken_cols:
+            taken_rows.add(r)
+            taken_cols.add(c)
+    return len(taken_rows)
 
 
 def count_errors(
