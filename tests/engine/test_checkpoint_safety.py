@@ -2,8 +2,8 @@
 
 Two processes saving 50 times each to one path, with a reader loading all along: every
 load gives one writer's model exactly (never a mix), none fails, and no temporary file
-is left. A file with flipped bytes is refused with a message naming it; a checkpoint
-without a hash (as shipped) still loads."""
+is left. A file with flipped bytes, or with edited metadata, is refused with a message
+naming it; a checkpoint without a hash (as shipped) still loads."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ import torch
 
 from napari_cellfocus.engine.checkpoint import (
     HASH_KEY,
+    METADATA_HASH_KEY,
     CheckpointError,
     ModelInfo,
     content_hash,
     default_model_path,
+    metadata_hashes,
     read_checkpoint,
     save_checkpoint,
 )
@@ -99,23 +101,99 @@ def test_flipped_bytes_are_refused(tmp_path):
 
 
 def test_hash_is_stored_and_covers_the_weights(tmp_path):
-    """The hash covers every tensor; metadata may still be edited (a tool adding
-    ``defaults`` to a model file) and the file still loads."""
     path = _saved(tmp_path)
     payload = torch.load(path, weights_only=True)
     assert payload[HASH_KEY] == content_hash(payload)
-    edited = tmp_path / "edited.pt"
-    torch.save(dict(payload, defaults={"method": "wt"}), edited)
-    assert read_checkpoint(edited)[1].defaults == {"method": "wt"}
     state = {k: v.clone() for k, v in payload["state_dict"].items()}
     state["bias"][0] += 1
     assert content_hash(dict(payload, state_dict=state)) != payload[HASH_KEY]
 
 
+@pytest.mark.parametrize(
+    ("entry", "value"),
+    [
+        ("defaults", {"method": "wt"}),  # a tool adding settings by hand
+        ("classes", ["background", "cell", "gap"]),
+        ("network", {"kind": "linear", "width": 9}),
+        ("training", {"steps": 10**6}),
+        ("history", [{"step": 1, "loss": 0.0}]),
+        ("task", "fusion"),
+    ],
+)
+def test_edited_metadata_are_refused_naming_the_entry(tmp_path, entry, value):
+    path = _saved(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    assert payload[METADATA_HASH_KEY] == metadata_hashes(payload)
+    edited = tmp_path / "edited.pt"
+    torch.save(dict(payload, **{entry: value}), edited)
+    with pytest.raises(CheckpointError, match="corrupt or edited") as err:
+        read_checkpoint(edited)
+    message = str(err.value)
+    assert str(edited) in message and f"({entry})" in message
+    assert "\n" not in message
+
+
+def test_removed_or_added_metadata_are_refused_too(tmp_path):
+    payload = torch.load(_saved(tmp_path), weights_only=True)
+    gone = tmp_path / "gone.pt"
+    torch.save({k: v for k, v in payload.items() if k != "defaults"}, gone)
+    with pytest.raises(CheckpointError, match=r"metadata \(defaults\)"):
+        read_checkpoint(gone)
+    extra = tmp_path / "extra.pt"
+    torch.save(dict(payload, notes="mine"), extra)
+    with pytest.raises(CheckpointError, match=r"metadata \(notes\)"):
+        read_checkpoint(extra)
+    damaged = tmp_path / "damaged.pt"
+    torch.save(dict(payload, **{METADATA_HASH_KEY: "0" * 64}), damaged)
+    with pytest.raises(CheckpointError, match="metadata hash is damaged"):
+        read_checkpoint(damaged)
+
+
+def test_metadata_hash_ignores_key_order_and_tuples(tmp_path):
+    """The same metadata spelled differently (keys reordered, a tuple for a list, as a
+    torch.load / torch.save round trip may give) hash the same; a different float does
+    not."""
+    payload = {"network": {"a": 1, "b": [1.5, 2]}, "training": {"x": (1, 2)}}
+    shuffled = {"training": {"x": [1, 2]}, "network": {"b": (1.5, 2), "a": 1}}
+    assert metadata_hashes(payload) == metadata_hashes(shuffled)
+    assert (
+        metadata_hashes(payload)["network"]
+        != metadata_hashes({"network": {"a": 1, "b": [1.5000001, 2]}})["network"]
+    )
+    assert metadata_hashes({"t": {"k": 1}}) != metadata_hashes({"t": {"k": True}})
+    assert metadata_hashes({"t": {"k": "1"}}) != metadata_hashes({"t": {"k": 1}})
+
+
+def test_metadata_changed_through_save_checkpoint_load(tmp_path):
+    """The way to change a model's settings: load, change its ModelInfo, save."""
+    path = _saved(tmp_path)
+    state, info = read_checkpoint(path)
+    info.defaults = {"method": "wt"}
+    model = torch.nn.Linear(64, 64)
+    model.load_state_dict(state)
+    again = save_checkpoint(tmp_path / "again.pt", model, info)
+    assert read_checkpoint(again)[1].defaults == {"method": "wt"}
+
+
+def test_checkpoints_without_a_metadata_hash_still_load(tmp_path):
+    """Files written before the metadata hash (weights hash only) load, edited or not;
+    their weights are still checked."""
+    payload = torch.load(_saved(tmp_path), weights_only=True)
+    del payload[METADATA_HASH_KEY]
+    older = tmp_path / "older.pt"
+    torch.save(dict(payload, defaults={"method": "wt"}), older)
+    assert read_checkpoint(older)[1].defaults == {"method": "wt"}
+    state = {k: v.clone() for k, v in payload["state_dict"].items()}
+    state["bias"][0] += 1
+    torch.save(dict(payload, state_dict=state), older)
+    with pytest.raises(CheckpointError, match="content hash mismatch"):
+        read_checkpoint(older)
+
+
 def test_checkpoints_without_a_hash_still_load(tmp_path):
     path = _saved(tmp_path)
     payload = torch.load(path, weights_only=True)
-    del payload[HASH_KEY]
+    del payload[HASH_KEY], payload[METADATA_HASH_KEY]
     old = tmp_path / "old.pt"
     torch.save(payload, old)
     state, _ = read_checkpoint(old)

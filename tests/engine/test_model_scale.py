@@ -10,7 +10,12 @@ import torch
 from napari_cellfocus.core.postprocess import postprocess
 from napari_cellfocus.core.simulate import simulate_cells
 from napari_cellfocus.core.size import disc_area, median_diameter, rescale, resize
-from napari_cellfocus.engine.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+from napari_cellfocus.engine.checkpoint import (
+    METADATA_HASH_KEY,
+    ModelInfo,
+    load_checkpoint,
+    save_checkpoint,
+)
 from napari_cellfocus.engine.networks import UNet
 from napari_cellfocus.engine.predict import predict_probabilities
 from napari_cellfocus.engine.segment import Segmenter
@@ -44,7 +49,8 @@ def test_checkpoint_stores_defaults_and_old_files_have_none(tmp_path, scaled_mod
     _, loaded = load_checkpoint(tmp_path / "m.pt")
     assert loaded.defaults == DEFAULTS
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
-    del payload["defaults"]  # a file written before defaults existed
+    del payload["defaults"]  # a file written before defaults existed (and before the
+    del payload[METADATA_HASH_KEY]  # metadata hash: it would refuse the missing entry)
     torch.save(payload, tmp_path / "old.pt")
     seg = Segmenter(tmp_path / "old.pt", device="cpu")
     assert seg.model_diameter is None and seg.default_method == "map"

@@ -22,8 +22,14 @@ Files are written atomically (a unique temporary file in the target folder, fsyn
 rename: :func:`napari_cellfocus.core.io.atomic_write`), so a crash never leaves a
 half-written model under the final name and two writers to one path never mix their
 tensors. Each file stores ``content_sha256``, a hash of its weights
-(:func:`content_hash`), checked at load: a flipped byte is refused. Files written
-before the hash existed (no ``content_sha256`` entry) load unchecked. Every way of
+(:func:`content_hash`), and ``metadata_sha256``, a hash of every other entry
+(:func:`metadata_hashes`), both checked at load: a flipped byte in the weights, or an
+edited or damaged ``network`` / ``classes`` / ``training`` / ``defaults`` ... entry, is
+refused with a message naming the file (and the entries that changed). Metadata are
+changed by loading the model, changing its ``ModelInfo`` and saving it again
+(:func:`save_checkpoint`), not by editing the file's dictionary. Files written before
+a hash existed (no ``content_sha256`` / ``metadata_sha256`` entry) load without that
+check. Every way of
 failing to load (missing file, not a torch file, a torch file that is not ours, a newer
 format, weights that do not fit the architecture) raises :class:`CheckpointError` with
 one clear line.
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,9 @@ from napari_cellfocus.core.outputs import check_writable
 FORMAT = "napari-cellfocus-model"
 FORMAT_VERSION = 1
 HASH_KEY = "content_sha256"
+#: ``{entry: sha256}`` of every entry besides the weights and the hashes.
+METADATA_HASH_KEY = "metadata_sha256"
+_NOT_METADATA = ("state_dict", HASH_KEY, METADATA_HASH_KEY)
 CLASS_NAMES = ("background", "cell", "touching", "gap")
 
 
@@ -111,6 +121,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, info: ModelInfo) -
         "state_dict": state,
     }
     payload[HASH_KEY] = content_hash(payload)
+    payload[METADATA_HASH_KEY] = metadata_hashes(payload)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     try:
@@ -126,10 +137,9 @@ def content_hash(payload: dict[str, Any]) -> str:
     """sha256 (hex) of a checkpoint's weights: every tensor of ``state_dict`` in sorted
     key order, as name, dtype, shape and raw bytes.
 
-    The weights are what a damaged file silently spoils (a flipped byte in the pickled
-    metadata breaks unpickling or a check instead); the metadata stay editable by
-    ``torch.load`` / ``torch.save`` (tools that add ``defaults`` to a model file). The
-    same weights give the same hash, whatever the file's zip layout.
+    The weights are what a damaged file silently spoils; the other entries have their
+    own hashes (:func:`metadata_hashes`). The same weights give the same hash, whatever
+    the file's zip layout.
     """
     digest = hashlib.sha256()
     state = payload.get("state_dict", {})
@@ -143,6 +153,52 @@ def content_hash(payload: dict[str, Any]) -> str:
         else:
             digest.update(repr(tensor).encode())
     return digest.hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    """One spelling of a metadata value, the same after a ``torch.save`` / ``torch.load``
+    round trip: dictionaries in sorted key order, tuples as lists, floats exactly."""
+    if isinstance(value, dict):
+        items = sorted((_canonical(k), _canonical(v)) for k, v in value.items())
+        return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    return f"{type(value).__name__}:{value!r}"
+
+
+def metadata_hashes(payload: dict[str, Any]) -> dict[str, str]:
+    """sha256 (hex) of every entry of a checkpoint besides the weights (``state_dict``)
+    and the hashes themselves: ``{"network": ..., "classes": ..., "training": ...}``,
+    so a changed entry can be named."""
+    return {
+        key: hashlib.sha256(_canonical(value).encode()).hexdigest()
+        for key, value in payload.items()
+        if key not in _NOT_METADATA
+    }
+
+
+def _check_metadata(path: Path, payload: dict[str, Any]) -> None:
+    """Refuse a file whose metadata entries do not match ``metadata_sha256``."""
+    stored = payload.get(METADATA_HASH_KEY)
+    if stored is None:  # files from before the metadata hash load unchecked
+        return
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: corrupt: its metadata hash is damaged.")
+    try:
+        actual = metadata_hashes(payload)
+    except Exception as err:
+        raise CheckpointError(f"{path}: corrupt: cannot hash its metadata ({err}).") from err
+    changed = sorted(k for k in set(stored) | set(actual) if stored.get(k) != actual.get(k))
+    if changed:
+        raise CheckpointError(
+            f"{path}: corrupt or edited: its metadata ({', '.join(changed)}) no longer "
+            "match the hash written with them; use another copy or train again (to change "
+            "a model's settings, load it and save it again with save_checkpoint)."
+        )
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelInfo]:
@@ -188,6 +244,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelInf
                 f"{path}: corrupt: content hash mismatch (the file was damaged after it "
                 "was written); use another copy or train again."
             )
+    _check_metadata(path, payload)
     info = ModelInfo(
         network=payload["network"],
         task=payload.get("task", "segmentation"),
