@@ -8,7 +8,8 @@ that snapshot, so editing layers meanwhile is harmless); a worker thread runs
 the progress bar, the ETA and the loss curve, and every few steps a live preview of
 the probabilities and labels with the current weights. At the end the new model
 becomes the one Segment uses (and can be saved); GPU memory is given back. Cancel
-keeps the previous model and puts the earlier layers back.
+keeps the previous model and puts the earlier layers back. Closing the viewer during a
+fine-tune stops it, gives the memory back and touches no layer of the closing viewer.
 
 Dense or weak training is chosen automatically: labels that come from a
 segmentation, or that lie near every part of the image, are dense; a few drawn
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -298,6 +300,26 @@ def finetune_job(
             trainer.release()
 
 
+def closable(job: Any) -> tuple[Any, Any]:
+    """``(wrapped, close)``: ``wrapped`` runs the generator function ``job``; ``close()``
+    closes the job's generator if it was left suspended (a worker that was quit stops
+    between yields and never resumes it), so its ``finally`` clean-up runs; a no-op once
+    the job has ended."""
+    started: list[Any] = []
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        gen = job(*args, **kwargs)
+        started.append(gen)
+        return (yield from gen)
+
+    def close() -> None:
+        for gen in started:
+            if gen.gi_frame is not None and not gen.gi_running:
+                gen.close()
+
+    return wrapped, close
+
+
 class FinetuneWidget(QWidget):
     """Dock widget "Correct and fine-tune"."""
 
@@ -320,6 +342,9 @@ class FinetuneWidget(QWidget):
         self.last_scores: dict[str, Any] | None = None
         self._previous: dict[str, Any] | None = None
         self._queue = LayerQueue()
+        #: The viewer's window is closing: the job is cancelled and no layer is touched.
+        self.closing = False
+        self._watched: QObject | None = None
         self._saved_result: Segmentation | None = None
 
         self.source = ImageSource(napari_viewer, prefer=self._prefer_image)
@@ -615,6 +640,7 @@ class FinetuneWidget(QWidget):
             show_error(str(err))
             self.status.setText(str(err))
             return
+        self._watch_window()
         self._run = run
         self._saved = snapshot_outputs(self.viewer, run["source_name"])
         self._saved_count = self.state.count
@@ -633,8 +659,9 @@ class FinetuneWidget(QWidget):
         self.train_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.device_picker.job_started()
+        job, close_job = closable(finetune_job)
         self.worker, self._cancel = start_job(
-            finetune_job,
+            job,
             run["images"],
             run["labels"],
             run["plan"],
@@ -645,6 +672,10 @@ class FinetuneWidget(QWidget):
             returned=self._on_done,
             finished=self._on_finished,
         )
+        # napari quits the workers of a closing window (its task list): the worker then
+        # drops the job without closing it, so its clean-up (Trainer.release) would not
+        # run. Not a widget method: the widget may be deleted by then.
+        self.worker.finished.connect(close_job)
 
     def cancel(self) -> None:
         """Stop after the current step; the previous model stays in use."""
@@ -652,8 +683,50 @@ class FinetuneWidget(QWidget):
             self._cancel.set()
             self.status.setText("Cancelling after the current step…")
 
+    # ------------------------------------------------------------------ viewer closing
+    def _watch_window(self) -> None:
+        """Watch the viewer's window (the root of the widget's parents once docked, also
+        when the dock floats) for its close, so a running fine-tune stops and its GPU
+        memory is given back."""
+        top: QWidget = self
+        while top.parentWidget() is not None:
+            top = top.parentWidget()
+        if top is self or top is self._watched:
+            return
+        if self._watched is not None:
+            self._watched.removeEventFilter(self)
+        top.installEventFilter(self)
+        self._watched = top
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if obj is self._watched and event.type() == QEvent.Type.Close:
+            if event.spontaneous():  # the user's click: napari may still ask and keep it open
+                QTimer.singleShot(0, self._close_if_hidden)
+            else:  # viewer.close(): napari always closes
+                self.viewer_closed()
+        return False
+
+    def _close_if_hidden(self) -> None:
+        if self._watched is not None and not self._watched.isVisible():
+            self.viewer_closed()
+
+    def viewer_closed(self) -> None:
+        """The viewer is closing: stop the fine-tune after the current step and leave the
+        layers alone (a layer added to a closing viewer raises KeyError inside napari).
+        The job then returns and releases the trainer in its worker thread, or, when
+        napari quits the worker first, is closed when the worker finishes (``closable``)."""
+        self.closing = True
+        self._queue.clear()
+        if self._watched is not None:
+            self._watched.removeEventFilter(self)
+            self._watched = None
+        if self._cancel is not None:
+            self._cancel.set()
+
     # ------------------------------------------------------------------ progress
     def _on_yield(self, item: Any) -> None:
+        if self.closing:
+            return
         if isinstance(item, Started):
             self._run["config"] = item.config
             self.progress.setMaximum(item.config.steps)
@@ -713,6 +786,8 @@ class FinetuneWidget(QWidget):
     # ------------------------------------------------------------------ end
     def _on_done(self, result: Any) -> None:
         self._queue.clear()  # preview layers not added yet: the final ones come below
+        if self.closing:
+            return
         if isinstance(result, (Cancelled, Failed)):
             self.progress.setFormat("")  # no stale step count and ETA left behind
             self.progress.set_progress(0, 1)
