@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from napari_cellfocus.core.weights import triplex_weight_map
-from napari_cellfocus.engine.train import TrainConfig, Trainer, target_and_weight
+from napari_cellfocus.engine.losses import mae_loss
+from napari_cellfocus.engine.train import TrainConfig, Trainer, ddt_network, target_and_weight
 
 TINY = {
     "architecture": "unet",
@@ -139,3 +140,38 @@ def test_explicit_weight_map_gives_the_weighted_variant():
     ce = (3 * -math.log(0.5) - math.log(0.6) - math.log(0.8) - math.log(0.2)) / 6
     j = -sum(math.log(h) for h in [0.575, 0.625, 0.6375, 0.75, 0.7375, 0.8])
     assert float(trainer._loss(logits, y, w)) == pytest.approx(ce + j, rel=1e-6)
+
+
+def _backbone_grads(trainer: Trainer, loss: torch.Tensor) -> list[torch.Tensor]:
+    trainer.model.zero_grad(set_to_none=True)
+    loss.backward()
+    return [p.grad.clone() for p in trainer.model.backbone.parameters()]
+
+
+@pytest.mark.parametrize("paper", [True, False])
+def test_ddt_paper_mode_keeps_the_class_loss_off_the_backbone(paper):
+    """ddt_network() is D's mode (detach_ddt=True): through the Trainer's own batch loss
+    (class loss + MAE), the backbone's gradient is exactly that of the MAE alone, as when
+    the DDT is trained first and the top model then on its output. paper=False trains
+    end to end: the class loss reaches the backbone too."""
+    image, labels = _scene()
+    net = ddt_network(depth=2, width=4)
+    assert net["detach_ddt"] is True and net["top_input"] == "ddt+image"
+    config = TrainConfig(steps=1, batch_size=2, crop_size=64, weights="none")
+    trainer = Trainer(
+        [image],
+        [labels],
+        config,
+        network=ddt_network(depth=2, width=4, paper=paper),
+        device="cpu",
+        workers=1,
+    )
+    assert trainer.model.detach_ddt is paper
+    assert trainer.current_info().network["detach_ddt"] is paper
+    trainer.train_mode()
+    x, y, w, ddt_target = trainer._batch()
+    full = _backbone_grads(trainer, trainer._batch_loss(x, y, w, ddt_target))
+    mae_only = _backbone_grads(trainer, mae_loss(trainer.model(x)[1], ddt_target))
+    pairs = zip(full, mae_only, strict=True)
+    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in pairs)
+    assert same is paper

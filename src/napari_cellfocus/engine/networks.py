@@ -443,9 +443,12 @@ class ResidualUNet(_AnySizeNet):
     in_channels, out_channels, depth, width, norm, dims, dropout
         As for :class:`UNet` (``depth >= 2``).
     bottleneck_kernel : int
-        Odd kernel size of the two bottleneck residual units (5 in C 4.4).
+        Odd kernel size of the two bottleneck residual units (5 in C 4.4). C's "additional
+        residual block at the end of the encoding-path (bottleneck), where we also used
+        bigger size filters (5x5)" is read as 5x5 in both bottleneck units (docs/methods.md).
     activation : {"elu", "relu"}
-        Activation inside the residual units.
+        Activation inside the residual units. C writes "batch normalization, activation and
+        convolution" without naming it; ELU is our reading (docs/methods.md).
     grey_input : bool or None
         Learned 1x1 colour-to-grey input convolution; None = only when ``in_channels == 3``.
     """
@@ -561,7 +564,9 @@ class DDTModel(_AnySizeNet):
         What the top model sees.
     detach_ddt : bool
         Stop the class loss' gradient at the DDT, so the top model trains on a fixed
-        backbone (the paper's two-stage training); False trains both end to end.
+        backbone (the paper's two-stage training); False trains both end to end. D's mode
+        for training is :func:`napari_cellfocus.engine.train.ddt_network` (``paper=True``
+        sets it).
 
     Notes
     -----

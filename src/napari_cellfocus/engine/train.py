@@ -79,6 +79,23 @@ DEFAULT_NETWORK: dict[str, Any] = {
 }
 
 
+def ddt_network(top_input: str = "ddt+image", paper: bool = True, **params: Any) -> dict[str, Any]:
+    """Network config of a deep distance transformer (D section 3) for ``Trainer(network=)``.
+
+    ``top_input``: "ddt" (DDT + UNet1) or "ddt+image" (DDT + UNet2). ``paper=True`` (D's
+    mode) sets ``detach_ddt=True``: the top model's class loss stops at the DDT output, so
+    the backbone learns from the MAE to the distance target only and the top model from the
+    cross entropy only, as in D's two-stage training (backbone with MAE, then the top model
+    with CE on its output, Table 1), in one run. ``paper=False`` trains both end to end
+    (the class loss also shapes the backbone). Other ``params`` (depth, width, norm, ...) go
+    to :class:`~napari_cellfocus.engine.networks.DDTModel`; the rest of ``DEFAULT_NETWORK``
+    fills in what is not given.
+    """
+    net = {k: v for k, v in DEFAULT_NETWORK.items() if k != "architecture"}
+    net.update(params)
+    return {"architecture": "ddt", **net, "top_input": top_input, "detach_ddt": bool(paper)}
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run.
@@ -592,6 +609,22 @@ class Trainer(SteppedTraining):
             return self.loss_fn(logits, y, weight=w, reduction="weighted_mean", mask=w > 0)
         return self.loss_fn(logits, y, weight=w)
 
+    def _batch_loss(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        ddt_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss of one batch from :meth:`_batch`: :meth:`_loss` of the class logits,
+        plus for a DDT model the MAE of its distance output against ``ddt_target`` (D
+        section 5; with ``detach_ddt`` only the MAE reaches the backbone)."""
+        output = self.model(x)
+        if isinstance(output, (tuple, list)):  # DDT model: (class logits, distance map)
+            logits, ddt = output
+            return self._loss(logits, y, w) + mae_loss(ddt, ddt_target)
+        return self._loss(output, y, w)
+
     def validate(self) -> dict[str, float]:
         """Mean PQ / F1 of the current model on the validation images (TH post-processing)."""
         from napari_cellfocus.core.metrics import evaluate
@@ -625,14 +658,9 @@ class Trainer(SteppedTraining):
         first = self.step
         try:
             while self.step < cfg.steps:
-                x, y, w, *ddt_target = self._batch()
+                batch = self._batch()
                 self.optimizer.zero_grad(set_to_none=True)
-                output = self.model(x)
-                if isinstance(output, (tuple, list)):  # DDT model: (class logits, distance map)
-                    logits, ddt = output
-                    loss = self._loss(logits, y, w) + mae_loss(ddt, ddt_target[0])
-                else:
-                    loss = self._loss(output, y, w)
+                loss = self._batch_loss(*batch)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise self._diverge(self.step + 1, f"the loss is {value}")
