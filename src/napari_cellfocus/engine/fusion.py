@@ -73,7 +73,8 @@ from napari_cellfocus.engine.fusion_classical import fuse_classical_torch
 from napari_cellfocus.engine.losses import bce_loss
 from napari_cellfocus.engine.networks import build_network
 from napari_cellfocus.engine.tiling import grid_tiles
-from napari_cellfocus.engine.train import SteppedTraining, TrainProgress
+from napari_cellfocus.engine.train import TrainProgress
+from napari_cellfocus.engine.training_guard import GuardedTraining, check_guard_settings
 
 __all__ = [
     "DEFAULT_FUSION_NETWORK",
@@ -264,7 +265,13 @@ class FusionTrainConfig:
     epochs; a higher rate suits a budget of minutes). alpha : NPS parameter (T: 6).
     lr_schedule : "constant" or "cosine". stack_fraction / noise : see
     :class:`~napari_cellfocus.core.fusion_data.FusionPairSampler`. seed : seeds numpy and
-    torch. checkpoint_every : steps between atomic checkpoint writes when ``out`` is set.
+    torch. checkpoint_every : steps between atomic checkpoint writes when ``out`` is set;
+    checkpoint_every_s : seconds between them as well (0 = only by steps).
+    divergence_factor, divergence_window : the run is declared diverged when the smoothed
+    loss stays above ``divergence_factor`` times its best for ``divergence_window`` steps
+    in a row (0 = only a non-finite loss or weights), as in
+    :class:`~napari_cellfocus.engine.train.TrainConfig` (the shipped models' smoothed
+    losses never rose above 1.6x their best).
     """
 
     kind: str = "hf-seg"
@@ -278,6 +285,9 @@ class FusionTrainConfig:
     noise: bool = True
     seed: int = 0
     checkpoint_every: int = 100
+    checkpoint_every_s: float = 300.0
+    divergence_factor: float = 10.0
+    divergence_window: int = 20
 
     def __post_init__(self) -> None:
         if self.kind not in LEARNED_METHODS:
@@ -289,13 +299,24 @@ class FusionTrainConfig:
             )
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule: 'constant' or 'cosine', got {self.lr_schedule!r}.")
+        check_guard_settings(
+            self.checkpoint_every, self.checkpoint_every_s, self.divergence_factor
+        )
 
 
 Sampler = Callable[[np.random.Generator], FusionSample]
 
 
-class FusionTrainer(SteppedTraining):
+class FusionTrainer(GuardedTraining):
     """Train an HF-Seg or HF-Reg network on pairs from a sampler (the simulator by default).
+
+    The segmentation trainer's safety rules (:mod:`.training_guard`): a diverged run stops
+    with :class:`~napari_cellfocus.engine.train.TrainingDiverged` ("fusion training
+    diverged at step N: ...") and writes no model of the diverged steps; checkpoints every
+    ``checkpoint_every`` steps and ``checkpoint_every_s`` seconds, on cancel (closing the
+    generator, ``should_stop``, a KeyboardInterrupt) and at the end; ``cancel_reason``
+    (e.g. "SIGTERM") and ``steps_done`` / ``cancelled`` / ``diverged`` are stored in
+    ``training["last_run"]``.
 
     Parameters
     ----------
@@ -351,9 +372,10 @@ class FusionTrainer(SteppedTraining):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.history: list[dict[str, Any]] = list(self.info.history)
         self.step = 0
-        self.cancelled = False
-        self.finished = False
-        self._good_state = copy.deepcopy(self.model.state_dict())
+        self.start_guard()
+
+    #: Diverged runs say "fusion training diverged at step N: ...".
+    what = "fusion"
 
     def _example(self, index: int) -> FusionSample:
         rng = np.random.default_rng([self.config.seed, self.step, index])
@@ -386,7 +408,8 @@ class FusionTrainer(SteppedTraining):
         return hf_reg_loss(out, y, self.config.alpha)
 
     def steps(self) -> Iterator[TrainProgress]:
-        """Train, yielding after every step. Closing the generator cancels (weights kept)."""
+        """Train, yielding after every step. Closing the generator cancels (weights kept
+        and written to ``out``); a diverged run raises TrainingDiverged."""
         cfg = self.config
         start = time.perf_counter()
         first = self.step
@@ -397,12 +420,7 @@ class FusionTrainer(SteppedTraining):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self.loss(x, y, g)
                 value = float(loss.detach())
-                if not math.isfinite(value):
-                    self.model.load_state_dict(self._good_state)
-                    raise FloatingPointError(
-                        f"fusion training diverged at step {self.step + 1} (loss {value}); "
-                        "the last good model was kept. Try a lower learning rate."
-                    )
+                self.check_loss(value)
                 loss.backward()
                 if cfg.lr_schedule == "cosine":
                     frac = self.step / max(1, cfg.steps - 1)
@@ -410,30 +428,21 @@ class FusionTrainer(SteppedTraining):
                         group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
                 self.optimizer.step()
                 self.step += 1
-                self._good_state = {
-                    k: v.detach().clone() for k, v in self.model.state_dict().items()
-                }
+                self.check_weights()
                 self.history.append({"step": len(self.history) + 1, "loss": value})
-                if (
-                    self.out is not None
-                    and cfg.checkpoint_every
-                    and self.step % cfg.checkpoint_every == 0
-                ):
-                    self.save(self.out)
+                if self.checkpoint_due():
+                    self._checkpoint()
                 elapsed = time.perf_counter() - start
                 rate = elapsed / max(1, self.step - first)
                 yield TrainProgress(
                     self.step, cfg.steps, value, elapsed, rate * (cfg.steps - self.step)
                 )
             self.finished = True
-        except GeneratorExit:
+        except (GeneratorExit, KeyboardInterrupt):
             self.cancelled = True
             raise
         finally:
-            self.model.load_state_dict(self._good_state)
-            self.model.eval()
-            if self.out is not None:
-                self.save(self.out)
+            self.finish()
 
     def current_info(self) -> ModelInfo:
         info = copy.deepcopy(self.info)
@@ -442,8 +451,7 @@ class FusionTrainer(SteppedTraining):
             **info.training,
             "last_run": {
                 **asdict(self.config),
-                "steps_done": self.step,
-                "cancelled": self.cancelled,
+                **self.run_state(),
                 "device": str(self.device),
                 "data": "simulated pairs (core.fusion_data.FusionPairSampler)",
             },
