@@ -11,8 +11,9 @@
    labels) and *weak* (the same training images, 30-50 % of the cells unannotated, every
    remaining contour eroded or dilated by 1-2 px; validation and test labels complete). The
    same U-Net, seed, batches and augmentations are trained under each loss (UNET2, UNET3,
-   DWM, SAW, W3, J3, J4, soft Jaccard), plus UNet1 (plain CE, the DDT paper's baseline),
-   DDT+UNet1, DDT+UNet2 and the residual counting U-Net on the crowded set. Each model is
+   DWM, SAW, W3, J3, J4, soft Jaccard), plus J4 in weak mode (J4-W3) on the weak set, and
+   UNet1 (plain CE, the DDT paper's baseline), DDT+UNet1, DDT+UNet2 (D's mode,
+   ``detach_ddt=True``) and the residual counting U-Net on the crowded set. Each model is
    post-processed with MAP, TH and WT (thresholds tuned for PQ on the validation split) and
    scored on the test split: P, R, F1, SQ, RQ, PQ (IoU > 0.5, pooled over images), contour F1
    at radii 2-7, BDE and WDMC, count MAE.
@@ -52,6 +53,7 @@ from scipy import ndimage as ndi
 
 from napari_cellfocus.core.metrics import (
     boundary_displacement_error,
+    centroid_match_f1,
     contour_f1,
     count_errors,
     evaluate,
@@ -63,7 +65,12 @@ from napari_cellfocus.core.simulate import simulate_cells
 from napari_cellfocus.core.targets import class_target
 from napari_cellfocus.core.weights import weight_map
 from napari_cellfocus.engine.segment import Segmenter
-from napari_cellfocus.engine.train import TrainConfig, Trainer, quick_finetune_config
+from napari_cellfocus.engine.train import (
+    TrainConfig,
+    Trainer,
+    ddt_network,
+    quick_finetune_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SEED = 20261122
@@ -190,7 +197,8 @@ def method_specs(depth: int, width: int) -> dict[str, dict[str, Any]]:
     :func:`_merge_touching_into_background`.
     """
     unet = {"architecture": "unet", "depth": depth, "width": width, "norm": "batch", "dims": 2}
-    ddt = {"architecture": "ddt", "depth": depth, "width": width, "norm": "batch", "dims": 2}
+    # D's mode: the class loss stops at the DDT (detach_ddt=True), as in its two-stage training
+    ddt = {"depth": depth, "width": width, "norm": "batch", "dims": 2}
     both = ("crowded", "weak")
     return {
         "UNET2": {
@@ -209,16 +217,24 @@ def method_specs(depth: int, width: int) -> dict[str, dict[str, Any]]:
             "net": unet,
             "data": both,
         },
+        # J4 in the Trainer's weak mode (W3-weighted mean CE over the annotated zone, J over
+        # that zone only); the J3 / J4 rows above treat the weak labels as complete, as T
+        # 5.2.2's plain CE + J does on its weakly annotated T-cells
+        "J4-W3": {
+            "cfg": {"loss": "j4", "n_classes": 4, "weak": True},
+            "net": unet,
+            "data": ("weak",),
+        },
         "Jaccard": {"cfg": {"loss": "jaccard", "weights": "none"}, "net": unet, "data": both},
         "UNet1": {"cfg": {"loss": "wce", "weights": "none"}, "net": unet, "data": ("crowded",)},
         "DDT+UNet1": {
             "cfg": {"loss": "wce", "weights": "none"},
-            "net": {**ddt, "top_input": "ddt"},
+            "net": ddt_network("ddt", paper=True, **ddt),
             "data": ("crowded",),
         },
         "DDT+UNet2": {
             "cfg": {"loss": "wce", "weights": "none"},
-            "net": {**ddt, "top_input": "ddt+image"},
+            "net": ddt_network("ddt+image", paper=True, **ddt),
             "data": ("crowded",),
         },
         "ResCount": {
@@ -350,12 +366,29 @@ def tune_thresholds(
     return out
 
 
+def centroid_f1(
+    labels: list[np.ndarray], preds: list[np.ndarray], max_distance: float, matching: str
+) -> float:
+    """Centroid-matching F1 (C 5.1) with true positives pooled over images."""
+    res = [
+        centroid_match_f1(gt, pd, max_distance=max_distance, matching=matching)
+        for gt, pd in zip(labels, preds, strict=True)
+    ]
+    tp = sum(r["tp"] for r in res)
+    total = sum(r["n_true"] + r["n_pred"] for r in res)
+    return 2.0 * tp / total if total else 1.0
+
+
 def score_model(
     probs: list[np.ndarray],
     labels: list[np.ndarray],
     thresholds: dict[str, dict[str, float]],
+    centroid_distance: float | None = None,
 ) -> dict[str, Any]:
-    """Every score of one model on the test split, for each post-processing."""
+    """Every score of one model on the test split, for each post-processing. With
+    ``centroid_distance`` (the counting network) the binary post-processing is also scored
+    by centroid F1: C 5.1's nearest-prediction rule and the optimal assignment, pairs closer
+    than that distance (C: 50 px, its mean cell diameter)."""
     out: dict[str, Any] = {}
     posts = [*POSTS, *(["binary"] if "binary" in thresholds else [])]
     for post in posts:
@@ -383,6 +416,10 @@ def score_model(
         scores["mean_iou"] = float(
             np.mean([mean_iou(gt, pd) for gt, pd in zip(labels, preds, strict=True)])
         )
+        if post == "binary" and centroid_distance is not None:
+            for rule in ("nearest", "optimal"):
+                scores[f"centroid_f1_{rule}"] = centroid_f1(labels, preds, centroid_distance, rule)
+            scores["centroid_distance"] = float(centroid_distance)
         out[post] = scores
     # WDMC of the class map (argmax, 3-class schemes; the gap class of J4 counts as background)
     wdmc = []
@@ -435,7 +472,9 @@ def train_one(
     val_probs = [seg.predict(im) for im in data["val_images"]]
     test_probs = [seg.predict(im) for im in data["test_images"]]
     thresholds = tune_thresholds(val_probs, data["val_labels"], p, bool(spec.get("counting")))
-    scores = score_model(test_probs, data["test_labels"], thresholds)
+    # C's 50 px is its mean cell diameter; ours is about the sum of the radius range's ends
+    centroid = float(sum(p["radius"])) if spec.get("counting") else None
+    scores = score_model(test_probs, data["test_labels"], thresholds, centroid)
     t_eval = time.perf_counter() - t0
     return {
         "method": name,
@@ -735,11 +774,18 @@ def _protocol(p: dict[str, Any] | None, label: str = "this run") -> str:
 - **Training**: one `engine.train.Trainer` per method and dataset, same seed (hence the same
   network initialisation, crop positions and augmentations at every step), same U-Net, Adam with
   cosine decay. Losses: UNET2 / UNET3 = weighted CE with the U-Net near-objects map on 2 / 3
-  classes; DWM, SAW = weighted CE with those maps; W3 = weighted CE with the triplex map
-  (`weak=True`, also on the crowded set); J3 / J4 = CE + Youden regulariser (3 / 4 classes,
-  no weight map, as in T 5.2.2); Jaccard = soft Jaccard; UNet1 = plain CE (the DDT paper's
-  baseline); DDT+UNet1 / DDT+UNet2 = DDT backbone (MAE) + top U-Net on [DDT] / [DDT, image],
-  trained end to end with CE; ResCount = residual U-Net (C 4.4) with the overcrowding map.
+  classes; DWM, SAW = weighted CE with those maps (SAW's contour term propagated by the 20
+  Gaussian passes without losing its contour values, docs/methods.md); W3 = weighted CE with
+  the triplex map (`weak=True`, also on the crowded set); J3 / J4 = CE + Youden regulariser
+  (3 / 4 classes, no weight map, as in T 5.2.2; on the weak set the unannotated cells are
+  background for them, as for every method but W3); J4-W3 (weak set only) = J4 in the
+  Trainer's weak mode: W3-weighted mean CE over the annotated zone (within 30 px of an
+  annotated cell) + J over that zone; Jaccard = soft Jaccard; UNet1 = plain CE (the DDT
+  paper's baseline); DDT+UNet1 / DDT+UNet2 = DDT backbone (MAE) + top U-Net on [DDT] /
+  [DDT, image] with CE, in one run with the class loss stopped at the DDT (`ddt_network`,
+  `detach_ddt=True`: D's two-stage training); ResCount = residual U-Net (C 4.4) with the
+  overcrowding map (Gaussians summed on background only, floored at 1, times the class
+  weights 1 / 1.5).
 - **Post-processing**: MAP; TH (gamma1, gamma2) and WT (tau0, tau1) with thresholds chosen by
   grid search for the best PQ on the validation split (`core.postprocess.search_thresholds`);
   for ResCount also the counting paper's binary threshold + size-aware watershed, cutoff chosen
@@ -747,7 +793,9 @@ def _protocol(p: dict[str, Any] | None, label: str = "this run") -> str:
 - **Scores** on the test split: precision, recall, F1 (= RQ), SQ, PQ with IoU > 0.5, true
   positives pooled over images; contour F1 at radii 2-7 (mean over images); BDE (mean over
   images, images without any predicted boundary counted separately); WDMC (0.3 / 0.3 / 0.4) of
-  the argmax class map against the 3-class target; count MAE over test images.
+  the argmax class map against the 3-class target; count MAE over test images; for ResCount
+  also centroid F1 (C 5.1, pairs closer than a mean cell diameter) with C's
+  nearest-prediction rule and with the optimal assignment.
 - **Correction curve**: the built-in model (`init="default"`), an image from a simulated domain
   outside its training range (`UNSEEN` in the script: nucleus radius 27-36 px against 4-25,
   irregularity 0.3 against 0-0.2, elongation 0.6 against 0.05-0.45; dim, 12 photons/pixel,
@@ -955,11 +1003,18 @@ machine lent in short sessions.
             cnt = [r for r in rows if "binary" in r["test"]]
             for r in cnt:
                 s = r["test"]["binary"]
+                centroid = ""
+                if "centroid_f1_nearest" in s:
+                    centroid = (
+                        f" Centroid F1 (centroids closer than {s['centroid_distance']:g} px): "
+                        f"{_fmt(s['centroid_f1_nearest'])} with C's nearest-prediction rule, "
+                        f"{_fmt(s['centroid_f1_optimal'])} with the optimal assignment."
+                    )
                 lines.append(
                     f"\nLike C Table 1 ({r['method']}, binary threshold + watershed, cutoff "
                     f"{r['thresholds']['binary']['threshold']:.2f}): F1 {_fmt(s['f1'])}, count MAE "
                     f"{_fmt(s['count_mae'], 2)}, MedAE {_fmt(s['count_median_ae'], 2)}, mean IoU "
-                    f"{_fmt(s['mean_iou'])}."
+                    f"{_fmt(s['mean_iou'])}.{centroid}"
                 )
         ranking = sorted(rows, key=lambda r: -r["test"]["wt"]["pq"])
         lines.append(

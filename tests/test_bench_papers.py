@@ -97,6 +97,11 @@ def test_quick_run_writes_every_row(tmp_path):
         assert set(row["thresholds"]) >= {"th", "wt"}
     rescount = next(r for r in result["rows"] if r["method"] == "ResCount")
     assert "binary" in rescount["test"]
+    binary = rescount["test"]["binary"]
+    assert 0 <= binary["centroid_f1_nearest"] <= binary["centroid_f1_optimal"] <= 1
+    for name in ("DDT+UNet1", "DDT+UNet2"):  # D's mode: the class loss stops at the DDT
+        row = next(r for r in result["rows"] if r["method"] == name)
+        assert row["config"]["network"]["detach_ddt"] is True
     corr = result["correction"]
     assert [r["k"] for r in corr["rows"]] == [0, 5]
     assert corr["rows"][0]["finetune_s"] == 0.0 and corr["rows"][1]["finetune_s"] > 0
