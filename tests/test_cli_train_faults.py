@@ -1,6 +1,7 @@
 """``cellfocus train`` under faults, each run as a process: SIGTERM / SIGINT write a
-checkpoint and exit 143 / 130, a diverged run exits non-zero without a model, a previous
-model is kept, and bad ``--out`` places fail before training."""
+checkpoint and exit 143 / 130, a diverged run exits non-zero without a model, an existing
+model is replaced only with ``--overwrite`` (and kept as NAME.previous.pt), and bad
+``--out`` places fail before training."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def test_a_huge_learning_rate_exits_non_zero_and_keeps_the_previous_model(pair, 
     out = tmp_path / "m.pt"
     assert _train(pair, out, "--steps", "2").returncode == 0
     before = out.read_bytes()
-    res = _train(pair, out, "--steps", "60", "--lr", "1e3")
+    res = _train(pair, out, "--steps", "60", "--lr", "1e3", "--overwrite")
     assert res.returncode == 2, res.stderr
     assert "diverged" in res.stderr and "Traceback" not in res.stderr
     assert "model written" not in res.stdout
@@ -103,7 +104,10 @@ def test_retraining_keeps_the_previous_model(pair, tmp_path):
     out = tmp_path / "m.pt"
     assert _train(pair, out, "--steps", "1").returncode == 0
     first = out.read_bytes()
-    res = _train(pair, out, "--steps", "2")
+    res = _train(pair, out, "--steps", "2")  # refused without --overwrite, before training
+    assert res.returncode == 2 and "--overwrite" in res.stderr, res.stderr
+    assert "training on" not in res.stderr and out.read_bytes() == first
+    res = _train(pair, out, "--steps", "2", "--overwrite")
     assert res.returncode == 0, res.stderr
     assert "previous model is kept as" in res.stderr
     assert (tmp_path / "m.previous.pt").read_bytes() == first

@@ -18,12 +18,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_cellfocus import __version__
-from napari_cellfocus.cli_common import CliError, ProgressBar, format_seconds
+from napari_cellfocus.cli_common import (
+    CliError,
+    ProgressBar,
+    add_overwrite_flag,
+    check_output_paths,
+    check_train_output,
+    run_training,
+)
 
 __all__ = ["CliError", "ProgressBar", "build_parser", "main"]
 
 
 # --------------------------------------------------------------------------- simulate
+def simulation_outputs(out: Path, n: int, stack: bool) -> list[tuple[str, Path]]:
+    """The files ``cellfocus simulate`` writes into ``out``, as ``(what, path)`` pairs."""
+    names = ("stack", "all_in_focus", "depth", "labels") if stack else ("", "labels")
+    return [
+        ("--out", out / f"sim_{i:03d}{'_' + name if name else ''}.tif")
+        for i in range(n)
+        for name in names
+    ]
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -34,7 +51,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         simulate_focus_stack,
     )
 
+    if args.n < 1 or args.stack < 0:
+        raise CliError(f"-n must be >= 1 and --stack >= 0; got -n {args.n}, --stack {args.stack}.")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: is a file; simulate writes into a folder.")
+    # before any work: every file of the run, existing ones only with --overwrite
+    check_output_paths([], simulation_outputs(out, args.n, bool(args.stack)), args.overwrite)
     rng = np.random.default_rng(args.seed)
     shape = (args.size, args.size)
     for i in range(args.n):
@@ -69,18 +92,14 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stack", type=int, default=0, metavar="Z", help="write focus stacks of Z slices instead"
     )
+    add_overwrite_flag(p)
     p.set_defaults(func=_cmd_simulate)
 
 
 # --------------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace) -> int:
     from napari_cellfocus.core.io import expand_paths, read_image
-    from napari_cellfocus.engine.train import (
-        TrainConfig,
-        Trainer,
-        TrainingDiverged,
-        quick_finetune_config,
-    )
+    from napari_cellfocus.engine.train import TrainConfig, Trainer, quick_finetune_config
 
     images = expand_paths(args.images, role="images")
     labels = expand_paths(args.labels, role="labels")
@@ -89,10 +108,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"{len(images)} image file(s) but {len(labels)} label file(s): give one label "
             "image per image, in the same order."
         )
-    from napari_cellfocus.cli_common import check_train_output
-
-    # before any work: not an input, a folder, a non-model file or an unwritable place
-    check_train_output(args.out, [*images, *labels])
+    # before any work: not an input, a folder, a non-model file, an unwritable place, or
+    # an existing model without --overwrite
+    check_train_output(args.out, [*images, *labels], args.overwrite)
     base = quick_finetune_config(weak=args.weak) if args.init else TrainConfig(weak=args.weak)
     overrides = {
         "n_classes": args.classes,
@@ -126,87 +144,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{', from ' + str(args.init) if args.init else ''})",
         file=sys.stderr,
     )
-    backup = _keep_previous_model(out)
-    bar = ProgressBar(config.steps, "train")
-    received: list[int] = []
-    restore = _stop_on_signals(trainer, received)
-    try:
-        trainer.run(
-            on_step=lambda p: bar.update(
-                p.step,
-                f"loss {p.loss:.4f} eta {format_seconds(p.eta_s)}"
-                + "".join(f" {k} {v:.3f}" for k, v in p.metrics.items()),
-            ),
-            should_stop=lambda: bool(received),
-        )
-    except TrainingDiverged as err:
-        kept = f" The previous model is kept in {backup}." if backup is not None else ""
-        raise CliError(f"{err}{kept}") from None
-    finally:
-        restore()
-        trainer.release()
-    if trainer.cancelled and received:
-        print(
-            f"cellfocus: stopped by {trainer.cancel_reason} at step {trainer.step} of "
-            f"{config.steps}; checkpoint written to {out} (steps_done {trainer.step}, "
-            "cancelled)",
-            file=sys.stderr,
-        )
-        return 128 + received[0]  # 143 for SIGTERM, 130 for SIGINT, as a shell reports
-    print(f"model written to {out}")
-    return 0
-
-
-def _keep_previous_model(out: Path) -> Path | None:
-    """Copy an existing ``out`` to ``<name>.previous<suffix>`` before training replaces
-    it (atomically: a temporary copy renamed), and say so; returns the copy's path."""
-    import os
-    import shutil
-    import tempfile
-
-    if not out.is_file():
-        return None
-    backup = out.with_name(f"{out.stem}.previous{out.suffix}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{backup.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(out, tmp)
-        os.replace(tmp, backup)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise CliError(
-            f"--out {out}: cannot keep the existing model as {backup} "
-            f"({err.strerror or type(err).__name__}); nothing was trained."
-        ) from None
-    print(f"cellfocus: {out} exists: the previous model is kept as {backup}", file=sys.stderr)
-    return backup
-
-
-def _stop_on_signals(trainer, received: list[int]):
-    """SIGTERM / SIGINT (what ``timeout``, Slurm and Ctrl-C send) stop training after the
-    current step: the trainer writes a checkpoint marked cancelled, with the signal's name
-    as ``cancel_reason``. A second signal stops at once. Only in the CLI (napari has its
-    own cancel). Returns a function restoring the previous handlers."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum, frame):
-        if received:  # a second signal: do not wait for the step
-            raise KeyboardInterrupt
-        received.append(signum)
-        trainer.cancel_reason = signal.Signals(signum).name
-
-    signums = (signal.SIGTERM, signal.SIGINT)
-    previous = {s: signal.signal(s, handler) for s in signums}
-
-    def restore() -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-    return restore
+    return run_training(trainer, out, config.steps, "train")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -254,27 +192,57 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="and every S seconds (300); SIGTERM / Ctrl-C also write it, marked cancelled",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out model (it is kept as NAME.previous.pt first); "
+        "without it an existing model is refused before training",
+    )
     p.set_defaults(func=_cmd_train)
 
 
 # --------------------------------------------------------------------------- demo
+#: The files ``cellfocus demo`` writes into its ``--out`` folder.
+DEMO_FILES = (
+    "sample_image.tif",
+    "sample_labels.tif",
+    "sample_probabilities.tif",
+    "sample_overlay.png",
+)
+
+
+def _write_png(path: Path, rgb) -> Path:
+    """An RGB uint8 array as a PNG, written atomically (``core.io.atomic_write``)."""
+    import imageio.v3 as iio
+
+    from napari_cellfocus.core.io import atomic_write
+
+    return atomic_write(path, lambda fh: fh.write(iio.imwrite("<bytes>", rgb, extension=".png")))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: is a file; demo writes its results into a folder.")
+    # before the model runs: existing results only with --overwrite, writable folder
+    check_output_paths([], [("--out", out / name) for name in DEMO_FILES], args.overwrite)
+
     from napari_cellfocus._sample_data import sample_cells
     from napari_cellfocus.cli_predict import describe_diameter
     from napari_cellfocus.core.io import write_image
     from napari_cellfocus.core.metrics import evaluate
-    from napari_cellfocus.core.overlay import write_overlay_png
+    from napari_cellfocus.core.overlay import overlay_rgb
     from napari_cellfocus.engine.segment import Segmenter
 
     (image, _, _), (truth, _, _) = sample_cells()
     seg = Segmenter("default", device=args.device)
     print(f"built-in default model on {seg.device_name}", file=sys.stderr)
     result = seg.segment(image)  # the model's own defaults, diameter estimated
-    out = Path(args.out)
-    write_image(out / "sample_image.tif", image)
-    write_image(out / "sample_labels.tif", result.labels)
-    write_image(out / "sample_probabilities.tif", result.probs)
-    write_overlay_png(out / "sample_overlay.png", image, result.labels)
+    image_file, labels_file, probs_file, overlay_file = (out / name for name in DEMO_FILES)
+    write_image(image_file, image)
+    write_image(labels_file, result.labels)
+    write_image(probs_file, result.probs)
+    _write_png(overlay_file, overlay_rgb(image, result.labels))
     metrics = evaluate(truth, result.labels)
     print(
         f"cells found: {result.count} (ground truth: {metrics['n_true']})"
@@ -297,13 +265,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (out/)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_overwrite_flag(p)
     p.set_defaults(func=_cmd_demo)
 
 
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     from napari_cellfocus.cli_evaluate import add_evaluate_parser
-    from napari_cellfocus.cli_fuse import add_fuse_parser
+    from napari_cellfocus.cli_fuse import add_fuse_parser, add_train_fusion_parser
     from napari_cellfocus.cli_predict import add_predict_parser
 
     parser = argparse.ArgumentParser(
@@ -320,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     add_evaluate_parser(sub)
     add_fuse_parser(sub)
+    add_train_fusion_parser(sub)
     return parser
 
 

@@ -26,6 +26,10 @@ __all__ = [
     "error_line",
     "filter_names",
     "format_seconds",
+    "keep_previous_model",
+    "previous_model_path",
+    "run_training",
+    "stop_on_signals",
 ]
 
 
@@ -135,26 +139,132 @@ def check_output_paths(
         raise CliError(str(err)) from None
 
 
-def check_train_output(out: Path, inputs: Sequence[Path]) -> None:
+def check_train_output(out: Path, inputs: Sequence[Path], overwrite: bool = False) -> None:
     """``train --out``, checked before training: not an input (an image or label file),
-    not a folder, writable; an existing file is replaced only when it is a model file
-    (``.pt`` / ``.pth``), since re-training into the same model file is the usual cycle."""
+    not a folder, writable. An existing model file (``.pt`` / ``.pth``) is replaced only
+    with ``overwrite`` (the command then keeps it as ``<name>.previous.pt``); any other
+    existing file is refused even then, since a model would replace, say, a TIFF."""
     out = Path(out)
-    replaceable = out.suffix.lower() in (".pt", ".pth")
+    is_model = out.suffix.lower() in (".pt", ".pth")
     try:
-        check_output_paths(inputs, [("--out", out)], overwrite=replaceable)
+        check_output_paths(inputs, [("--out", out)], overwrite=True)
     except CliError as err:
-        if (
-            out.exists()
-            and not out.is_dir()
-            and not replaceable
-            and "is the input" not in str(err)
-        ):
-            raise CliError(
-                f"--out {out}: the file exists and is not a model file (.pt); a trained "
-                "model is written to --out: choose a new .pt name."
-            ) from None
+        if out.exists() and not out.is_dir() and not is_model and "is the input" not in str(err):
+            raise _not_a_model(out) from None
         raise
+    if out.is_file() and not is_model:
+        raise _not_a_model(out)
+    if out.is_file() and not overwrite:
+        raise CliError(
+            f"--out {out}: the model file exists (pass --overwrite to replace it; the "
+            f"previous model is then kept as {previous_model_path(out).name}), or choose "
+            "another name."
+        )
+
+
+def _not_a_model(out: Path) -> CliError:
+    return CliError(
+        f"--out {out}: the file exists and is not a model file (.pt); a trained "
+        "model is written to --out: choose a new .pt name."
+    )
+
+
+def previous_model_path(out: Path) -> Path:
+    """Where ``train --overwrite`` keeps the model it replaces: ``<stem>.previous<suffix>``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.previous{out.suffix}")
+
+
+def keep_previous_model(out: Path) -> Path | None:
+    """Copy an existing ``out`` to ``<name>.previous<suffix>`` before training replaces
+    it (atomically: a temporary copy renamed), and say so; returns the copy's path."""
+    import os
+    import shutil
+    import tempfile
+
+    if not out.is_file():
+        return None
+    backup = previous_model_path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{backup.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(out, tmp)
+        os.replace(tmp, backup)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise CliError(
+            f"--out {out}: cannot keep the existing model as {backup} "
+            f"({err.strerror or type(err).__name__}); nothing was trained."
+        ) from None
+    print(f"cellfocus: {out} exists: the previous model is kept as {backup}", file=sys.stderr)
+    return backup
+
+
+def stop_on_signals(trainer, received: list[int]):
+    """SIGTERM / SIGINT (what ``timeout``, Slurm and Ctrl-C send) stop training after the
+    current step: the trainer writes a checkpoint marked cancelled, with the signal's name
+    as ``cancel_reason``. A second signal stops at once. Only in the CLI (napari has its
+    own cancel). Returns a function restoring the previous handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        if received:  # a second signal: do not wait for the step
+            raise KeyboardInterrupt
+        received.append(signum)
+        trainer.cancel_reason = signal.Signals(signum).name
+
+    signums = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, handler) for s in signums}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    return restore
+
+
+def run_training(trainer, out: Path, total: int, label: str = "train") -> int:
+    """Drive ``trainer`` (a ``Trainer`` or ``FusionTrainer`` writing ``out``) with a
+    progress bar, SIGTERM / SIGINT handled by :func:`stop_on_signals`, an existing
+    ``out`` kept as ``NAME.previous.pt`` first (:func:`keep_previous_model`), and the
+    trainer released at the end. Returns the exit status: 0, or 128 + the signal
+    (143 for SIGTERM, 130 for SIGINT) after writing the checkpoint marked cancelled. A
+    diverged run raises :class:`CliError` (its message says what was kept)."""
+    from napari_cellfocus.engine.train import TrainingDiverged
+
+    out = Path(out)
+    backup = keep_previous_model(out)
+    bar = ProgressBar(total, label)
+    received: list[int] = []
+    restore = stop_on_signals(trainer, received)
+    try:
+        trainer.run(
+            on_step=lambda p: bar.update(
+                p.step,
+                f"loss {p.loss:.4f} eta {format_seconds(p.eta_s)}"
+                + "".join(f" {k} {v:.3f}" for k, v in p.metrics.items()),
+            ),
+            should_stop=lambda: bool(received),
+        )
+    except TrainingDiverged as err:
+        kept = f" The previous model is kept in {backup}." if backup is not None else ""
+        raise CliError(f"{err}{kept}") from None
+    finally:
+        restore()
+        trainer.release()
+    if trainer.cancelled and received:
+        print(
+            f"cellfocus: stopped by {trainer.cancel_reason} at step {trainer.step} of "
+            f"{total}; checkpoint written to {out} (steps_done {trainer.step}, cancelled)",
+            file=sys.stderr,
+        )
+        return 128 + received[0]  # 143 for SIGTERM, 130 for SIGINT, as a shell reports
+    print(f"model written to {out}")
+    return 0
 
 
 def error_line(err: BaseException) -> str:

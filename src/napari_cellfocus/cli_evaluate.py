@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_cellfocus.cli_common import CliError, check_output_paths
+from napari_cellfocus.cli_common import CliError, add_overwrite_flag, check_output_paths
 
 __all__ = ["add_evaluate_parser", "label_key", "pair_by_name", "run_evaluate"]
 
@@ -123,17 +124,19 @@ def evaluate_pairs(
 
 def write_rows_csv(path: Path, rows: Sequence[dict[str, Any]], pooled: dict[str, Any]) -> Path:
     """One CSV row per image and a last ``pooled`` row (``n_images`` 1 per image); floats
-    at full precision."""
+    at full precision. Written atomically (``core.io.atomic_write``)."""
+    from napari_cellfocus.core.io import atomic_write
+
     names = ["image", "gt", "pred", *(k for k in rows[0] if k not in ("image", "gt", "pred"))]
     names.append("n_images")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=names)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "n_images": 1})
-        writer.writerow({"image": "pooled", "gt": "", "pred": "", **pooled})
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=names)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "n_images": 1})
+    writer.writerow({"image": "pooled", "gt": "", "pred": "", **pooled})
+    data = text.getvalue().encode("utf-8")
+    return atomic_write(path, lambda fh: fh.write(data))  # never a half-written table
 
 
 def _shown(value: Any) -> str:
@@ -158,9 +161,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Body of ``cellfocus evaluate``: a key/value list (or a JSON object) for one pair, a
     table (or JSON ``{"images": [...], "pooled": {...}}``) for two folders."""
     pairs = pair_by_name(Path(args.gt), Path(args.pred))
-    if args.csv is not None:  # before any work: never over a label file; a CSV is replaced
-        inputs = [p for _, gt, pred in pairs for p in (gt, pred)]
-        check_output_paths(inputs, [("--csv", Path(args.csv))], overwrite=True)
+    if args.csv is not None:  # before any work: never over a label file or an existing
+        inputs = [p for _, gt, pred in pairs for p in (gt, pred)]  # file without --overwrite
+        check_output_paths(inputs, [("--csv", Path(args.csv))], args.overwrite)
     rows, pooled = evaluate_pairs(pairs, args.iou)
     if args.csv is not None:
         write_rows_csv(Path(args.csv), rows, pooled)
@@ -197,5 +200,6 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument(
         "--csv", type=Path, default=None, help="also write the rows (and the pooled row) to CSV"
     )
+    add_overwrite_flag(p)
     p.set_defaults(func=run_evaluate)
     return p

@@ -16,6 +16,15 @@ file needs ``--overwrite``. Over several stacks a bad one is reported and skippe
 summary line ends the run and the exit status is 1 when any failed; errors in the user's
 input raise ``ValueError`` / ``FileNotFoundError`` (``CliError`` for name filters that
 leave nothing) with a message naming the file, which the caller prints as one line.
+
+    cellfocus train-fusion --out M.pt [--kind hf-seg|hf-reg] [--from M.pt|default]
+        [--steps N] [--checkpoint-every N] [--checkpoint-every-s S] [--overwrite]
+
+trains a fusion network on simulated pairs with the segmentation trainer's rules
+(``cli_common.run_training``): ``--out`` checked before any step (an existing model only
+with ``--overwrite``, kept as ``NAME.previous.pt``), checkpoints every N steps and S
+seconds, SIGTERM / SIGINT write a checkpoint marked cancelled (exit 143 / 130), and a
+diverged run exits 2 without writing a model of the diverged steps.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from napari_cellfocus.cli_common import (
     error_line,
 )
 
-__all__ = ["add_fuse_parser", "run_fuse"]
+__all__ = ["add_fuse_parser", "add_train_fusion_parser", "run_fuse", "run_train_fusion"]
 
 _METHODS = ("hf-seg", "hf-reg", "max-focus", "pyramid", "gff", "wavelet")
 
@@ -225,6 +234,95 @@ def add_fuse_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     add_overwrite_flag(p)
     p.set_defaults(func=run_fuse)
+    return p
+
+
+# --------------------------------------------------------------------------- train-fusion
+def run_train_fusion(args: argparse.Namespace) -> int:
+    """Body of ``cellfocus train-fusion`` (``args`` as parsed by its sub-parser)."""
+    from napari_cellfocus.cli_common import check_train_output, run_training
+
+    out = Path(args.out)
+    check_train_output(out, [], args.overwrite)  # before torch is even imported
+    from napari_cellfocus.engine.fusion import (
+        FusionTrainConfig,
+        FusionTrainer,
+        default_fusion_model_path,
+    )
+
+    fields = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "crop_size": args.crop_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "checkpoint_every": args.checkpoint_every,
+        "checkpoint_every_s": args.checkpoint_every_s,
+    }
+    config = FusionTrainConfig(
+        kind=args.kind, **{k: v for k, v in fields.items() if v is not None}
+    )
+    init = args.init
+    if init is not None and str(init).lower() == "default":
+        init = default_fusion_model_path(args.kind)
+    network = {k: v for k, v in (("depth", args.depth), ("width", args.width)) if v is not None}
+    if network and init is not None:
+        raise CliError("--depth / --width describe a new network; not with --from.")
+    trainer = FusionTrainer(
+        config, init=init, network=network or None, device=args.device, out=out
+    )
+    print(
+        f"training {config.kind} fusion on {trainer.device} ({config.steps} steps of "
+        f"{config.batch_size} simulated pairs, {config.crop_size} px"
+        f"{', from ' + str(init) if init is not None else ''})",
+        file=sys.stderr,
+    )
+    return run_training(trainer, out, config.steps, "train-fusion")
+
+
+def add_train_fusion_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``train-fusion`` sub-command on ``subparsers``; returns its parser."""
+    p = subparsers.add_parser(
+        "train-fusion",
+        help="train or fine-tune a learned fusion model (HF-Seg / HF-Reg) on simulated pairs",
+        description="Train a multi-focus fusion network (HF-Seg focus map or HF-Reg "
+        "regression) on endless simulated pairs, as the built-in models were. Checkpoints "
+        "go to --out every N steps and S seconds; SIGTERM / Ctrl-C write one marked "
+        "cancelled; a diverged run writes no model.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
+    p.add_argument("--kind", choices=("hf-seg", "hf-reg"), default="hf-seg")
+    p.add_argument(
+        "--from", dest="init", default=None, help="fine-tune from 'default' or a model file"
+    )
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (500)")
+    p.add_argument("--batch-size", type=int, default=None, help="pairs per step (4)")
+    p.add_argument("--crop-size", type=int, default=None, help="side of the pairs (128)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (1e-3)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--depth", type=int, default=None, help="new network: U-Net levels (4)")
+    p.add_argument("--width", type=int, default=None, help="new network: first width (16)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write the model to --out every N steps (100)",
+    )
+    p.add_argument(
+        "--checkpoint-every-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="and every S seconds (300); SIGTERM / Ctrl-C also write it, marked cancelled",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out model (it is kept as NAME.previous.pt first)",
+    )
+    p.set_defaults(func=run_train_fusion)
     return p
 
 
