@@ -410,6 +410,12 @@ def run_predict(args: argparse.Namespace) -> int:
     if not 0.0 < args.stitch_threshold <= 1.0:
         raise CliError(f"--stitch-threshold {args.stitch_threshold}: expected an IoU in (0, 1].")
     all_axes = [image_axes(path, args) for path in images]  # before any image is segmented
+    from napari_cellfocus.core.memory import available_bytes
+
+    try:
+        available_bytes()  # a malformed CELLFOCUS_MEMORY_LIMIT fails here, once
+    except ValueError as err:
+        raise CliError(str(err)) from None
     movies = any("T" in a for a in all_axes)
     from napari_cellfocus.engine.segment import Segmenter  # torch: after the cheap checks
 

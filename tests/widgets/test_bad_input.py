@@ -134,3 +134,21 @@ def test_missing_builtin_model(viewer, monkeypatch, tmp_path):
         seg.run()
     assert "built-in model is not installed" in check.message
     assert "Load model file" in check.message
+
+
+def test_image_too_large_for_the_memory_left(viewer, qtbot, tiny_model, monkeypatch):
+    """Segment checks the memory its maps and labels need before the first tile: a run that
+    will not fit says so (layer, need, what is free, the block-by-block CLI) and changes
+    nothing."""
+    seg = dock(viewer, "Segment")
+    seg.use_model(tiny_model, "tiny")
+    monkeypatch.setenv("CELLFOCUS_MEMORY_LIMIT", "100M")
+    with Unchanged(viewer) as check:
+        seg.run()
+        wait_idle(qtbot, seg)
+    assert "'nuclei' (128 x 128) needs about 0.7 GiB more memory" in check.message
+    assert "0.1 GiB is available" in check.message and "block by block" in check.message
+    monkeypatch.setenv("CELLFOCUS_MEMORY_LIMIT", "64G")
+    seg.run()
+    wait_idle(qtbot, seg)
+    assert labels_name("nuclei") in viewer.layers

@@ -64,10 +64,39 @@ def block_bytes(
     return int(BASE_BYTES + height * width * itemsize + one_block + rows)
 
 
+#: Environment variable capping the memory a run plans for, e.g. ``8G`` or ``512M``
+#: (a shared node where other jobs need their share).
+LIMIT_VARIABLE = "CELLFOCUS_MEMORY_LIMIT"
+
+
+def parse_size(text: str) -> int:
+    """``'8G'``, ``'512M'``, ``'1.5GiB'``, ``'1000000'`` (bytes) -> bytes; ``ValueError``."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
+    number = t[: len(t) - len(unit)] if unit else t
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"expected a size such as 8G or 512M, got {text!r}.") from None
+    if not value > 0:
+        raise ValueError(f"expected a size > 0, got {text!r}.")
+    return int(value)
+
+
 def available_bytes() -> int | None:
     """Memory this process may still take: the system's available memory, or less under
-    a cgroup (container, Slurm job) limit; ``None`` when unknown."""
+    a cgroup (container, Slurm job) limit or the :data:`LIMIT_VARIABLE` cap; ``None``
+    when unknown. A malformed cap raises ``ValueError`` naming the variable."""
+    import os
+
     found = []
+    cap = os.environ.get(LIMIT_VARIABLE, "").strip()
+    if cap:
+        try:
+            found.append(parse_size(cap))
+        except ValueError as err:
+            raise ValueError(f"{LIMIT_VARIABLE}: {err}") from None
     try:
         import psutil
 

@@ -131,6 +131,9 @@ def segment_job(
         yield DiameterFound(diam, estimated)
         if cancel.is_set():
             return Cancelled("before the prediction")
+        problem = memory_problem(segmenter, image, diam, name)
+        if problem:
+            return Failed(problem)
         if method is None:
             method, params = segmenter.post_settings(None, None, diam)
         tiles = segmenter.iter_predict(image, diameter=diam, tile_size=tile_size, name=name)
@@ -182,6 +185,31 @@ def model_problem(segmenter: Segmenter) -> str | None:
             "a cell segmentation model predicts 3 or 4. Choose another model."
         )
     return None
+
+
+def memory_problem(
+    segmenter: Segmenter, image: np.ndarray, diameter: float | None, name: str
+) -> str | None:
+    """Why segmenting the layer ``name`` (array ``image``, already in memory) would not
+    fit in the memory left (:mod:`napari_cellfocus.core.memory`: its probability maps,
+    labels and post-processing), or ``None``."""
+    from napari_cellfocus.core.memory import available_bytes, fits, gib, whole_image_bytes
+
+    try:
+        available = available_bytes()
+    except ValueError as err:  # a malformed CELLFOCUS_MEMORY_LIMIT
+        return str(err)
+    zoom = segmenter.zoom_for(diameter)
+    need = whole_image_bytes(image.size, image.itemsize, segmenter.n_classes, zoom)
+    need -= image.nbytes  # the layer is loaded already
+    if fits(need, available):
+        return None
+    return (
+        f"'{name}' ({' x '.join(map(str, image.shape))}) needs about {gib(need)} more memory "
+        f"for its probability maps and labels, and {gib(available)} is available. Close "
+        "other layers or programs, or segment the file from a terminal block by block "
+        "(cellfocus predict FILE --out labels.tif: memory bounded by the block)."
+    )
 
 
 def image_problem(segmenter: Segmenter, image: np.ndarray, name: str) -> str | None:
