@@ -47,8 +47,9 @@ def test_closing_the_viewer_during_a_finetune_releases_the_trainer(
     start = n_records()
     widget.start()
     qtbot.waitUntil(lambda: widget.previews >= 1, timeout=60_000)
+    assert widget._watched is not None and widget._watched is widget.window()
     viewer.close()
-    assert widget.closing and len(viewer.layers) == 0
+    assert widget.closing and len(viewer.layers) == 0 and widget._watched is None
     qtbot.waitUntil(lambda: bool(releases), timeout=60_000)
     assert len(releases) == 1 and 0 < releases[0] < 100_000
     qtbot.wait(200)  # yields queued before the close reach the widget: they are dropped

@@ -685,18 +685,22 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------ viewer closing
     def _watch_window(self) -> None:
-        """Watch the viewer's window (the root of the widget's parents once docked, also
-        when the dock floats) for its close, so a running fine-tune stops and its GPU
-        memory is given back."""
+        """While a job runs, watch the viewer's window (the root of the widget's parents
+        once docked, also when the dock floats) for its close, so a running fine-tune
+        stops and its GPU memory is given back."""
         top: QWidget = self
         while top.parentWidget() is not None:
             top = top.parentWidget()
         if top is self or top is self._watched:
             return
-        if self._watched is not None:
-            self._watched.removeEventFilter(self)
+        self._unwatch_window()
         top.installEventFilter(self)
         self._watched = top
+
+    def _unwatch_window(self) -> None:
+        if self._watched is not None:
+            self._watched.removeEventFilter(self)
+            self._watched = None
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:
         if obj is self._watched and event.type() == QEvent.Type.Close:
@@ -717,9 +721,7 @@ class FinetuneWidget(QWidget):
         napari quits the worker first, is closed when the worker finishes (``closable``)."""
         self.closing = True
         self._queue.clear()
-        if self._watched is not None:
-            self._watched.removeEventFilter(self)
-            self._watched = None
+        self._unwatch_window()
         if self._cancel is not None:
             self._cancel.set()
 
@@ -882,6 +884,7 @@ class FinetuneWidget(QWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self._cancel = None
+        self._unwatch_window()  # watched only while a job runs
         self.device_picker.job_finished()
         self.train_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
