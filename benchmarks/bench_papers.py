@@ -70,6 +70,7 @@ from napari_cellfocus.engine.train import (
     Trainer,
     ddt_network,
     quick_finetune_config,
+    target_and_weight,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -695,7 +696,58 @@ def make_plots(result: dict, examples: dict, folder: Path, prefix: str = "papers
             a.set_axis_off()
         fig.tight_layout()
         written.append(_save(fig, folder / f"{prefix}overlays.png"))
+    meta = result.get("meta", {})
+    radius = meta.get("preset_values", {}).get("radius", PRESETS["cpu"]["radius"])
+    written.append(
+        weight_map_figure(
+            folder / f"{prefix}weight_maps.png", radius, int(meta.get("seed", DEFAULT_SEED))
+        )
+    )
     return written
+
+
+def weight_map_figure(path: Path, radius: Sequence[float], seed: int, size: int = 128) -> str:
+    """The weight maps whose reading changed (issue 18) on a simulated crowded crop: SAW's
+    contour term with plain Gaussian passes (the old reading) and with the contour values
+    kept (the current one), on one colour scale, and the overcrowding map (C 4.2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    from napari_cellfocus.core.weights import class_balance_weights, shape_aware_weight_map
+
+    scene = simulate_split(1, size, tuple(radius), (seed, 42), CROWDED)[0]
+    lab = scene.labels
+    base = class_balance_weights(class_target(lab, 3)) + 1.0
+    terms = {
+        rule: shape_aware_weight_map(lab, propagation=rule) - base for rule in ("blur", "keep")
+    }
+    # the map the Trainer builds: sigma = the cells' median radius (C: the average radius)
+    crowd = target_and_weight(lab, TrainConfig(weights="overcrowding"))[1]
+    img = scene.image.astype(np.float32)
+    lo, hi = np.percentile(img, (1, 99.8))
+    img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    fig, axes = plt.subplots(1, 4, figsize=(15, 4))
+    axes[0].imshow(img, cmap="gray")
+    axes[0].contour(find_boundaries(lab), levels=[0.5], colors="lime", linewidths=0.4)
+    axes[0].set_title("crowded crop, labels", fontsize=9)
+    for ax, (rule, title) in zip(
+        axes[1:3], (("blur", "plain passes (old)"), ("keep", "values kept")), strict=True
+    ):
+        im = ax.imshow(terms[rule], cmap="magma", vmin=0, vmax=1)
+        ax.set_title(f"SAW contour term, {title}\nmax {terms[rule].max():.2f}", fontsize=8)
+    fig.colorbar(im, ax=axes[1:3], fraction=0.025)
+    im = axes[3].imshow(crowd, cmap="magma")
+    axes[3].set_title(
+        f"overcrowding map, sigma = median radius\n1 on cells, max {crowd.max():.2f}",
+        fontsize=8,
+    )
+    fig.colorbar(im, ax=axes[3], fraction=0.046)
+    for a in axes:
+        a.set_axis_off()
+    return _save(fig, path)
 
 
 def _save(fig: Any, path: Path) -> str:
@@ -784,8 +836,8 @@ def _protocol(p: dict[str, Any] | None, label: str = "this run") -> str:
   paper's baseline); DDT+UNet1 / DDT+UNet2 = DDT backbone (MAE) + top U-Net on [DDT] /
   [DDT, image] with CE, in one run with the class loss stopped at the DDT (`ddt_network`,
   `detach_ddt=True`: D's two-stage training); ResCount = residual U-Net (C 4.4) with the
-  overcrowding map (Gaussians summed on background only, floored at 1, times the class
-  weights 1 / 1.5).
+  overcrowding map (Gaussians of sigma = the cells' median radius summed on background only,
+  floored at 1, times the class weights 1 / 1.5).
 - **Post-processing**: MAP; TH (gamma1, gamma2) and WT (tau0, tau1) with thresholds chosen by
   grid search for the best PQ on the validation split (`core.postprocess.search_thresholds`);
   for ResCount also the counting paper's binary threshold + size-aware watershed, cutoff chosen
@@ -1045,7 +1097,8 @@ machine lent in short sessions.
         lines.append("\n![correction curve](images/papers_correction_curve.png)\n")
     lines.append(
         "\n## Plots\n\n![training curves](images/papers_training_curves.png)\n\n"
-        "![PQ bars](images/papers_pq_bars.png)\n\n![overlays](images/papers_overlays.png)\n"
+        "![PQ bars](images/papers_pq_bars.png)\n\n![overlays](images/papers_overlays.png)\n\n"
+        "![weight maps](images/papers_weight_maps.png)\n"
     )
     lines.append("\n## Where our ranking differs from the papers'\n")
     lines.append(

@@ -108,7 +108,7 @@ def test_quick_run_writes_every_row(tmp_path):
     for r in corr["rows"]:
         assert 0 <= r["pq_rest"] <= 1 and 0 <= r["pq_common"] <= 1
     images = tmp_path / "papers_quick_images"
-    for name in ("training_curves", "pq_bars", "correction_curve", "overlays"):
+    for name in ("training_curves", "pq_bars", "correction_curve", "overlays", "weight_maps"):
         assert (images / f"papers_{name}.png").stat().st_size > 0
     assert not docs.exists()
     for key in ("command", "seed", "device", "date", "commit", "preset"):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cellfocus.core.weights import triplex_weight_map
+from napari_cellfocus.core.weights import overcrowding_map, triplex_weight_map
 from napari_cellfocus.engine.losses import mae_loss
 from napari_cellfocus.engine.train import TrainConfig, Trainer, ddt_network, target_and_weight
 
@@ -175,3 +175,14 @@ def test_ddt_paper_mode_keeps_the_class_loss_off_the_backbone(paper):
     pairs = zip(full, mae_only, strict=True)
     same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in pairs)
     assert same is paper
+
+
+def test_overcrowding_sigma_is_the_cells_median_radius():
+    """C 4.2: sigma = the average cell radius (25 px on C's images). The Trainer uses the
+    labels' median radius: three 6x6 cells, equivalent diameter 2 sqrt(36 / pi) = 6.77 px,
+    so sigma = 3.39 px, not 25."""
+    _, labels = _scene()
+    _, weight = target_and_weight(labels, TrainConfig(weights="overcrowding"))
+    sigma = math.sqrt(36 / math.pi)
+    np.testing.assert_allclose(weight, overcrowding_map(labels, sigma=sigma), rtol=1e-6)
+    assert not np.allclose(weight, overcrowding_map(labels))

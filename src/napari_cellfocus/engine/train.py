@@ -276,7 +276,11 @@ def target_and_weight(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarr
     elif scheme == "none":
         weight = np.ones(labels.shape, np.float32)
     elif scheme == "overcrowding":
-        weight = weight_map("overcrowding", labels)
+        # C 4.2 sets sigma to the average cell radius (25 px on its images): here the
+        # labels' own median radius, so the map has the same shape at every cell size
+        diameter = median_diameter(labels)
+        params = {"sigma": 0.5 * diameter} if diameter else {}
+        weight = weight_map("overcrowding", labels, **params)
     else:
         extra = {"n_classes": config.n_classes} if scheme == "balance" else {}
         weight = weight_map(scheme, labels, target=target, **extra)
