@@ -272,6 +272,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     from napari_cellfocus.cli_evaluate import add_evaluate_parser
+    from napari_cellfocus.cli_export import add_export_parser
     from napari_cellfocus.cli_fuse import add_fuse_parser, add_train_fusion_parser
     from napari_cellfocus.cli_predict import add_predict_parser
 
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_fuse_parser(sub)
     add_train_fusion_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

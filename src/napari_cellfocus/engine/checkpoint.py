@@ -204,13 +204,18 @@ def _check_metadata(path: Path, payload: dict[str, Any]) -> None:
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelInfo]:
     """Read and check a checkpoint file without building the network.
 
-    Returns ``(state_dict, info)``. Raises :class:`CheckpointError`.
+    Returns ``(state_dict, info)``. Raises :class:`CheckpointError`. A BioImage.IO
+    package written by ``cellfocus export`` (engine.model_zoo) is read the same way.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: model file not found.")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, expected a model file (.pt).")
+    from napari_cellfocus.engine import model_zoo
+
+    if model_zoo.is_package(path):  # a BioImage.IO package (.zip with an rdf.yaml)
+        return model_zoo.read_package(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -265,7 +270,8 @@ def load_checkpoint(
 
     Parameters
     ----------
-    path : path to a ``.pt`` file written by :func:`save_checkpoint`.
+    path : path to a ``.pt`` file written by :func:`save_checkpoint`, or a BioImage.IO
+        package (``.zip``) written by ``cellfocus export``.
     device : where to put the model.
     task : if given (``"segmentation"`` or ``"fusion"``), the checkpoint must be of that task.
 
