@@ -31,6 +31,7 @@ refused with a message naming the file and what does not fit.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import tempfile
@@ -480,14 +481,15 @@ def _from_json(value: Any) -> Any:
 
 
 def export_package(
-    model: str | Path | None,
+    model: str | Path | tuple[torch.nn.Module, ModelInfo] | None,
     out: str | Path,
     *,
     weights: Sequence[str] = ("pytorch_state_dict", "torchscript"),
     overwrite: bool = False,
 ) -> Path:
-    """Write the segmentation model ``model`` (``"default"``, ``None`` or a ``.pt`` path)
-    as a BioImage.IO package ``out`` (``.zip``); returns its path.
+    """Write the segmentation model ``model`` (``"default"``, ``None``, a ``.pt`` path, or
+    a ``(torch model, ModelInfo)`` pair such as a model fine-tuned in the widget) as a
+    BioImage.IO package ``out`` (``.zip``); returns its path.
 
     ``weights``: the formats to include (``pytorch_state_dict`` is always written; it
     is the parent of ``torchscript``). Raises :class:`MissingExtraError` without
@@ -510,10 +512,16 @@ def export_package(
     unknown = sorted(set(weights) - {"pytorch_state_dict", "torchscript"})
     if unknown:
         raise CheckpointError(f"unknown weight format(s) {unknown}.")
-    path = resolve_model_path(model)
-    net, info = load_checkpoint(path, device="cpu", task="segmentation")
+    if isinstance(model, tuple):
+        net, info = copy.deepcopy(model[0]).to("cpu").eval(), model[1]
+        path = Path("model-in-napari.pt")
+        source = "a model trained in napari"
+    else:
+        path = resolve_model_path(model)
+        net, info = load_checkpoint(path, device="cpu", task="segmentation")
+        default = str(model or "default") == "default"
+        source = "the built-in default model" if default else path.name
     _check_exportable(path, net, info)
-    source = "the built-in default model" if str(model or "default") == "default" else path.name
     divisor = int(net.divisor)
     traced = _trace(net, divisor) if "torchscript" in weights else None
 

@@ -404,6 +404,12 @@ class FinetuneWidget(QWidget):
         self.scores_label.setWordWrap(True)
         self.save_button = QPushButton("Save model…")
         self.save_button.setToolTip("Write the model in use to a .pt file.")
+        self.export_worker = None
+        self.export_button = QPushButton("Export to BioImage.IO…")
+        self.export_button.setToolTip(
+            "Write the model in use as a BioImage Model Zoo package (.zip) for "
+            "deepImageJ, ilastik or bioimageio.core (needs napari-cellfocus[bioimageio])."
+        )
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -430,6 +436,7 @@ class FinetuneWidget(QWidget):
         layout.addWidget(self.scores_label)
         layout.addWidget(self.keep_button)
         layout.addWidget(self.save_button)
+        layout.addWidget(self.export_button)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
@@ -438,6 +445,7 @@ class FinetuneWidget(QWidget):
         self.train_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self._save_clicked)
+        self.export_button.clicked.connect(self._export_clicked)
         self.keep_button.clicked.connect(self.keep_previous)
         self.state.models_changed.connect(self._fill_start)
         self.state.result_changed.connect(self._follow_result)
@@ -504,6 +512,9 @@ class FinetuneWidget(QWidget):
         self.start_combo.setCurrentIndex(index)
         self.start_combo.blockSignals(False)
         self.save_button.setEnabled(self.state.model.kind == "session")
+        self.export_button.setEnabled(
+            self.state.model.kind == "session" and self.export_worker is None
+        )
 
     def new_annotation_layer(self) -> Labels | None:
         """Add an empty labels layer shaped like the chosen image, in paint mode."""
@@ -897,6 +908,45 @@ class FinetuneWidget(QWidget):
         )
         if path:
             self.save_model(path)
+
+    def _export_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export to BioImage.IO", "cellfocus_model.zip", "BioImage.IO packages (*.zip)"
+        )
+        if path:
+            self.export_bioimageio(path)
+
+    def export_bioimageio(self, path: str | Path) -> None:
+        """Write the model in use (one trained in this session) as a BioImage.IO package,
+        in a worker (tracing and the test tensors take seconds); the status line says
+        when it is written or why not."""
+        from napari_cellfocus.engine import model_zoo
+
+        entry = self.state.model
+        if entry.kind != "session" or self.export_worker is not None:
+            return
+        path = Path(path)
+
+        def job(cancel: threading.Event) -> Path | Failed:
+            try:
+                return model_zoo.export_package(entry.spec, path, overwrite=True)
+            except (model_zoo.MissingExtraError, ValueError, OSError) as err:
+                return Failed(str(err))
+
+        def returned(result: Path | Failed) -> None:
+            if isinstance(result, Failed):
+                show_error(f"Could not export the model: {result.message}")
+                self.status.setText(f"Export failed: {result.message}")
+            else:
+                self.status.setText(f"Model exported to {result} (BioImage.IO package).")
+
+        def finished() -> None:
+            self.export_worker = None
+            self._fill_start()
+
+        self.export_button.setEnabled(False)
+        self.status.setText(f"Exporting to {path}…")
+        self.export_worker, _ = start_job(job, returned=returned, finished=finished)
 
     def save_model(self, path: str | Path) -> Path | None:
         """Write the model in use (one trained in this session) to ``path``."""
