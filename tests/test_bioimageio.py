@@ -220,3 +220,21 @@ def test_export_without_the_extra_is_one_line(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 0 and "Traceback" not in err
     assert "napari-cellfocus[bioimageio]" in err
     assert not (tmp_path / "m.zip").exists()
+
+
+def test_model_finetuned_from_builtin_is_described_as_such(tmp_path):
+    net, info = load_checkpoint(default_model_path())
+    info.training = {**info.training, "last_run": {"steps_done": 40, "n_train_images": 2}}
+    pt = save_checkpoint(tmp_path / "tuned.pt", net, info)
+    out = tmp_path / "tuned.zip"
+    assert cli.main(["export", "--model", str(pt), "--out", str(out), "--no-torchscript"]) == 0
+
+    from bioimageio.spec import load_model_description
+
+    descr = load_model_description(out, perform_io_checks=False)
+    text = descr.training_data.description
+    assert text.startswith("Fine-tuned") and "2 annotated image(s), 40 steps" in text
+    assert "Data Science Bowl" in text
+    assert descr.training_data.license is None  # the user's images: licence unknown
+    assert descr.name != "napari-cellfocus nuclei U-Net"
+    assert read_checkpoint(out)[1] == info

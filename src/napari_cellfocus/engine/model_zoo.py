@@ -377,8 +377,30 @@ def _documentation(info: ModelInfo, source: str, traced: bool) -> str:
     return "\n".join(lines)
 
 
-def _is_default(info: ModelInfo) -> bool:
+_DSB_TEXT = (
+    "2018 Data Science Bowl stage-1 training set (BBBC038, CC0 1.0), fluorescence images "
+    "only (428 images, 11,781 annotated nuclei, community-corrected masks; 363 used for "
+    "training, 65 held out for validation), mixed with 120 scenes of napari-cellfocus' "
+    "nucleus simulator (0.75 real / 0.25 simulated crops)."
+)
+
+
+def _from_builtin(info: ModelInfo) -> bool:
+    """The built-in model or one fine-tuned from it (its training record is kept)."""
     return "default_model" in info.training
+
+
+def _is_default(info: ModelInfo) -> bool:
+    """The built-in model itself: a fine-tune replaces ``training["last_run"]``."""
+    if not _from_builtin(info):
+        return False
+    from napari_cellfocus.engine.checkpoint import default_model_path, read_checkpoint
+
+    try:
+        builtin = read_checkpoint(default_model_path())[1]
+    except CheckpointError:
+        return False
+    return info.training.get("last_run") == builtin.training.get("last_run")
 
 
 def _model_name(info: ModelInfo, source: str) -> str:
@@ -390,20 +412,21 @@ def _model_name(info: ModelInfo, source: str) -> str:
 
 def _training_text(info: ModelInfo) -> str:
     if _is_default(info):
-        return (
-            "2018 Data Science Bowl stage-1 training set (BBBC038, CC0 1.0), fluorescence "
-            "images only (428 images, 11,781 annotated nuclei, community-corrected masks; 363 "
-            "used for training, 65 held out for validation), mixed with 120 scenes of "
-            "napari-cellfocus' nucleus simulator (0.75 real / 0.25 simulated crops)."
-        )
-    data = info.training.get("data") or info.training.get("last_run", {}).get("data")
-    init = info.training.get("init") or info.training.get("initialised_from")
+        return _DSB_TEXT
+    run = info.training.get("last_run") or {}
     text = "Trained with napari-cellfocus"
-    if init:
-        text += f", starting from {init}"
+    if _from_builtin(info):
+        text = "Fine-tuned with napari-cellfocus from its built-in model (trained on the " + (
+            _DSB_TEXT[0].lower() + _DSB_TEXT[1:-1] + ")"
+        )
+    data = info.training.get("data") or run.get("data")
     if data:
         text += f", on {data}"
-    return text + " (see cellfocus_model.json, entry info.training, for the full record)."
+    elif run.get("n_train_images"):
+        text += f", on {run['n_train_images']} annotated image(s)"
+    if run.get("steps_done"):
+        text += f", {run['steps_done']} steps"
+    return text + " (cellfocus_model.json, entry info.training, holds the full record)."
 
 
 def _validation_text(info: ModelInfo) -> str:
@@ -427,9 +450,11 @@ def _training_data(info: ModelInfo, doc: Path) -> Any:
     from bioimageio.spec.dataset.v0_3 import DatasetDescr
     from bioimageio.spec.generic.v0_3 import Author, CiteEntry, FileDescr
 
-    if _is_default(info):
+    if _from_builtin(info):
+        builtin = _is_default(info)
         return DatasetDescr(
-            name="DSB 2018 stage-1 fluorescence and simulated nuclei",
+            name="DSB 2018 stage-1 fluorescence and simulated nuclei"
+            + ("" if builtin else " plus user annotations"),
             description=_training_text(info),
             cite=[CiteEntry(**DSB_CITATION)],
             authors=[
@@ -437,7 +462,7 @@ def _training_data(info: ModelInfo, doc: Path) -> Any:
                 Author(name="napari-cellfocus developers (simulated images)"),
             ],
             documentation=FileDescr(source=doc),
-            license="CC0-1.0",
+            license="CC0-1.0" if builtin else None,  # the user's images: unknown
             tags=["fluorescence-light-microscopy", "nuclei", "2d", "simulated"],
         )
     return DatasetDescr(
@@ -446,7 +471,7 @@ def _training_data(info: ModelInfo, doc: Path) -> Any:
         cite=[CiteEntry(**CITATIONS[0])],
         authors=[Author(name="napari-cellfocus user")],
         documentation=FileDescr(source=doc),
-        license=LICENSE,
+        license=None,  # the user's images: unknown
         tags=["fluorescence-light-microscopy", "nuclei", "2d"],
     )
 
