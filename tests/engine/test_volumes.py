@@ -31,7 +31,7 @@ def volume():
 def test_volume_stitched_vs_planes(seg, volume):
     """Stitching gives far fewer ids than plane by plane, close to the true count; the
     result says which mode was used; the planes mode is the old per-plane behaviour."""
-    st = seg.segment(volume.image, diameter=14)  # axes default: ZYX
+    st = seg.segment(volume.image, diameter=14, z_mode="stitch")  # axes default: ZYX
     pl = seg.segment(volume.image, diameter=14, z_mode="planes")
     assert (st.axes, st.z_mode, pl.z_mode) == ("ZYX", "stitch", "planes")
     assert st.labels.shape == volume.image.shape and st.labels.dtype == np.int32
@@ -41,7 +41,7 @@ def test_volume_stitched_vs_planes(seg, volume):
     assert abs(st.count - n_true) <= max(3, 0.35 * n_true)
     # without the z cut the stitched objects are unions of the per-plane objects (same
     # foreground); the cut only removes planes of objects
-    uncut = seg.segment(volume.image, diameter=14, z_trim=None)
+    uncut = seg.segment(volume.image, diameter=14, z_mode="stitch", z_trim=None)
     assert np.array_equal(uncut.labels > 0, pl.labels > 0)
     assert not np.any((st.labels > 0) & (pl.labels == 0))
     assert st.z_trim == 0.6 and uncut.z_trim is None and pl.z_trim is None
@@ -96,11 +96,11 @@ def test_tzyx_is_stitched_per_frame(seg, volume):
     unless linked); linked, frame 1 has frame 0's ids."""
     vol = volume.image[:6]
     tz = np.stack([vol, vol])
-    res = seg.segment(tz, axes="TZYX", diameter=14)
-    one = seg.segment(vol, axes="ZYX", diameter=14)
+    res = seg.segment(tz, axes="TZYX", diameter=14, z_mode="stitch")
+    one = seg.segment(vol, axes="ZYX", diameter=14, z_mode="stitch")
     assert res.axes == "TZYX" and res.z_mode == "stitch"
     assert res.counts == [one.count, one.count] and res.count == 2 * one.count
-    linked = seg.segment(tz, axes="TZYX", diameter=14, link_frames=True)
+    linked = seg.segment(tz, axes="TZYX", diameter=14, z_mode="stitch", link_frames=True)
     assert linked.count == one.count and np.array_equal(linked.labels[0], linked.labels[1])
     assert np.array_equal(linked.labels[0] > 0, one.labels > 0)
 
@@ -126,9 +126,10 @@ def test_z_cut_and_split_bring_stitched_cells_close_to_the_nuclei():
     torch.set_num_threads(1)
     scene = simulate_cells(shape=(16, 96, 96), seed=2)
     seg = Segmenter("default", device="cpu")
-    default = seg.segment(scene.image, axes="ZYX", diameter=14.0)
-    no_split = seg.segment(scene.image, axes="ZYX", diameter=14.0, z_split=None)
-    neither = seg.segment(scene.image, axes="ZYX", diameter=14.0, z_split=None, z_trim=None)
+    st = {"axes": "ZYX", "diameter": 14.0, "z_mode": "stitch"}
+    default = seg.segment(scene.image, **st)
+    no_split = seg.segment(scene.image, **st, z_split=None)
+    neither = seg.segment(scene.image, **st, z_split=None, z_trim=None)
 
     def mean_extent(labels):
         return np.mean([s[0].stop - s[0].start for s in ndimage.find_objects(labels) if s])
@@ -143,3 +144,23 @@ def test_z_cut_and_split_bring_stitched_cells_close_to_the_nuclei():
     assert abs(default.count - n_true) < abs(no_split.count - n_true)
     assert pq(default) > pq(no_split)
     assert (default.z_trim, default.z_split) == (0.6, 0.85)
+
+
+def test_ortho_is_the_default_for_volumes_and_finds_3d_cells(seg, volume):
+    """A 2D model on a (12, 64, 64) simulated volume (z step 2 px): the default z mode is
+    the orthogonal views; with the volume's z scale it finds about the true number of
+    3D cells, each over several planes, and the result says mode and z scale."""
+    from scipy import ndimage
+
+    from napari_cellfocus.engine.segment import DEFAULT_Z_MODE
+
+    assert DEFAULT_Z_MODE == "ortho"
+    res = seg.segment(volume.image, diameter=14, z_scale=2.0)
+    assert (res.axes, res.z_mode, res.z_scale, res.z_trim) == ("ZYX", "ortho", 2.0, 0.6)
+    assert res.probs.shape == (3, 12, 64, 64) and res.labels.shape == (12, 64, 64)
+    n_true = int(volume.labels.max())
+    assert abs(res.count - n_true) <= max(3, 0.25 * n_true)
+    spans = [s[0].stop - s[0].start for s in ndimage.find_objects(res.labels) if s]
+    assert np.median(spans) >= 3
+    # the plain 2D image is unaffected by the z mode
+    assert seg.segment(volume.image[6], diameter=14).z_mode is None

@@ -2,6 +2,9 @@
 
 * :func:`stitch_planes`: 2D instance labels of each plane of a (Z, Y, X) stack -> 3D
   instances, as cellpose's ``stitch_threshold`` does for 2D models run on volumes;
+* :func:`resize_axis`, :func:`combine_views`: the z rescaling and the averaging of the
+  orthogonal views (YX, ZX, ZY) of a volume predicted by a 2D model
+  (``z_mode="ortho"`` in :mod:`napari_cellfocus.engine.segment`);
 * :func:`link_frames`: instance labels of each frame of a (T, ...) movie -> the same id
   for the same cell in successive frames (stardist-napari's "match previous frame").
 
@@ -26,8 +29,11 @@ __all__ = [
     "DEFAULT_STITCH_THRESHOLD",
     "DEFAULT_Z_SPLIT",
     "DEFAULT_Z_TRIM",
+    "check_z_scale",
+    "combine_views",
     "link_frames",
     "match_by_overlap",
+    "resize_axis",
     "split_z",
     "stitch_planes",
     "trim_z",
@@ -258,3 +264,75 @@ def split_z(labels: np.ndarray, ratio: float = DEFAULT_Z_SPLIT) -> np.ndarray:
     out = np.zeros(lab.shape, np.int64)
     out[fg] = ids * (int(part.max()) + 1) + pieces  # a unique key per (object, piece)
     return _consecutive(out)
+
+
+# --------------------------------------------------------------- orthogonal views
+
+
+def check_z_scale(z_scale: float | None) -> float:
+    """``z_scale`` (z step / pixel size) as a float > 0; ``None`` is 1 (isotropic)."""
+    if z_scale is None:
+        return 1.0
+    try:
+        value = float(z_scale)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value) or not 0.05 <= value <= 50.0:
+        raise ValueError(
+            f"z scale (z step / pixel size): expected a number in [0.05, 50], got {z_scale!r}."
+        )
+    return value
+
+
+def resize_axis(array: np.ndarray, n_out: int, axis: int = 0) -> np.ndarray:
+    """Linear resampling of one axis of ``array`` to ``n_out`` samples (float32).
+
+    Sample centres map onto sample centres (output ``i`` sits at input
+    ``(i + 0.5) * n_in / n_out - 0.5``, clipped to the ends), as in
+    :func:`napari_cellfocus.core.size.resize`; when shrinking, the axis is first smoothed
+    with a Gaussian of sigma ``(n_in / n_out - 1) / 2`` so nothing aliases. Only two input
+    planes are read per output plane: a (Z, Y, X) volume is rescaled along z without a
+    3D coordinate grid.
+    """
+    arr = np.moveaxis(np.asarray(array, dtype=np.float32), axis, 0)
+    n_in, n_out = arr.shape[0], max(1, int(n_out))
+    if n_in == n_out:
+        return np.moveaxis(arr.copy(), 0, axis)
+    if n_out < n_in:
+        from scipy.ndimage import gaussian_filter1d
+
+        sigma = (n_in / n_out - 1.0) / 2.0
+        if sigma > 0.3:
+            arr = gaussian_filter1d(arr, sigma, axis=0, mode="reflect")
+    pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w = (pos - lo).astype(np.float32)
+    out = np.empty((n_out, *arr.shape[1:]), np.float32)
+    for i in range(n_out):
+        out[i] = arr[lo[i]] if w[i] == 0 else (1 - w[i]) * arr[lo[i]] + w[i] * arr[hi[i]]
+    return np.moveaxis(out, 0, axis)
+
+
+def combine_views(views: list[np.ndarray], boundary: str = "mean") -> np.ndarray:
+    """One class-probability volume (C, Z, Y, X) from those of the orthogonal views.
+
+    ``boundary="mean"``: the views' probabilities averaged, class by class (cellpose's
+    ``do_3D`` averages its flows the same way); ``"max"``: the classes after the cell
+    class (touching / gap: the boundaries) take the views' maximum, so a boundary seen in
+    one view only still separates two nuclei, then each voxel is renormalised to sum 1.
+    """
+    if not views:
+        raise ValueError("no views to combine.")
+    shape = np.shape(views[0])
+    if any(np.shape(v) != shape for v in views):
+        raise ValueError(f"views of different shapes: {[np.shape(v) for v in views]}.")
+    mean = np.mean(np.stack(views), axis=0, dtype=np.float32)
+    if boundary == "mean" or shape[0] < 3:
+        return mean
+    if boundary != "max":
+        raise ValueError(f"boundary: expected 'mean' or 'max', got {boundary!r}.")
+    out = mean.copy()
+    out[2:] = np.max(np.stack([v[2:] for v in views]), axis=0)
+    out /= np.maximum(out.sum(axis=0, keepdims=True), 1e-6)
+    return out.astype(np.float32, copy=False)

@@ -14,14 +14,18 @@ the image's own grid. The post-processing method, its thresholds and the size fi
 relative to the diameter default to what the model stores (chosen on validation data).
 
 Volumes, movies and channels (``axes=``, see :mod:`napari_cellfocus.core.axes`): with a
-2D model a (Z, Y, X) volume is predicted and post-processed plane by plane, then the
-planes' objects are stitched across z into 3D instances by overlap
-(``z_mode="stitch"``, :func:`napari_cellfocus.core.stitch.stitch_planes`; ``"planes"``
-keeps one object per plane); a (T, Y, X) movie gives labels per frame and
+2D model a (Z, Y, X) volume is by default seen in three orthogonal views (its YX planes
+and the ZX and ZY slices of the volume resampled along z by ``z_scale`` = z step / pixel
+size), the three class-probability volumes averaged and post-processed in 3D
+(``z_mode="ortho"``, :meth:`Segmenter.iter_predict_ortho`, as cellpose's ``do_3D``);
+``z_mode="stitch"`` predicts and post-processes plane by plane and stitches the planes'
+objects across z by overlap (:func:`napari_cellfocus.core.stitch.stitch_planes`);
+``"planes"`` keeps one object per plane; a (T, Y, X) movie gives labels per frame and
 ``result.counts`` (one count per frame), with ``link_frames=True`` the same id for the
 same cell from frame to frame; a channel axis needs ``channel=``.
 
->>> result = seg.segment(volume, axes="ZYX")     # 3D instances, result.z_mode == "stitch"
+>>> result = seg.segment(volume, axes="ZYX", z_scale=2.0)  # result.z_mode == "ortho"
+>>> result = seg.segment(volume, axes="ZYX", z_mode="stitch")  # faster, planes stitched
 >>> result = seg.segment(movie, axes="TYX", link_frames=True)
 >>> result.counts                                # cells in each frame
 """
@@ -39,6 +43,7 @@ import torch
 
 from napari_cellfocus.core.axes import canonical, resolve_axes, select_channel
 from napari_cellfocus.core.measure import frame_counts
+from napari_cellfocus.core.normalize import FixedRange
 from napari_cellfocus.core.size import (
     MAX_ZOOM,
     disc_area,
@@ -52,7 +57,10 @@ from napari_cellfocus.core.stitch import (
     DEFAULT_STITCH_THRESHOLD,
     DEFAULT_Z_SPLIT,
     DEFAULT_Z_TRIM,
+    check_z_scale,
+    combine_views,
     link_frames,
+    resize_axis,
     split_z,
     stitch_planes,
     trim_z,
@@ -68,7 +76,20 @@ ESTIMATE_MAX_SIDE = 1024
 #: Planes of a stack / movie the size estimate measures at most (median of them).
 ESTIMATE_PLANES = 3
 #: What ``z_mode`` may be for a 2D model on a volume.
-Z_MODES = ("stitch", "planes")
+Z_MODES = ("stitch", "ortho", "planes")
+#: The z mode of a 2D model on a volume when none is given: the orthogonal views beat
+#: stitching on simulated volumes (3D PQ, count; benchmarks/bench_volumes.py), at several
+#: times the prediction time.
+DEFAULT_Z_MODE = "ortho"
+#: How the orthogonal views' boundary classes are combined (core.stitch.combine_views).
+DEFAULT_ORTHO_BOUNDARY = "mean"
+#: Post-processing of the combined 3D probabilities of ``z_mode="ortho"`` when none is
+#: given: averaging three views softens the cell class at boundaries, so the model's own
+#: 2D choice (MAP) merges touching nuclei there; thresholded maps with a low touching
+#: threshold keep them apart (chosen on simulated volumes of seeds 1 and 2, not on the
+#: benchmark's; benchmarks/bench_volumes.py).
+ORTHO_METHOD = "th"
+ORTHO_POST_PARAMS: dict[str, Any] = {"gamma1": 0.6, "gamma2": 0.3}
 
 
 @dataclass
@@ -82,11 +103,13 @@ class SegmentationResult:
     axes : axes of ``labels`` (``"YX"``, ``"ZYX"``, ``"TYX"``, ``"TZYX"``; a channel axis
     is gone, the order is T, Z, Y, X); z_mode : how z was handled, ``"stitch"`` (2D
     planes stitched into 3D instances), ``"planes"`` (one object per plane), ``"3d"`` (a
-    3D model), ``None`` without z; counts : cells in each frame (distinct ids) of a
-    movie, ``None`` without T; linked : whether ids were linked across frames;
-    z_trim : the share of its brightest plane a stitched cell's planes had to reach
+    3D model), ``"ortho"`` (3D probabilities from the YX, ZX and ZY views of a 2D
+    model, post-processed in 3D), ``None`` without z; counts : cells in each frame
+    (distinct ids) of a movie, ``None`` without T; linked : whether ids were linked
+    across frames; z_trim : the share of its brightest plane a stitched cell's planes had to reach
     (:func:`core.stitch.trim_z`), ``None`` when no cut was made; z_split : the waist
-    ratio stitched cells were split at (:func:`core.stitch.split_z`), or ``None``.
+    ratio stitched cells were split at (:func:`core.stitch.split_z`), or ``None``;
+    z_scale : the z step / pixel size the side views were resampled by (``"ortho"``).
     """
 
     probs: np.ndarray
@@ -103,6 +126,7 @@ class SegmentationResult:
     stitch_threshold: float | None = None
     z_trim: float | None = None
     z_split: float | None = None
+    z_scale: float | None = None
 
 
 class Segmenter:
@@ -162,12 +186,19 @@ class Segmenter:
             return {}
         return dict(self.info.defaults.get("post_params", {}))
 
-    def min_size_for(self, diameter: float | None) -> int | None:
+    def min_size_for(self, diameter: float | None, z_scale: float | None = None) -> int | None:
         """Smallest object kept (px) for nuclei of ``diameter`` px, from the model's
-        ``min_size_fraction`` of a typical nucleus' area; ``None`` without either."""
+        ``min_size_fraction`` of a typical nucleus' area; ``None`` without either.
+
+        With ``z_scale`` (z step / pixel size) the objects are 3D: the same share of a
+        typical nucleus' *volume* in voxels, a ball of ``diameter`` px whose z extent
+        covers ``diameter / z_scale`` planes."""
         fraction = self.info.defaults.get("min_size_fraction")
         if not fraction or not diameter:
             return None
+        if z_scale is not None:
+            ball = math.pi / 6.0 * float(diameter) ** 3 / check_z_scale(z_scale)
+            return max(1, round(float(fraction) * ball))
         return max(1, round(float(fraction) * disc_area(diameter)))
 
     def zoom_for(self, diameter: float | None) -> float:
@@ -316,19 +347,154 @@ class Segmenter:
         assert probs is not None
         return probs
 
+    def _expected_tiles(self, shape: tuple[int, ...], diameter: float | None, **kwargs) -> int:
+        """Rough number of tiles :meth:`iter_predict` will run on a stack of ``shape``
+        (for a progress bar that spans several stacks)."""
+        zoom = self.zoom_for(diameter)
+        tile = int(kwargs.get("tile_size") or 512)
+        sd = self.spatial_dims
+        per_plane = math.prod(max(1, math.ceil(n * zoom / tile)) for n in shape[-sd:])
+        return per_plane * math.prod(shape[:-sd])
+
+    def iter_predict_ortho(
+        self,
+        volume: np.ndarray,
+        diameter: float | None = None,
+        z_scale: float | None = 1.0,
+        *,
+        boundary: str = DEFAULT_ORTHO_BOUNDARY,
+        views: list[np.ndarray] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[TileUpdate]:
+        """3D class probabilities of a (Z, Y, X) volume (or a (T, Z, Y, X) series, frame
+        by frame) from a 2D model, from three orthogonal views, as cellpose's ``do_3D``
+        does with its flows.
+
+        The YX planes are predicted as they are; for the side views the volume is first
+        resampled along z by ``z_scale`` (z step / pixel size, so nuclei are round in
+        them, as the model was trained on), its ZX slices (one per y) and ZY slices (one
+        per x) are predicted, and their probabilities are resampled back to the volume's
+        planes. The three class-probability volumes are combined
+        (:func:`core.stitch.combine_views`: averaged; ``boundary="max"``: the boundary
+        classes take the views' maximum). The diameter rescaling applies to every view
+        (the network sees nuclei of its own diameter in each). All views of a volume are
+        normalised with the volume's percentiles (one range for the whole volume: a
+        side slice through background only is not stretched up to look like nuclei).
+
+        Yields :class:`TileUpdate` after each batch of tiles: while the YX planes are
+        predicted their probabilities stream in (``probs`` of the volume's shape); during
+        the side views the same array is carried for progress only; the last update
+        (``done == total``) carries the combined (C, *volume.shape) result. ``views``: a
+        list that receives the three views' probabilities (YX, ZX, ZY) of each volume.
+        """
+        arr = np.asarray(volume)
+        if self.spatial_dims != 2:
+            raise ValueError("orthogonal views are for 2D models; a 3D model sees the volume.")
+        if arr.ndim == 4:
+            yield from self._iter_ortho_frames(arr, diameter, z_scale, boundary, views, kwargs)
+            return
+        if arr.ndim != 3:
+            raise ValueError(f"orthogonal views need a (Z, Y, X) volume, got shape {arr.shape}.")
+        z_scale = check_z_scale(z_scale)
+        if kwargs.get("normalizer") is None:
+            kwargs["normalizer"] = FixedRange.of(arr, self.info.normalizer())
+        nz = arr.shape[0]
+        n_iso = max(1, round(nz * z_scale))
+        iso = resize_axis(arr, n_iso, axis=0) if n_iso != nz else arr
+        stacks = [
+            (arr, None),
+            (np.ascontiguousarray(iso.transpose(1, 0, 2)), (0, 2, 1, 3)),  # (Y, Z', X)
+            (np.ascontiguousarray(iso.transpose(2, 0, 1)), (0, 2, 3, 1)),  # (X, Z', Y)
+        ]
+        expected = [self._expected_tiles(s.shape, diameter, **kwargs) for s, _ in stacks]
+        done_before, shown, found = 0, None, []
+        for k, (stack, order) in enumerate(stacks):
+            last = None
+            for update in self.iter_predict(stack, diameter=diameter, **kwargs):
+                last = update
+                total = done_before + update.total + sum(expected[k + 1 :]) + 1
+                done = done_before + update.done
+                if order is None:
+                    shown = update.probs
+                    yield TileUpdate(done, total, update.region, shown, update.message)
+                else:
+                    yield TileUpdate(done, total, (slice(0, 0),), shown, update.message)
+            assert last is not None
+            done_before += last.total
+            if order is None:
+                found.append(last.probs)
+            else:  # back to (C, Z', Y, X), then to the volume's planes
+                back = last.probs.transpose(order)
+                found.append(resize_axis(back, nz, axis=1) if n_iso != nz else back.copy())
+        if views is not None:
+            views.extend(found)
+        probs = combine_views(found, boundary)
+        yield TileUpdate(done_before + 1, done_before + 1, (slice(None),), probs)
+
+    def _iter_ortho_frames(
+        self,
+        arr: np.ndarray,
+        diameter: float | None,
+        z_scale: float | None,
+        boundary: str,
+        views: list[np.ndarray] | None,
+        kwargs: dict[str, Any],
+    ) -> Iterator[TileUpdate]:
+        """:meth:`iter_predict_ortho` of each frame of a (T, Z, Y, X) series."""
+        probs = None
+        n = arr.shape[0]
+        for t in range(n):
+            for update in self.iter_predict_ortho(
+                arr[t], diameter, z_scale, boundary=boundary, views=views, **kwargs
+            ):
+                if probs is None:
+                    probs = np.zeros((update.probs.shape[0], *arr.shape), np.float32)
+                done = t * update.total + update.done
+                if update.done == update.total:
+                    probs[:, t] = update.probs
+                yield TileUpdate(done, n * update.total, (slice(None), t), probs, update.message)
+
+    def predict_ortho(
+        self,
+        volume: np.ndarray,
+        diameter: float | None = None,
+        z_scale: float | None = 1.0,
+        on_tile: Callable[[TileUpdate], None] | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """The combined class probabilities (C, *volume.shape) of
+        :meth:`iter_predict_ortho` (same keywords)."""
+        kwargs.setdefault("stream", on_tile is not None)
+        probs = None
+        for update in self.iter_predict_ortho(volume, diameter, z_scale, **kwargs):
+            probs = update.probs
+            if on_tile is not None:
+                on_tile(update)
+        assert probs is not None
+        return probs
+
     def post_settings(
         self,
         method: str | None = None,
         post_params: dict[str, Any] | None = None,
         diameter: float | None = None,
+        z_scale: float | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Method and parameters to post-process with: the given ones over the model's
-        defaults, plus the size filter relative to ``diameter`` unless ``min_size`` is given."""
+        defaults, plus the size filter relative to ``diameter`` unless ``min_size`` is given.
+
+        With ``z_scale`` the probabilities are a 2D model's orthogonal views combined in
+        3D (``z_mode="ortho"``): the size filter is a volume (voxels, see
+        :meth:`min_size_for`) and ``method=None`` means :data:`ORTHO_METHOD` with
+        :data:`ORTHO_POST_PARAMS` (under the given ``post_params``)."""
+        if method is None and z_scale is not None and self.spatial_dims == 2:
+            method = ORTHO_METHOD
+            post_params = {**ORTHO_POST_PARAMS, **(post_params or {})}
         method = (method or self.default_method).lower()
         params = self.default_post_params(method)
         params.update(post_params or {})
         if "min_size" not in params:
-            min_size = self.min_size_for(diameter)
+            min_size = self.min_size_for(diameter, z_scale)
             if min_size is not None:
                 params["min_size"] = min_size
         return method, params
@@ -365,11 +531,14 @@ class Segmenter:
         *,
         axes: str | None = None,
         channel: int | None = None,
-        z_mode: str = "stitch",
+        z_mode: str | None = None,
         stitch_threshold: float = DEFAULT_STITCH_THRESHOLD,
         link_frames: bool = False,
         z_trim: float | None = DEFAULT_Z_TRIM,
         z_split: float | None = DEFAULT_Z_SPLIT,
+        z_scale: float | None = None,
+        ortho_boundary: str = DEFAULT_ORTHO_BOUNDARY,
+        ortho_views: list[np.ndarray] | None = None,
         **predict_kwargs: Any,
     ) -> SegmentationResult:
         """Predict and post-process.
@@ -380,14 +549,25 @@ class Segmenter:
         axes : e.g. "YX", "ZYX", "TYX", "CYX", "YXC", "TZYX" (see :meth:`prepare`);
             ``None``: 2D is YX, 3D is ZYX unless its shape could be channels (refused).
         channel : the channel to segment when ``axes`` has a C.
-        z_mode : for a 2D model on a volume: ``"stitch"`` (default; objects of successive
-            planes with IoU >= ``stitch_threshold`` become one 3D instance) or
-            ``"planes"`` (each plane on its own, labels unique across planes).
+        z_mode : for a 2D model on a volume: ``"stitch"`` (objects of successive
+            planes with IoU >= ``stitch_threshold`` become one 3D instance),
+            ``"ortho"`` (3D probabilities averaged from the YX, ZX and ZY views, see
+            :meth:`iter_predict_ortho`, post-processed in 3D) or ``"planes"`` (each
+            plane on its own, labels unique across planes); ``None``:
+            :data:`DEFAULT_Z_MODE`.
+        z_scale : z step / pixel size of the volume (``None``: 1), for ``"ortho"``: the
+            side views are resampled along z by it, and the size filter is a volume.
+        ortho_boundary : how ``"ortho"`` combines the views' boundary classes
+            (:func:`core.stitch.combine_views`); ``ortho_views``: a list that receives
+            the three views' probabilities (for diagnosis).
+            With ``"ortho"`` and ``method=None`` the 3D post-processing is
+            :data:`ORTHO_METHOD` (see :meth:`post_settings`).
         link_frames : for a movie (T): give a cell the same id in successive frames
             (overlap IoU >= ``stitch_threshold``); otherwise ids are unique per frame.
-        z_trim : with stitching, cut each 3D cell to the planes where it is at least this
-            share as bright as in its brightest plane (the out-of-focus planes above and
-            below a nucleus, :func:`core.stitch.trim_z`); ``None`` or 0: no cut.
+        z_trim : with stitching or ``"ortho"``, cut each 3D cell to the planes where it
+            is at least this share as bright as in its brightest plane (the out-of-focus
+            planes above and below a nucleus, :func:`core.stitch.trim_z`); ``None`` or
+            0: no cut.
         z_split : with stitching, split a 3D cell at a plane whose area is under this
             share of its largest areas on both sides (two nuclei stacked in z,
             :func:`core.stitch.split_z`); ``None`` or 0: no split.
@@ -395,12 +575,25 @@ class Segmenter:
         Labels come back on the prepared image's grid (channel gone, T, Z, Y, X order:
         ``result.axes``); a movie's ``result.counts`` holds the count of each frame.
         """
+        z_mode = DEFAULT_Z_MODE if z_mode is None else z_mode
         if z_mode not in Z_MODES:
             raise ValueError(f"z_mode: expected one of {', '.join(Z_MODES)}, got {z_mode!r}.")
+        z_scale = check_z_scale(z_scale)
         work, work_axes = self.prepare(image, axes, channel)
         diam = self.resolve_diameter(work, diameter, **predict_kwargs)
-        probs = self.predict(work, diameter=diam, **predict_kwargs)
-        method, params = self.post_settings(method, post_params, diam)
+        ortho = z_mode == "ortho" and "Z" in work_axes and self.spatial_dims == 2
+        if ortho:
+            probs = self.predict_ortho(
+                work,
+                diameter=diam,
+                z_scale=z_scale,
+                boundary=ortho_boundary,
+                views=ortho_views,
+                **predict_kwargs,
+            )
+        else:
+            probs = self.predict(work, diameter=diam, **predict_kwargs)
+        method, params = self.post_settings(method, post_params, diam, z_scale if ortho else None)
         labels, count = postprocess_planes(
             probs,
             self.spatial_dims,
@@ -410,7 +603,7 @@ class Segmenter:
             z_mode=z_mode,
             stitch_threshold=stitch_threshold,
             link=link_frames,
-            image=work if z_trim else None,
+            image=work if z_trim and z_mode in ("stitch", "ortho") else None,
             z_trim=z_trim,
             z_split=z_split,
         )
@@ -433,8 +626,9 @@ class Segmenter:
             counts=counts,
             linked=bool(link_frames and "T" in work_axes),
             stitch_threshold=float(stitch_threshold) if used_z == "stitch" or counts else None,
-            z_trim=float(z_trim) if used_z == "stitch" and z_trim else None,
+            z_trim=float(z_trim) if used_z in ("stitch", "ortho") and z_trim else None,
             z_split=float(z_split) if used_z == "stitch" and z_split else None,
+            z_scale=z_scale if used_z == "ortho" else None,
         )
 
 
@@ -464,6 +658,9 @@ def postprocess_planes(
     ``z_trim`` as bright as in its brightest one (:func:`core.stitch.trim_z`); with
     ``z_split``, stitched objects are first split where their area narrows between two
     maxima (two nuclei stacked in z, :func:`core.stitch.split_z`).
+    ``z_mode="ortho"`` (3D probabilities of a 2D model's orthogonal views): each volume
+    (each frame of a T, Z series) is post-processed in 3D as a whole, then cut in z by
+    ``z_trim`` as stitched objects are; ``link`` then links the frames' 3D objects.
     Returns ``(labels int32, count = labels.max())``.
     """
     from napari_cellfocus.core.postprocess import postprocess
@@ -472,6 +669,13 @@ def postprocess_planes(
     if not lead:
         labels, count = postprocess(probs, method=method, **params)
         return labels.astype(np.int32), int(count)
+    if z_mode == "ortho" and axes is not None and "Z" in axes[: len(lead)]:
+        trim = z_trim if image is not None else None
+        if trim and np.shape(image) != probs.shape[1:]:
+            raise ValueError(f"image of shape {np.shape(image)} for labels {probs.shape[1:]}.")
+        return _postprocess_volumes(
+            probs, method, params, axes, link, stitch_threshold, image, trim
+        )
     labels = np.zeros(probs.shape[1:], np.int32)
     total = 0
     for idx in np.ndindex(*lead):
@@ -512,4 +716,45 @@ def postprocess_planes(
         if lead_axes.index("T") != 0:
             raise ValueError(f"axes {axes!r}: expected T first (T, Z, Y, X order).")
         labels = link_frames(labels, stitch_threshold)
+    return labels, int(labels.max())
+
+
+def _postprocess_volumes(
+    probs: np.ndarray,
+    method: str,
+    params: dict[str, Any],
+    axes: str,
+    link: bool,
+    threshold: float,
+    image: np.ndarray | None = None,
+    z_trim: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """(C, Z, Y, X) or (C, T, Z, Y, X) probabilities post-processed volume by volume in
+    3D (core.postprocess works in any dimension), each volume's objects cut to their
+    bright planes of ``image`` by ``z_trim`` (:func:`core.stitch.trim_z`); ids unique
+    across frames unless ``link`` (frames linked by 3D overlap)."""
+    from napari_cellfocus.core.postprocess import postprocess
+
+    def volume(p: np.ndarray, grey: np.ndarray | None) -> np.ndarray:
+        lab, _ = postprocess(p, method=method, **params)
+        lab = lab.astype(np.int32)
+        if z_trim and grey is not None:
+            lab = trim_z(lab, grey, z_trim)
+        return lab
+
+    lead_axes = axes[: probs.ndim - 3]
+    if lead_axes == "Z" and len(axes) == probs.ndim - 1:
+        labels = volume(probs, image)
+        return labels, int(labels.max())
+    if lead_axes != "TZ" or len(axes) != probs.ndim - 1:
+        raise ValueError(f"axes {axes!r} do not fit probabilities of shape {probs.shape}.")
+    labels = np.zeros(probs.shape[1:], np.int32)
+    offset = 0
+    for t in range(labels.shape[0]):
+        frame = volume(probs[:, t], None if image is None else image[t])
+        frame[frame > 0] += offset
+        offset = max(offset, int(frame.max()))
+        labels[t] = frame
+    if link:
+        labels = link_frames(labels, threshold)
     return labels, int(labels.max())
