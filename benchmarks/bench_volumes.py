@@ -1,6 +1,7 @@
-"""Volumes and movies with the built-in 2D model: z stitching vs plane by plane, linking.
+"""Volumes and movies with the built-in 2D model: orthogonal views vs z stitching vs plane
+by plane, linking.
 
-Run from the repository root (about 5 minutes on 2 CPU cores)::
+Run from the repository root (about 15 minutes on 2 CPU cores)::
 
     .venv/bin/python benchmarks/bench_volumes.py [--volumes 3] [--device cpu]
 
@@ -8,9 +9,13 @@ Run from the repository root (about 5 minutes on 2 CPU cores)::
   default settings: touching nuclei in clumps, radius 6-12 px, z step twice the pixel
   size, so a nucleus spans about 6-12 planes), segmented by the built-in 2D model with
   the diameter estimated, once with z stitching (``z_mode="stitch"``, IoU >= 0.25; the
-  same per-plane labels also stitched at 0.1 and 0.5) and once plane by plane. 3D PQ,
-  F1 (IoU > 0.5) and count error against the 3D ground truth (``core.metrics.evaluate``
-  works in 3D), time per volume.
+  same per-plane labels also stitched at 0.1 and 0.5), once plane by plane, and once
+  from orthogonal views (``z_mode="ortho"``, ``z_scale`` = the simulator's
+  ``z_anisotropy``: YX planes, ZX and ZY slices of the z-rescaled volume, class
+  probabilities averaged, post-processed in 3D; variants from the same three views:
+  boundary classes by maximum, MAP instead of TH, no z cut, the YX view alone in 3D).
+  3D PQ, F1 (IoU > 0.5) and count error against the 3D ground truth
+  (``core.metrics.evaluate`` works in 3D), time per volume.
 * **2D reference**: the same model on 2D images simulated with the same settings
   (128 x 128): 2D PQ. The issue's criterion: 3D PQ within 0.1 of 2D PQ, count within 10 %.
 * **Movie**: a (6, 128, 128) movie made of a 2D scene shifted by 1 px per frame
@@ -40,9 +45,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from napari_cellfocus.core.metrics import evaluate, match_instances  # noqa: E402
+from napari_cellfocus.core.postprocess import postprocess  # noqa: E402
 from napari_cellfocus.core.simulate import simulate_cells  # noqa: E402
-from napari_cellfocus.core.stitch import stitch_planes, trim_z  # noqa: E402
-from napari_cellfocus.engine.segment import Segmenter, postprocess_planes  # noqa: E402
+from napari_cellfocus.core.stitch import combine_views, stitch_planes, trim_z  # noqa: E402
+from napari_cellfocus.engine.segment import (  # noqa: E402
+    DEFAULT_Z_MODE,
+    ORTHO_POST_PARAMS,
+    Segmenter,
+    postprocess_planes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "volumes.json"
@@ -53,6 +64,16 @@ PLANE_SHAPE = (128, 128)
 THRESHOLDS = (0.1, 0.25, 0.5, 0.7)
 #: z cuts compared with the default (0.6): share of a cell's brightest plane kept.
 Z_TRIMS = (0.5, 0.6, 0.7)
+#: Variants of the orthogonal views' combination and 3D post-processing, from the same
+#: three views: (boundary combination, method, parameters or None = ortho's own, z cut).
+ORTHO_VARIANTS = {
+    "ortho_max": ("max", "th", None, 0.6),
+    "ortho_no_cut": ("mean", "th", None, None),
+    "ortho_th_0.5": ("mean", "th", {"gamma1": 0.5, "gamma2": 0.3}, 0.6),
+    "ortho_map": ("mean", "map", {}, 0.6),
+    "ortho_max_map": ("max", "map", {}, 0.6),
+    "ortho_yx_only": ("yx", "th", None, 0.6),
+}
 
 
 def _scores(gt: np.ndarray, pred: np.ndarray) -> dict:
@@ -67,23 +88,49 @@ def _scores(gt: np.ndarray, pred: np.ndarray) -> dict:
     }
 
 
+def _ortho_variants(scene, res, views: list[np.ndarray]) -> dict:
+    """Scores of :data:`ORTHO_VARIANTS` post-processed from the three views of ``res``."""
+    out = {}
+    for key, (boundary, method, params, cut) in ORTHO_VARIANTS.items():
+        probs = views[0] if boundary == "yx" else combine_views(views, boundary)
+        params = dict(ORTHO_POST_PARAMS) if params is None else dict(params)
+        params["min_size"] = res.post_params["min_size"]
+        labels, _ = postprocess(probs, method=method, **params)
+        if cut:
+            labels = trim_z(labels, scene.image, cut)
+        out[key] = _scores(scene.labels, labels)
+    return out
+
+
 def run_volumes(seg: Segmenter, n: int) -> dict:
     per = []
     for seed in range(n):
         scene = simulate_cells(shape=VOLUME_SHAPE, seed=100 + seed)
+        z_scale = float(scene.params["z_anisotropy"])
         t0 = time.perf_counter()
         res = seg.segment(scene.image, axes="ZYX", z_mode="stitch")
         t_stitch = time.perf_counter() - t0
+        views: list[np.ndarray] = []
+        t0 = time.perf_counter()
+        ortho = seg.segment(
+            scene.image, axes="ZYX", z_mode="ortho", z_scale=z_scale, ortho_views=views
+        )
+        t_ortho = time.perf_counter() - t0
         t0 = time.perf_counter()
         planes, _ = postprocess_planes(res.probs, 2, res.method, res.post_params or {})
         t_planes_post = time.perf_counter() - t0
         row = {
             "seed": 100 + seed,
             "diameter_px": res.diameter,
+            "z_scale": z_scale,
             "seconds_per_volume": t_stitch,
+            "seconds_per_volume_ortho": t_ortho,
             "seconds_stitching_only": None,
             "stitch": _scores(scene.labels, res.labels),
             "planes": _scores(scene.labels, planes),
+            "ortho": _scores(scene.labels, ortho.labels),
+            "ortho_min_size": ortho.post_params["min_size"],
+            **_ortho_variants(scene, ortho, views),
         }
         t0 = time.perf_counter()
         for thr in THRESHOLDS:
@@ -102,7 +149,8 @@ def run_volumes(seg: Segmenter, n: int) -> dict:
         print(
             f"volume {seed}: true {row['stitch']['n_true']}, stitched {row['stitch']['n_pred']} "
             f"(PQ {row['stitch']['pq']:.3f}), planes {row['planes']['n_pred']} "
-            f"(PQ {row['planes']['pq']:.3f}), {t_stitch:.1f} s",
+            f"(PQ {row['planes']['pq']:.3f}), {t_stitch:.1f} s; ortho {row['ortho']['n_pred']} "
+            f"(PQ {row['ortho']['pq']:.3f}), {t_ortho:.1f} s",
             flush=True,
         )
     return {"per_volume": per}
@@ -164,10 +212,11 @@ def summarise(vol: dict, two: dict) -> dict:
         "pq_2d": float(np.mean([r["pq"] for r in two["per_image"]])),
         "f1_2d": float(np.mean([r["f1"] for r in two["per_image"]])),
         "seconds_per_volume": _mean(rows, "", "seconds_per_volume"),
+        "seconds_per_volume_ortho": _mean(rows, "", "seconds_per_volume_ortho"),
         "seconds_stitching_only": _mean(rows, "", "seconds_stitching_only"),
         "slice_pq_2d": _mean(rows, "", "slice_pq_2d"),
     }
-    keys = ("stitch", "planes", *(f"stitch_{t}" for t in THRESHOLDS))
+    keys = ("stitch", "planes", "ortho", *ORTHO_VARIANTS, *(f"stitch_{t}" for t in THRESHOLDS))
     for key in (*keys, *(f"trim_{f}" for f in Z_TRIMS)):
         s[key] = {
             "pq": _mean(rows, key, "pq"),
@@ -176,18 +225,23 @@ def summarise(vol: dict, two: dict) -> dict:
             "n_true": int(sum(r[key]["n_true"] for r in rows)),
             "n_pred": int(sum(r[key]["n_pred"] for r in rows)),
         }
-    s["pq_gap"] = s["pq_2d"] - s["stitch"]["pq"]
+    s["default_z_mode"] = DEFAULT_Z_MODE
+    best = s[DEFAULT_Z_MODE]
+    s["pq_gap"] = s["pq_2d"] - best["pq"]
     s["meets_pq"] = bool(s["pq_gap"] <= 0.1)
-    s["meets_count"] = bool(s["stitch"]["abs_count_error"] <= 0.10)
+    s["meets_count"] = bool(best["abs_count_error"] <= 0.10)
+    s["pq_gap_stitch"] = s["pq_2d"] - s["stitch"]["pq"]
+    s["pq_gap_ortho"] = s["pq_2d"] - s["ortho"]["pq"]
     return s
 
 
 def doc_section(data: dict) -> str:
     s, mv = data["summary"], data["movie"]
+    rows = data["volumes"]["per_volume"]
     env = data["environment"]
     lines = [
         START,
-        "## Volumes and movies with the 2D model (z stitching, frame linking)",
+        "## Volumes and movies with the 2D model (orthogonal views, z stitching, frame linking)",
         "",
         f"{env['date']}, `python benchmarks/bench_volumes.py` on {env['device']}; "
         f"{data['n_volumes']} simulated volumes of {' x '.join(map(str, VOLUME_SHAPE))} "
@@ -200,8 +254,17 @@ def doc_section(data: dict) -> str:
         "| z handling | 3D PQ | 3D F1 | cells found / true | mean abs. count error |",
         "|---|---|---|---|---|",
     ]
+    g = ORTHO_POST_PARAMS
+    th = f"TH ({g['gamma1']:g} / {g['gamma2']:g})"
     names = {
-        "stitch": "stitched, IoU >= 0.25, split at waists (0.85), z cut at 0.6 (default)",
+        "ortho": f"orthogonal views (`ortho`), averaged, 3D {th}, z cut at 0.6",
+        "ortho_max": f"orthogonal views, boundary classes by maximum, 3D {th}, z cut 0.6",
+        "ortho_no_cut": f"orthogonal views, averaged, 3D {th}, no z cut",
+        "ortho_th_0.5": "orthogonal views, averaged, 3D TH (0.5 / 0.3), z cut 0.6",
+        "ortho_map": "orthogonal views, averaged, 3D MAP, z cut 0.6",
+        "ortho_max_map": "orthogonal views, boundary classes by maximum, 3D MAP, z cut 0.6",
+        "ortho_yx_only": f"YX view alone, 3D {th}, z cut 0.6 (no side views)",
+        "stitch": "stitched (`stitch`), IoU >= 0.25, split at waists (0.85), z cut at 0.6",
         "trim_0.5": "stitched, IoU >= 0.25, no split, z cut at 0.5",
         "trim_0.6": "stitched, IoU >= 0.25, no split, z cut at 0.6",
         "trim_0.7": "stitched, IoU >= 0.25, no split, z cut at 0.7",
@@ -235,12 +298,41 @@ def doc_section(data: dict) -> str:
         "(seeds 1 and 2), not on these. What remains: nuclei merged within planes by the "
         "blur, and small cuts through the top and bottom of nuclei.",
         "",
-        f"Issue 13's criterion: 3D PQ within 0.1 of the 2D PQ: gap {s['pq_gap']:.3f} "
+        'Orthogonal views (`z_mode="ortho"`, `--z-mode ortho --z-scale 2`): the 2D model '
+        "also predicts the ZX and ZY slices of the volume resampled along z by the z scale "
+        "(2, the simulator's `z_anisotropy`, so nuclei are round in the side views; each "
+        "view at the model's scale, as the YX planes), the three class-probability volumes "
+        "are averaged on the volume's grid and post-processed in 3D (size filter: 0.4 of "
+        "a ball of the diameter, in voxels), then cut in z as stitched cells are. "
+        "Averaging softens the cell class at the boundaries, so the model's 2D choice "
+        "(MAP) merges touching nuclei in 3D; TH with a low touching threshold keeps them "
+        "apart. The TH thresholds and the boundary combination were chosen on the two "
+        "simulated volumes of seeds 1 and 2 (not these), the other rows are shown for "
+        "comparison. Seen alone in 3D, the YX view gives fewer, merged cells "
+        f"({s['ortho_yx_only']['n_pred']} for {s['ortho_yx_only']['n_true']}): the side "
+        "views separate nuclei stacked or touching in z, which plane-wise views cannot. "
+        f"The cells are found almost one for one (F1 {s['ortho']['f1']:.3f}); what keeps "
+        "the 3D PQ under the 2D one is their shape (PQ = F1 x the mean IoU of the matched "
+        "cells), mostly along z: the z blur (3x the lateral) makes nuclei look longer "
+        "along z in the side views too (9.1 planes for 6.7 on a selection volume before "
+        f"the cut; PQ without the cut {s['ortho_no_cut']['pq']:.3f}).",
+        "",
+        f"Issue 13's criterion, for the default z mode (`{s['default_z_mode']}`): 3D PQ "
+        f"within 0.1 of the 2D PQ: gap {s['pq_gap']:.3f} "
         f"({'met' if s['meets_pq'] else 'not met'}); count within 10 %: "
-        f"{100 * s['stitch']['abs_count_error']:.0f} % "
-        f"({'met' if s['meets_count'] else 'not met'}). Time per volume (size estimate on 3 "
-        f"planes, prediction of 24 planes, post-processing, stitching): "
-        f"{s['seconds_per_volume']:.1f} s; the stitching alone {s['seconds_stitching_only']:.3f} s.",
+        f"{100 * s[s['default_z_mode']]['abs_count_error']:.0f} % "
+        f"({'met' if s['meets_count'] else 'not met'}). PQ gap of `stitch` "
+        f"{s['pq_gap_stitch']:.3f}, of `ortho` {s['pq_gap_ortho']:.3f}. Time per volume "
+        f"(size estimate on 3 planes, prediction, post-processing): stitching "
+        f"{s['seconds_per_volume']:.1f} s (24 YX planes; the stitching alone "
+        f"{s['seconds_stitching_only']:.3f} s), orthogonal views "
+        f"{s['seconds_per_volume_ortho']:.1f} s (24 YX planes, 128 ZX and 128 ZY slices "
+        "of 48 x 128 px, each at the model's scale); per volume "
+        f"{min(r['seconds_per_volume'] for r in rows):.0f}-"
+        f"{max(r['seconds_per_volume'] for r in rows):.0f} s and "
+        f"{min(r['seconds_per_volume_ortho'] for r in rows):.0f}-"
+        f"{max(r['seconds_per_volume_ortho'] for r in rows):.0f} s, on 2 cores shared "
+        "with other jobs.",
         "",
         f"Movie: {mv['frames']} frames of a 2D scene shifted by {mv['shift_px_per_frame']} px "
         f"per frame, linked (IoU >= 0.25): {mv['kept_their_id']} of the "
@@ -249,7 +341,7 @@ def doc_section(data: dict) -> str:
         f"linked against {mv['ids_unlinked']} unlinked ({mv['true_cells']} true cells); "
         f"{mv['seconds_per_movie']:.1f} s per movie.",
         "",
-        "No 3D model is trained yet: these figures are the 2D model with stitching only.",
+        "No 3D model is trained yet: these figures are the 2D model's.",
         END,
     ]
     return "\n".join(lines) + "\n"
@@ -276,8 +368,11 @@ def main() -> None:
         "--doc-only", action="store_true", help="rewrite the docs section from the JSON"
     )
     args = ap.parse_args()
-    if args.doc_only:
-        write_doc(doc_section(json.loads(RESULTS.read_text())))
+    if args.doc_only:  # the summary again (e.g. for a changed default z mode), then the doc
+        data = json.loads(RESULTS.read_text())
+        data["summary"] = summarise(data["volumes"], data["two_d"])
+        RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+        write_doc(doc_section(data))
         return
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     seg = Segmenter("default", device=args.device)
