@@ -8,6 +8,7 @@ import functools
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage
 
 from cli_helpers import read_rows, run_cli
 from napari_cellfocus.core.simulate import simulate_cells
@@ -20,8 +21,8 @@ def scene2d():
     return simulate_cells(shape=(64, 64), radius=7, seed=3)
 
 
-def test_volume_is_stitched_by_default_and_planes_on_request(tmp_path):
-    """A simulated (12, 64, 64) volume (ImageJ metadata says ZYX): the default stitches
+def test_volume_stitched_and_planes_on_request(tmp_path):
+    """A simulated (12, 64, 64) volume (ImageJ metadata says ZYX): --z-mode stitch joins
     the planes into 3D objects (one counts row, fewer ids than plane by plane, close to
     the true count) and says so; --z-mode planes gives a row per plane."""
     scene = simulate_cells(shape=(12, 64, 64), radius=8, seed=2)
@@ -29,7 +30,10 @@ def test_volume_is_stitched_by_default_and_planes_on_request(tmp_path):
     path.parent.mkdir()
     tifffile.imwrite(path, scene.image, imagej=True, metadata={"axes": "ZYX"})
     out = tmp_path / "stitch"
-    res = run("predict", str(path), "--out", str(out), "--diameter", "14", "--device", "cpu")
+    res = run(
+        "predict", str(path), "--out", str(out), "--diameter", "14", "--device", "cpu",
+        "--z-mode", "stitch",
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "axes ZYX" in res.stdout and "stitched across z" in res.stdout
     stitched = tifffile.imread(out / "vol_labels.tif")
@@ -117,3 +121,68 @@ def test_bad_axes_and_threshold_exit_2(tmp_path, scene2d):
     assert res.returncode == 2 and "(64, 64)" in res.stderr and "ZYX" in res.stderr
     res = run("predict", str(path), "--out", str(tmp_path / "o"), "--stitch-threshold", "0")
     assert res.returncode == 2 and "--stitch-threshold" in res.stderr
+
+
+def test_ortho_z_mode_with_z_scale(tmp_path):
+    """--z-mode ortho --z-scale 2 on a simulated (12, 64, 64) volume (z step 2 px, as
+    the simulator makes it): 3D instances from the averaged YX, ZX and ZY views, one
+    counts row, the count close to the truth, and the line says the mode, the z scale
+    and the 3D post-processing."""
+    scene = simulate_cells(shape=(12, 64, 64), radius=8, seed=2)
+    assert scene.params["z_anisotropy"] == 2.0
+    path = tmp_path / "vol.tif"
+    tifffile.imwrite(path, scene.image, imagej=True, metadata={"axes": "ZYX"})
+    out = tmp_path / "ortho"
+    res = run(
+        "predict", str(path), "--out", str(out), "--diameter", "14", "--device", "cpu",
+        "--z-mode", "ortho", "--z-scale", "2",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "YX, ZX and ZY views averaged, z scale 2, 3D TH gamma1 0.6, gamma2 0.3" in res.stdout
+    labels = tifffile.imread(out / "vol_labels.tif")
+    assert labels.shape == (12, 64, 64)
+    rows = read_rows(out / "counts.csv")
+    assert len(rows) == 1 and rows[0]["plane"] == ""
+    assert int(rows[0]["count"]) == labels.max() == np.unique(labels).size - 1
+    n_true = int(scene.labels.max())
+    assert abs(int(labels.max()) - n_true) <= max(3, 0.35 * n_true)
+    spans = [s[0].stop - s[0].start for s in ndimage.find_objects(labels) if s]
+    assert np.median(spans) >= 3  # 3D cells over several planes, not per-plane pieces
+
+
+def test_z_trim_and_split_options(tmp_path):
+    """--z-trim 0 --z-split 0: stitched cells keep every plane their per-plane objects
+    had (the foreground of --z-mode planes); the default cut removes planes. Out-of-range
+    values and a bad --z-scale are refused before any work (exit 2)."""
+    scene = simulate_cells(shape=(12, 64, 64), radius=8, seed=2)
+    path = tmp_path / "vol.tif"
+    tifffile.imwrite(path, scene.image, imagej=True, metadata={"axes": "ZYX"})
+    common = ("--diameter", "14", "--device", "cpu", "--z-mode")
+    for name, extra in (
+        ("uncut", ("stitch", "--z-trim", "0", "--z-split", "0")),
+        ("cut", ("stitch",)),
+        ("planes", ("planes",)),
+    ):
+        res = run("predict", str(path), "--out", str(tmp_path / name), *common, *extra)
+        assert res.returncode == 0, res.stderr
+    uncut, cut, planes = (
+        tifffile.imread(tmp_path / n / "vol_labels.tif") for n in ("uncut", "cut", "planes")
+    )
+    np.testing.assert_array_equal(uncut > 0, planes > 0)
+    assert (cut > 0).sum() < (uncut > 0).sum()
+    for bad, word in (
+        (("--z-trim", "1.5"), "--z-trim"),
+        (("--z-split", "1"), "--z-split"),
+        (("--z-scale", "0"), "--z-scale"),
+    ):
+        res = run("predict", str(path), "--out", str(tmp_path / "bad"), *bad)
+        assert res.returncode == 2 and word in res.stderr and "Traceback" not in res.stderr
+
+
+def test_z_mode_choices_and_default_match_the_engine():
+    """The parser's --z-mode choices and default (kept torch-free) are the engine's."""
+    from napari_cellfocus import cli_predict
+    from napari_cellfocus.engine.segment import DEFAULT_Z_MODE, Z_MODES
+
+    assert set(cli_predict.Z_MODE_CHOICES) == set(Z_MODES)
+    assert cli_predict.CLI_DEFAULT_Z_MODE == DEFAULT_Z_MODE == "ortho"

@@ -283,12 +283,47 @@ def count_rows(labels: np.ndarray, axes: str, z_mode: str | None) -> list[tuple[
     return rows
 
 
+#: ``--z-mode`` choices and default, as ``engine.segment.Z_MODES`` / ``DEFAULT_Z_MODE``
+#: (kept in step by a test; the parser must not import torch).
+Z_MODE_CHOICES = ("ortho", "stitch", "planes")
+CLI_DEFAULT_Z_MODE = "ortho"
+
+
+def z_scale_arg(text: str) -> float:
+    """``--z-scale``: a number > 0 (z step / pixel size)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or not 0.05 <= value <= 50.0:
+        raise argparse.ArgumentTypeError(
+            f"expected the z step / pixel size, a number in [0.05, 50], got {text!r}"
+        )
+    return value
+
+
+def check_z_args(args: argparse.Namespace) -> None:
+    """``--z-trim`` in [0, 1], ``--z-split`` in [0, 1): CliError otherwise."""
+    if not 0.0 <= args.z_trim <= 1.0:
+        raise CliError(f"--z-trim {args.z_trim}: expected a share in [0, 1] (0: no cut).")
+    if not 0.0 <= args.z_split < 1.0:
+        raise CliError(f"--z-split {args.z_split}: expected a ratio in [0, 1) (0: no split).")
+
+
 def describe_z(result: Any) -> str:
     """', 3D instances (z stitched, IoU >= 0.25)' etc. for the per-image line."""
     parts = []
     if result.z_mode == "stitch":
         parts.append(
             f"3D instances (planes stitched across z, IoU >= {result.stitch_threshold:g})"
+        )
+    elif result.z_mode == "ortho":
+        post = ", ".join(
+            f"{k} {v:g}" for k, v in (result.post_params or {}).items() if k != "min_size"
+        )
+        parts.append(
+            f"3D instances (YX, ZX and ZY views averaged, z scale {result.z_scale:g}, "
+            f"3D {result.method.upper()}{f' {post}' if post else ''})"
         )
     elif result.z_mode == "planes":
         parts.append("z plane by plane (no stitching)")
@@ -409,6 +444,7 @@ def run_predict(args: argparse.Namespace) -> int:
     check_output_paths(images, planned_outputs(images, places, args), args.overwrite)
     if not 0.0 < args.stitch_threshold <= 1.0:
         raise CliError(f"--stitch-threshold {args.stitch_threshold}: expected an IoU in (0, 1].")
+    check_z_args(args)
     all_axes = [image_axes(path, args) for path in images]  # before any image is segmented
     from napari_cellfocus.core.memory import available_bytes
 
@@ -462,15 +498,20 @@ def run_predict(args: argparse.Namespace) -> int:
             )
             return
         bar = ProgressBar(1, f"predict {path.name}")
+        # ortho volumes post-process in 3D with their own defaults unless --post / --param
+        own = args.post is None and not params and "Z" in work_axes
         result = seg.segment(
             image,
-            method=method,
+            method=None if own else method,
             post_params=params or None,
             diameter=args.diameter,
             axes=work_axes,
             z_mode=args.z_mode,
             stitch_threshold=args.stitch_threshold,
             link_frames=args.link,
+            z_scale=args.z_scale,
+            z_trim=args.z_trim or None,
+            z_split=args.z_split or None,
             tile_size=args.tile_size,
             on_tile=lambda u, bar=bar: (setattr(bar, "total", u.total), bar.update(u.done)),
         )
@@ -639,10 +680,34 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     )
     p.add_argument(
         "--z-mode",
-        choices=("stitch", "planes"),
-        default="stitch",
-        help="volumes (Z) with a 2D model: 'stitch' (default) joins the objects of "
-        "successive planes into 3D instances by overlap; 'planes' keeps each plane's own",
+        choices=Z_MODE_CHOICES,
+        default=None,
+        help="volumes (Z) with a 2D model: 'ortho' predicts the YX planes and the ZX and "
+        "ZY slices (z resampled by --z-scale), averages the three and makes 3D instances "
+        "from that; 'stitch' joins the objects of successive planes into 3D instances by "
+        f"overlap; 'planes' keeps each plane's own (default: {CLI_DEFAULT_Z_MODE})",
+    )
+    p.add_argument(
+        "--z-scale",
+        type=z_scale_arg,
+        default=None,
+        help="z step / pixel size of the volumes (e.g. 2 for 0.5 um pixels and 1 um "
+        "planes), used by --z-mode ortho to make nuclei round in the side views "
+        "(default 1)",
+    )
+    p.add_argument(
+        "--z-trim",
+        type=float,
+        default=0.6,
+        help="stitch and ortho: cut each 3D cell to the planes where it is at least this "
+        "share as bright as in its brightest plane (out-of-focus planes); 0: no cut (0.6)",
+    )
+    p.add_argument(
+        "--z-split",
+        type=float,
+        default=0.85,
+        help="stitch: split a stitched cell at a plane whose area is under this share of "
+        "its largest areas on both sides (nuclei stacked in z); 0: no split (0.85)",
     )
     p.add_argument(
         "--stitch-threshold",
