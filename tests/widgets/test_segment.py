@@ -216,7 +216,8 @@ def _volume(scene, planes: int = 6):
 
 
 def test_z_stack_planes_are_joined_into_3d_cells(make_napari_viewer, qtbot, tiny_model, scene):
-    """A 6-plane z-stack labelled 'z': the Stack box offers 3D cells by default; the labels
+    """A 6-plane z-stack labelled 'z': the Stack box offers 3D cells (from orthogonal
+    views) by default; with 'planes joined by overlap' chosen the labels
     are the per-plane labels joined across z (core.stitch.stitch_planes), the count is
     that of one plane, not six times it, and the status says how the planes were used."""
     from napari_cellfocus.core.postprocess import postprocess
@@ -229,6 +230,10 @@ def test_z_stack_planes_are_joined_into_3d_cells(make_napari_viewer, qtbot, tiny
     widget.use_model(tiny_model, "tiny")
     widget.source.set_source(viewer.layers["vol"])
     assert widget.stack.currentText().startswith("z-stack: 3D cells")
+    assert widget.stack.currentData().z_mode == "ortho"  # the default; stitching chosen here
+    widget.stack.setCurrentIndex(
+        widget.stack.findText("z-stack: 3D cells (planes joined by overlap)")
+    )
     widget.run()
     wait_idle(qtbot, widget)
     labels = np.asarray(viewer.layers["vol labels"].data)

@@ -1,7 +1,10 @@
 """The "Stack" row of Segment: what the planes of a 3D or 4D image are.
 
 A 2D model sees one plane at a time; what the leading axes *are* decides how the
-planes' objects become cells: a z-stack's planes are joined into 3D cells by overlap
+planes' objects become cells: a z-stack is seen by the model in three orthogonal views
+(its YX planes and its ZX and ZY slices, z resampled by the layer's z scale), the three
+probability volumes averaged and made into 3D cells (``engine.segment.Segmenter.
+iter_predict_ortho``), or its planes' objects are joined into 3D cells by overlap
 (:func:`napari_cellfocus.core.stitch.stitch_planes`), a time series keeps each frame on
 its own (optionally with ids kept across frames, :func:`~napari_cellfocus.core.stitch.
 link_frames`), and a channel axis must not be taken for planes at all. The choice is
@@ -28,7 +31,8 @@ ASK = "ask"
 @dataclass(frozen=True)
 class StackMode:
     """How the leading axes are treated: ``axes`` of them (``"Z"``, ``"T"``, ``"TZ"``),
-    ``z_mode`` (``"stitch"`` or ``"planes"``) and ``link`` (ids across frames)."""
+    ``z_mode`` (``"ortho"``, ``"stitch"`` or ``"planes"``) and ``link`` (ids across
+    frames)."""
 
     axes: str
     z_mode: str
@@ -36,25 +40,45 @@ class StackMode:
     text: str
 
 
+ORTHO_TEXT = "3D cells (YX, ZX, ZY views averaged)"
+STITCH_TEXT = "3D cells (planes joined by overlap)"
+#: The modes offered, the first of each list the default (the default z mode of
+#: ``engine.segment.DEFAULT_Z_MODE`` first).
 MODES: dict[int, list[StackMode]] = {
     1: [
-        StackMode("Z", "stitch", False, "z-stack: 3D cells (planes joined by overlap)"),
+        StackMode("Z", "ortho", False, f"z-stack: {ORTHO_TEXT}"),
+        StackMode("Z", "stitch", False, f"z-stack: {STITCH_TEXT}"),
         StackMode("Z", "planes", False, "z-stack: each plane on its own"),
         StackMode("T", "planes", True, "time series: each frame, ids kept across frames"),
         StackMode("T", "planes", False, "time series: each frame on its own"),
     ],
     2: [
-        StackMode("TZ", "stitch", True, "time series of z-stacks: 3D cells, ids kept"),
-        StackMode("TZ", "stitch", False, "time series of z-stacks: 3D cells per frame"),
+        StackMode("TZ", "ortho", True, f"time series of z-stacks: {ORTHO_TEXT}, ids kept"),
+        StackMode("TZ", "stitch", True, f"time series of z-stacks: {STITCH_TEXT}, ids kept"),
+        StackMode("TZ", "ortho", False, f"time series of z-stacks: {ORTHO_TEXT} per frame"),
+        StackMode("TZ", "stitch", False, f"time series of z-stacks: {STITCH_TEXT} per frame"),
         StackMode("TZ", "planes", False, "time series of z-stacks: each plane on its own"),
     ],
 }
 
 
+def z_scale_of(scale: tuple[float, ...] | None) -> float:
+    """z step / pixel size from a layer's scale (its Z, Y, X the last three; the mean of
+    Y and X); 1 when the layer has no z or its scale says nothing usable."""
+    if scale is None or len(scale) < 3:
+        return 1.0
+    z, y, x = (abs(float(v)) for v in scale[-3:])
+    pixel = 0.5 * (y + x)
+    if not (np.isfinite(z) and np.isfinite(pixel)) or z <= 0 or pixel <= 0:
+        return 1.0
+    return float(min(50.0, max(0.05, z / pixel)))
+
+
 def stack_options(stack: StackMode | None, image: np.ndarray | None = None) -> dict[str, Any]:
     """Keyword arguments of ``engine.segment.postprocess_planes`` for a stack mode (a
-    z-stack's 3D cells are split at waists, ``core.stitch.split_z``, and cut to their
-    bright planes in ``image``, ``core.stitch.trim_z``); ``{}`` for ``None`` (2D)."""
+    z-stack's stitched 3D cells are split at waists, ``core.stitch.split_z``; stitched
+    and orthogonal-view cells are cut to their bright planes in ``image``,
+    ``core.stitch.trim_z``); ``{}`` for ``None`` (2D)."""
     if stack is None:
         return {}
     from napari_cellfocus.core.stitch import DEFAULT_Z_SPLIT, DEFAULT_Z_TRIM
@@ -64,7 +88,7 @@ def stack_options(stack: StackMode | None, image: np.ndarray | None = None) -> d
         "axes": stack.axes + "YX",
         "z_mode": stack.z_mode,
         "link": stack.link,
-        "z_trim": DEFAULT_Z_TRIM if stitch else None,
+        "z_trim": DEFAULT_Z_TRIM if stack.z_mode in ("stitch", "ortho") else None,
         "z_split": DEFAULT_Z_SPLIT if stitch else None,
         "image": image,
     }
@@ -100,9 +124,11 @@ class StackChoice(QComboBox):
     def __init__(self) -> None:
         super().__init__()
         self.setToolTip(
-            "What the planes of a 3D image are: a z-stack (joined into 3D cells across z, "
-            "or each plane alone) or a time series (each frame alone, optionally keeping "
-            "each cell's id from frame to frame). A channel axis is chosen under Channel."
+            "What the planes of a 3D image are: a z-stack (3D cells from the model's YX, "
+            "ZX and ZY views averaged, with z resampled by the layer's z scale; or planes "
+            "joined into 3D cells by overlap; or each plane alone) or a time series (each "
+            "frame alone, optionally keeping each cell's id from frame to frame). A "
+            "channel axis is chosen under Channel."
         )
         self._lead: tuple[int, ...] = ()
         self._layer_id: int | None = None
@@ -132,7 +158,7 @@ class StackChoice(QComboBox):
             if previous is not None and self.findData(previous) >= 0:
                 index = self.findData(previous)
             elif not ambiguous and len(lead) == 1 and said[0] == "T":
-                index = 2  # time series, ids kept
+                index = self.findData(modes[[m.axes for m in modes].index("T")])
             self.setCurrentIndex(index)
         self.setEnabled(bool(modes))
         self.blockSignals(False)

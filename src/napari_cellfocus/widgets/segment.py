@@ -50,7 +50,7 @@ from napari_cellfocus.widgets._layers import (
     snapshot_outputs,
 )
 from napari_cellfocus.widgets._progress import ProgressBar
-from napari_cellfocus.widgets._stack import StackChoice, StackMode, stack_options
+from napari_cellfocus.widgets._stack import StackChoice, StackMode, stack_options, z_scale_of
 from napari_cellfocus.widgets._state import Segmentation, get_state, unwrap
 from napari_cellfocus.widgets._workers import Cancelled, Failed, start_job
 
@@ -104,6 +104,7 @@ def segment_job(
     cancel: threading.Event,
     diameter: float | str | None = "auto",
     stack: StackMode | None = None,
+    z_scale: float = 1.0,
 ) -> Iterator[Any]:
     """Worker generator: yield the model (:class:`ModelReady`), the diameter
     (:class:`DiameterFound`), then every :class:`TileUpdate`; return labels at the end.
@@ -112,7 +113,10 @@ def segment_job(
     thread; a model that cannot segment ``image`` returns :class:`Failed`).
     ``method=None``: the model's own post-processing defaults (with its size filter
     relative to the diameter). ``stack``: how a 2D model's planes become cells (z-stack
-    planes joined into 3D cells, frames linked; ``None``: each plane on its own)."""
+    planes joined into 3D cells, frames linked; ``None``: each plane on its own); with
+    its ``z_mode == "ortho"`` the model also sees the ZX and ZY slices of the volume
+    resampled along z by ``z_scale`` (z step / pixel size, from the layer's scale) and
+    the three views' probabilities are averaged (``Segmenter.iter_predict_ortho``)."""
     from napari_cellfocus.core.measure import frame_counts
     from napari_cellfocus.engine.segment import postprocess_planes
 
@@ -134,9 +138,15 @@ def segment_job(
         problem = memory_problem(segmenter, image, diam, name)
         if problem:
             return Failed(problem)
+        ortho = stack is not None and stack.z_mode == "ortho" and segmenter.spatial_dims == 2
         if method is None:
-            method, params = segmenter.post_settings(None, None, diam)
-        tiles = segmenter.iter_predict(image, diameter=diam, tile_size=tile_size, name=name)
+            method, params = segmenter.post_settings(None, None, diam, z_scale if ortho else None)
+        if ortho:
+            tiles = segmenter.iter_predict_ortho(
+                image, diameter=diam, z_scale=z_scale, tile_size=tile_size, name=name
+            )
+        else:
+            tiles = segmenter.iter_predict(image, diameter=diam, tile_size=tile_size, name=name)
         update = None
         try:
             for update in tiles:
@@ -466,6 +476,7 @@ class SegmentWidget(QWidget):
             self._input.layer.name,
             diameter=self.diameter,
             stack=self._stack,
+            z_scale=z_scale_of(self._input.scale) if self._stack is not None else 1.0,
             yielded=self._on_tile,
             returned=self._on_done,
             finished=self._on_finished,
