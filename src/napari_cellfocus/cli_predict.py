@@ -51,6 +51,7 @@ from napari_cellfocus.cli_common import (
     error_line,
     filter_names,
 )
+from napari_cellfocus.core.io import stem_of
 
 __all__ = ["add_predict_parser", "post_params_from_args", "run_predict"]
 
@@ -152,7 +153,9 @@ def write_overlays(path: Path, image: np.ndarray, labels: np.ndarray) -> list[Pa
     for idx in np.ndindex(*image.shape[:-2]):
         tag = "_".join(f"{i:03d}" for i in idx)
         written.append(
-            write_overlay_png(path.with_name(f"{path.stem}_{tag}.png"), image[idx], labels[idx])
+            write_overlay_png(
+                path.with_name(f"{stem_of(path)}_{tag}.png"), image[idx], labels[idx]
+            )
         )
     return written
 
@@ -170,9 +173,10 @@ def _output_places(images: Sequence[Path], args: argparse.Namespace) -> dict[str
                 "different names (or run them separately)."
             )
         seen[out] = image
-    single = len(images) == 1 and Path(args.out).suffix.lower() in TIFF_SUFFIXES
+    single = len(images) == 1 and Path(args.out).suffix.lower() in (*TIFF_SUFFIXES, ".zarr")
     folder = outs[0].parent if single else Path(args.out)
-    counts = args.counts or (folder / (f"{outs[0].stem}_counts.csv" if single else "counts.csv"))
+    stem = stem_of(outs[0]) if single else ""
+    counts = args.counts or (folder / (f"{stem}_counts.csv" if single else "counts.csv"))
     probs = output_paths(images, args.probs, "_probs") if args.probs else [None] * len(images)
     return {"labels": outs, "probs": probs, "folder": folder, "counts": Path(counts)}
 
@@ -191,10 +195,10 @@ def planned_outputs(
     folder = places["folder"]
     for path in images:
         if args.table:
-            planned.append(("--table", folder / f"{path.stem}_cells.csv"))
+            planned.append(("--table", folder / f"{stem_of(path)}_cells.csv"))
         if args.overlay:
-            planned.append(("--overlay", folder / f"{path.stem}_overlay.png"))
-            pattern = f"{glob.escape(path.stem)}_overlay_*.png"
+            planned.append(("--overlay", folder / f"{stem_of(path)}_overlay.png"))
+            pattern = f"{glob.escape(stem_of(path))}_overlay_*.png"
             planned += [("--overlay", p) for p in sorted(folder.glob(pattern))]
     return planned
 
@@ -221,19 +225,17 @@ def image_axes(path: Path, args: argparse.Namespace) -> str:
     :func:`core.axes.default_axes`; with ``--channel`` and no C named anywhere, the
     first axis (the last with ``--channel-last``) is the channel. Raises
     :class:`CliError` naming the file, its shape and what to pass."""
-    import tifffile
+    from napari_cellfocus.core.axes import default_axes, resolve_axes
+    from napari_cellfocus.core.io import image_header
 
-    from napari_cellfocus.core.axes import axes_from_tiff, default_axes, resolve_axes
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            shape = tuple(int(n) for n in tif.series[0].shape)
-    except Exception:
+    header = image_header(path)
+    if header is None:
         return ""  # unreadable: read_image names the file and the problem
+    shape = header[0]
     if not 2 <= len(shape) <= 5:
         return ""  # no image at all: refused (and skipped in a batch) when it is read
     try:
-        meta = None if args.axes else axes_from_tiff(path)
+        meta = None if args.axes else header[2]
         if args.axes is None and args.channel is not None and not (meta and "C" in meta):
             if len(shape) < 3:
                 raise ValueError(
@@ -345,13 +347,40 @@ def describe_z(result: Any) -> str:
 BLOCKS_ABOVE_PIXELS = 36_000_000
 
 
+def plane_axes(shape: Sequence[int], axes: str) -> str:
+    """``axes`` without the channel axis and without axes of length 1 (an OME-Zarr image
+    is often stored as TCZYX with one time point and one plane)."""
+    return "".join(
+        a for n, a in zip(shape, axes, strict=True) if a in "YX" or (a != "C" and n > 1)
+    )
+
+
+def lazy_plane(image: Any, axes: str, channel: int | None, path: Path) -> Any:
+    """The (Y, X) plane of a lazy image (dask) with axes ``axes``: ``channel`` taken out
+    of C, length-1 axes dropped, nothing read. ``CliError`` when it needs a channel."""
+    index = []
+    for n, a in zip(image.shape, axes, strict=True):
+        if a == "C" and n > 1:
+            if channel is None:
+                raise CliError(
+                    f"{path}: shape {tuple(image.shape)} with axes {axes} has {n} channels; "
+                    f"choose the nuclear channel with --channel 0..{n - 1}."
+                )
+            index.append(int(channel))
+        elif a in "YX":
+            index.append(slice(None))
+        else:
+            index.append(0)
+    return image[tuple(index)]
+
+
 def choose_mode(path: Path, axes: str, args: argparse.Namespace, seg: Any) -> str:
     """``"whole"`` or ``"blocks"`` for image ``path`` (axes as found), from its header
     alone: ``--blocks on/off``, else blocks for a 2D image over
     :data:`BLOCKS_ABOVE_PIXELS` or one that would not fit whole. Raises
     :class:`CliError` naming the file, the memory needed and the memory available when
     the chosen way does not fit either (before any pixel is read)."""
-    from napari_cellfocus.core.io import tiff_header
+    from napari_cellfocus.core.io import image_header
     from napari_cellfocus.core.memory import (
         available_bytes,
         block_bytes,
@@ -359,12 +388,13 @@ def choose_mode(path: Path, axes: str, args: argparse.Namespace, seg: Any) -> st
         gib,
         whole_image_bytes,
     )
+    from napari_cellfocus.core.omezarr import is_zarr
     from napari_cellfocus.engine.blocks import block_margin
 
-    header = tiff_header(path)
+    header = image_header(path)
     if header is None or not axes:
         return "whole"  # unreadable or no image: read_image says what is wrong
-    shape, dtype = header
+    shape, dtype = header[:2]
     itemsize = np.dtype(dtype).itemsize
     n_channels = shape[axes.index("C")] if "C" in axes and len(axes) == len(shape) else 1
     total = int(np.prod(shape))
@@ -372,7 +402,7 @@ def choose_mode(path: Path, axes: str, args: argparse.Namespace, seg: Any) -> st
     diameter = None if args.diameter == "auto" else float(args.diameter)
     zoom = seg.zoom_for(diameter) if diameter else 1.0
     whole = whole_image_bytes(pixels, itemsize, seg.n_classes, zoom, raw_bytes=total * itemsize)
-    plane = axes.replace("C", "") == "YX"
+    plane = plane_axes(shape, axes) == "YX"
     available = available_bytes()
     if args.blocks == "on" and not plane:
         raise CliError(
@@ -380,14 +410,18 @@ def choose_mode(path: Path, axes: str, args: argparse.Namespace, seg: Any) -> st
             f"axes {axes}."
         )
     mode, need = "whole", whole
-    if plane and args.blocks != "off":
-        if args.blocks == "on" or pixels > BLOCKS_ABOVE_PIXELS or not fits(whole, available):
-            yx = tuple(n for n, a in zip(shape, axes, strict=True) if a != "C")
+    lazy = is_zarr(path) and plane  # read block by block, never whole
+    if plane and (args.blocks != "off" or lazy):
+        big = pixels > BLOCKS_ABOVE_PIXELS or not fits(whole, available)
+        if args.blocks == "on" or lazy or big:
+            yx = tuple(n for n, a in zip(shape, axes, strict=True) if a in "YX")
             margin = block_margin(diameter or seg.model_diameter, zoom)
-            raw_extra = (total - pixels) * itemsize
+            raw_extra = 0 if lazy else (total - pixels) * itemsize
             need = raw_extra + block_bytes(
                 yx, itemsize, args.block_size, margin, seg.n_classes, zoom
             )
+            if lazy:  # the image stays on disk, read block by block
+                need -= pixels * itemsize
             mode = "blocks"
     if not fits(need, available):
         if mode == "blocks":
@@ -415,10 +449,10 @@ def segment_in_blocks(
 ) -> Any:
     """Segment a 2D image block by block straight into ``out``
     (:func:`engine.blocks.segment_to_tiff`), with a progress bar; returns the job."""
-    from napari_cellfocus.engine.blocks import segment_to_tiff
+    from napari_cellfocus.engine.blocks import segment_to_file
 
     bar = ProgressBar(1, f"predict {path.name} in blocks")
-    return segment_to_tiff(
+    return segment_to_file(
         seg,
         image,
         out,
@@ -436,8 +470,9 @@ def segment_in_blocks(
 # --------------------------------------------------------------------------- command
 def run_predict(args: argparse.Namespace) -> int:
     """Body of ``cellfocus predict`` (``args`` as parsed by the ``predict`` sub-parser)."""
-    from napari_cellfocus.core.io import expand_paths, read_image, write_image
+    from napari_cellfocus.core.io import expand_paths, image_header, read_input, write_image
     from napari_cellfocus.core.measure import cell_table, frame_table, write_csv
+    from napari_cellfocus.core.omezarr import is_zarr, write_labels_rows
 
     images = filter_names(expand_paths(args.images, role="images"), args.include, args.exclude)
     places = _output_places(images, args)
@@ -474,12 +509,21 @@ def run_predict(args: argparse.Namespace) -> int:
                 "--overlay are not written (a full-size map would not fit): run without "
                 "them, or with --blocks off if it fits whole."
             )
-        raw = read_image(path)
+        header = image_header(path)
+        if is_zarr(out) and header and axes and plane_axes(header[0], axes) != "YX":
+            raise CliError(
+                f"--out {out}: OME-Zarr output holds 2D labels; {path} has axes {axes}: "
+                "write its labels as TIFF (--out NAME.tif)."
+            )
+        raw, lazy = read_input(path)
         check_pixels(path, raw)
-        try:
-            image, work_axes = seg.prepare(raw, axes or None, args.channel)
-        except (ValueError, IndexError) as err:
-            raise CliError(f"{path}: {err}") from None
+        if lazy and mode == "blocks":
+            image = lazy_plane(raw, axes or "YX", args.channel, path)
+        else:
+            try:
+                image, work_axes = seg.prepare(np.asarray(raw), axes or None, args.channel)
+            except (ValueError, IndexError) as err:
+                raise CliError(f"{path}: {err}") from None
         del raw
         if mode == "blocks":
             job = segment_in_blocks(path, image, out, seg, method, params, args)
@@ -487,7 +531,7 @@ def run_predict(args: argparse.Namespace) -> int:
             rows.append([str(path), *([""] if movies else []), "", job.count, diameter])
             extra = ""
             if args.table:
-                table = places["folder"] / f"{path.stem}_cells.csv"
+                table = places["folder"] / f"{stem_of(path)}_cells.csv"
                 write_csv(table, job.table)
                 extra = f" (table {table})"
             size = describe_diameter(job.diameter, args.diameter)
@@ -515,7 +559,10 @@ def run_predict(args: argparse.Namespace) -> int:
             tile_size=args.tile_size,
             on_tile=lambda u, bar=bar: (setattr(bar, "total", u.total), bar.update(u.done)),
         )
-        write_image(out, result.labels)
+        if is_zarr(out):
+            write_labels_rows(out, result.labels.shape, [(0, result.labels)])
+        else:
+            write_image(out, result.labels)
         if pout is not None:
             write_image(pout, result.probs)
         diameter = "" if result.diameter is None else f"{result.diameter:.2f}"
@@ -523,7 +570,7 @@ def run_predict(args: argparse.Namespace) -> int:
             rows.append([str(path), *([frame] if movies else []), plane, count, diameter])
         extra = []
         if args.table:
-            table = places["folder"] / f"{path.stem}_cells.csv"
+            table = places["folder"] / f"{stem_of(path)}_cells.csv"
             if "T" in result.axes:
                 write_csv(table, frame_table(result.labels, image))
             else:
@@ -531,7 +578,7 @@ def run_predict(args: argparse.Namespace) -> int:
             extra.append(f"table {table}")
         if args.overlay:
             pngs = write_overlays(
-                places["folder"] / f"{path.stem}_overlay.png", image, result.labels
+                places["folder"] / f"{stem_of(path)}_overlay.png", image, result.labels
             )
             extra.append(f"overlay {pngs[0]}" + (f" (+{len(pngs) - 1})" if len(pngs) > 1 else ""))
         size = describe_diameter(result.diameter, args.diameter)

@@ -153,10 +153,18 @@ def expand_paths(paths: Iterable[str | Path], role: str | None = None) -> list[P
     Raises ``FileNotFoundError`` for a path that does not exist and
     ``ValueError`` for a folder holding no TIFF file (of that role).
     """
+    from napari_cellfocus.core.omezarr import is_zarr
+
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES)
+        if is_zarr(p) and p.exists():  # a store is one image, not a folder of them
+            out.append(p)
+        elif p.is_dir():
+            files = sorted(
+                f
+                for f in p.iterdir()
+                if f.suffix.lower() in TIFF_SUFFIXES or (role == "images" and is_zarr(f))
+            )
             if role == "images":
                 files = [f for f in files if not f.stem.lower().endswith(RESULT_ENDINGS)]
             elif role == "labels":
@@ -176,17 +184,37 @@ def expand_paths(paths: Iterable[str | Path], role: str | None = None) -> list[P
 def output_paths(inputs: Sequence[Path], out: str | Path, suffix: str = "_labels") -> list[Path]:
     """Where to write one result per input.
 
-    With one input and ``out`` ending in ``.tif``/``.tiff``, ``out`` is the file.
-    Otherwise ``out`` is a folder and each result is ``<stem><suffix>.tif`` in it.
+    With one input and ``out`` ending in ``.tif``/``.tiff`` (or ``.zarr``, a store),
+    ``out`` is the result. Otherwise ``out`` is a folder and each result is named by
+    :func:`result_name` in it.
     """
     out = Path(out)
-    if len(inputs) == 1 and out.suffix.lower() in TIFF_SUFFIXES:
+    one_file = out.suffix.lower() in (*TIFF_SUFFIXES, ".zarr")
+    if len(inputs) == 1 and one_file:
         return [out]
-    if out.suffix.lower() in TIFF_SUFFIXES:
+    if one_file:
         raise ValueError(
             f"--out {out}: {len(inputs)} inputs need a folder for their results, not one file."
         )
-    return [out / f"{p.stem}{suffix}.tif" for p in inputs]
+    return [out / result_name(p, suffix) for p in inputs]
+
+
+def stem_of(path: str | Path) -> str:
+    """A file's name without its extension: ``img`` for ``img.tif``, ``img.ome.zarr``,
+    ``img.zarr`` (``Path.stem`` would keep ``.ome``)."""
+    name = Path(path).name
+    if name.lower().endswith(".zarr"):
+        stem = name[: -len(".zarr")]
+        return stem[: -len(".ome")] if stem.lower().endswith(".ome") else stem
+    return Path(name).stem
+
+
+def result_name(path: Path, suffix: str) -> str:
+    """File name of the result of input ``path``: ``NAME<suffix>.tif`` for a TIFF,
+    ``NAME<suffix>.ome.zarr`` for an OME-Zarr store ``NAME.ome.zarr`` / ``NAME.zarr``."""
+    if path.name.lower().endswith(".zarr"):
+        return f"{stem_of(path)}{suffix}.ome.zarr"
+    return f"{path.stem}{suffix}.tif"
 
 
 #: Tile side (px) of the TIFF files written row band by row band (:func:`write_image_rows`).
@@ -280,3 +308,32 @@ def tiff_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype] | None:
             return tuple(int(n) for n in series.shape), np.dtype(series.dtype)
     except Exception:
         return None
+
+
+def image_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype, str | None] | None:
+    """Shape, dtype and axes (``None`` when the file does not say) of a TIFF file or an
+    OME-Zarr store, without reading pixels; ``None`` when unreadable."""
+    from napari_cellfocus.core.omezarr import is_zarr, open_image
+
+    if is_zarr(path):
+        try:
+            data, axes = open_image(path)
+        except (OSError, ValueError):
+            return None
+        return tuple(int(n) for n in data.shape), np.dtype(data.dtype), axes or None
+    header = tiff_header(path)
+    if header is None:
+        return None
+    from napari_cellfocus.core.axes import axes_from_tiff
+
+    return header[0], header[1], axes_from_tiff(path)
+
+
+def read_input(path: str | Path) -> tuple[np.ndarray, bool]:
+    """An image to segment and whether it is lazy: a TIFF read whole (:func:`read_image`),
+    an OME-Zarr store's full-resolution level as a dask array read on demand."""
+    from napari_cellfocus.core.omezarr import is_zarr, open_image
+
+    if is_zarr(path):
+        return open_image(path)[0], True
+    return read_image(path), False

@@ -50,7 +50,7 @@ def check_writable(path: str | Path, flag: str = "output") -> None:
     not a folder, no parent is a file, and the first existing parent folder is writable
     (the missing ones are created then)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not path.name.lower().endswith(".zarr"):  # a store is one output
         raise OutputPathError(f"{flag} {path}: is a folder, expected a file name.")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputPathError(f"{flag} {path}: the file exists and is read-only.")

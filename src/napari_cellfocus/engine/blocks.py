@@ -82,6 +82,7 @@ class BlockSegmentation:
     with_table: bool = False
     on_block: Callable[[BlockUpdate], None] | None = None
     should_stop: Callable[[], bool] | None = None
+    name: str = "image"
     count: int = 0
     dropped: int = 0
     table: dict[str, np.ndarray] | None = None
@@ -97,12 +98,14 @@ class BlockSegmentation:
         seg = self.segmenter
         grid = block_grid(self.image.shape, self.block, self.margin)
         total = sum(len(row) for row in grid)
-        normalizer = FixedRange.of(self.image, seg.info.normalizer())
+        normalizer = whole_limits(self.image, seg.info.normalizer())
         rows = LabelRows(self.image.shape, reach=self.margin)
         done = 0
         for r, block_row in enumerate(grid):
             for blk in block_row:
                 part = np.asarray(self.image[blk.read])
+                if part.dtype.kind == "f" and not np.all(np.isfinite(part)):
+                    raise ValueError(non_finite_message(self.name))
                 probs = seg.predict(
                     part, diameter=self.diameter, normalizer=normalizer, tile_size=self.tile_size
                 )
@@ -156,6 +159,41 @@ def _concat_tables(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: column[order] for name, column in table.items()}
 
 
+def is_lazy(image: Any) -> bool:
+    """Whether ``image`` is an array read on demand (dask, zarr, a memory map is not)."""
+    return (
+        not isinstance(image, np.ndarray) and hasattr(image, "shape") and hasattr(image, "dtype")
+    )
+
+
+def centre(image: Any) -> np.ndarray:
+    """The central ``ESTIMATE_MAX_SIDE``² part of a (Y, X) image, read into memory."""
+    from napari_cellfocus.engine.segment import ESTIMATE_MAX_SIDE
+
+    crop = tuple(
+        slice(
+            max(0, (n - ESTIMATE_MAX_SIDE) // 2),
+            max(0, (n - ESTIMATE_MAX_SIDE) // 2) + ESTIMATE_MAX_SIDE,
+        )
+        for n in image.shape
+    )
+    return np.asarray(image[crop])
+
+
+def whole_limits(image: Any, normalization: Any) -> FixedRange:
+    """The normalisation limits of the whole image: of the image itself in memory, of a
+    strided subsample of about ``MAX_SAMPLES`` pixels of a lazy one (read chunk by chunk)."""
+    from napari_cellfocus.core.normalize import MAX_SAMPLES
+
+    if not is_lazy(image):
+        return FixedRange.of(image, normalization)
+    step = max(1, math.ceil(math.sqrt(image.shape[0] * image.shape[1] / MAX_SAMPLES)))
+    sample = np.asarray(image[::step, ::step])
+    if sample.dtype.kind == "f" and not np.all(np.isfinite(sample)):
+        sample = sample[np.isfinite(sample)]
+    return FixedRange(*normalization.limits(sample))
+
+
 def plan_blocks(
     segmenter: Any,
     image: np.ndarray,
@@ -174,12 +212,22 @@ def plan_blocks(
     """Check ``image`` (Y, X), resolve the diameter (estimated on the image's centre for
     ``"auto"``) and the post-processing (the model's defaults under the given ones), and
     return the :class:`BlockSegmentation` to iterate."""
-    arr = check_image(image, name=name, ndim=(2,), as_float=False)
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        raise ValueError(non_finite_message(name))
+    if is_lazy(image):  # dask / zarr: checked block by block as they are read
+        arr = image
+        if arr.ndim != 2:
+            raise ValueError(
+                f"{name}: expected a grey image with 2 dimensions, got shape {arr.shape}."
+            )
+        if np.dtype(arr.dtype).kind not in "biuf":
+            raise ValueError(f"{name}: pixel type {arr.dtype} is not an intensity.")
+    else:
+        arr = check_image(image, name=name, ndim=(2,), as_float=False)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise ValueError(non_finite_message(name))
     if int(block) < 64:
         raise ValueError(f"block size {block} px is too small: use 64 px or more.")
-    diam = segmenter.resolve_diameter(arr, diameter, tile_size=tile_size)
+    # The estimate looks at the centre of the image only (ESTIMATE_MAX_SIDE px): read just that.
+    diam = segmenter.resolve_diameter(centre(arr), diameter, tile_size=tile_size)
     method_, params = segmenter.post_settings(method, post_params, diam)
     if margin is None:
         margin = block_margin(diam, segmenter.zoom_for(diam))
@@ -195,7 +243,23 @@ def plan_blocks(
         with_table=with_table,
         on_block=on_block,
         should_stop=should_stop,
+        name=name,
     )
+
+
+def segment_to_file(
+    segmenter: Any, image: Any, path: str | Path, **kwargs: Any
+) -> BlockSegmentation:
+    """:func:`segment_to_tiff`, or to an OME-Zarr store (the label image
+    ``labels/cellfocus``, :func:`core.omezarr.write_labels_rows`) when ``path`` ends in
+    ``.zarr``; ``image`` may be lazy (dask, zarr: read block by block)."""
+    from napari_cellfocus.core.omezarr import is_zarr, write_labels_rows
+
+    if not is_zarr(path):
+        return segment_to_tiff(segmenter, image, path, **kwargs)
+    job = plan_blocks(segmenter, image, **kwargs)
+    write_labels_rows(path, job.image.shape, iter(job))
+    return job
 
 
 def segment_to_tiff(
