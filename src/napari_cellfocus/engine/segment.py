@@ -308,7 +308,10 @@ class Segmenter:
         work_shape = scaled_shape(own, zoom)
         work = resize_array(arr, work_shape, order=1)
         probs = None
-        for update in iter_predict(self.model, work, **self._kwargs(**kwargs)):
+        # every update's region is resampled as it comes, so it must hold its values then:
+        # without streaming, a GPU fills a plane's result only after its last tile
+        inner = self._kwargs(**{**kwargs, "stream": True})
+        for update in iter_predict(self.model, work, **inner):
             if probs is None:
                 probs = np.zeros((update.probs.shape[0], *arr.shape), np.float32)
             lead = update.region[1 : 1 + arr.ndim - sd]
