@@ -127,7 +127,8 @@ def write_labels_rows(
             root,
             name=name,
             axes="yx",
-            scale_factors=tuple(2**k for k in range(1, levels + 1)),
+            scale_factors=[2**k for k in range(1, levels + 1)],  # [] (not ()): one level
+            scaler=None,
             storage_options={"chunks": (min(chunk, height), min(chunk, width))},
         )
         # The label image itself is the store's root: readers (ome_zarr, napari) find its

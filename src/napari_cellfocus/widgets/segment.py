@@ -355,7 +355,10 @@ class SegmentWidget(QWidget):
     def _model_chosen(self, index: int) -> None:
         if index == len(self.state.models):  # "Load model file…"
             path, _ = QFileDialog.getOpenFileName(
-                self, "Load a napari-cellfocus model", "", "Models (*.pt *.pth);;All files (*)"
+                self,
+                "Load a napari-cellfocus model",
+                "",
+                "Models (*.pt *.pth *.zip);;All files (*)",
             )
             if not path or not self.load_model_file(path):
                 self.model_combo.setCurrentIndex(self.state.current)
