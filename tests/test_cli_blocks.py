@@ -38,58 +38,19 @@ def test_predict_in_blocks_writes_labels_counts_and_table(tmp_path):
     assert sum(int(c["area"]) for c in cells) == np.count_nonzero(labels)
 
 
-def test_predict_in_blocks_refuses_probs_and_too_little_memory(tmp_path):
+def test_predict_in_blocks_refuses_probs_and_too_little_memory(tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "img.tif", np.zeros((300, 300), np.uint16))
-    r = run_cli(
-        "predict",
-        str(tmp_path / "img.tif"),
-        "--out",
-        str(tmp_path / "l.tif"),
-        "--blocks",
-        "on",
-        "--probs",
-        str(tmp_path / "p"),
-    )
+    image, out = str(tmp_path / "img.tif"), str(tmp_path / "l.tif")
+    r = run_cli("predict", image, "--out", out, "--blocks", "on", "--probs", str(tmp_path / "p"))
     assert r.returncode == 2
     assert "img.tif: is segmented in blocks" in r.stderr and "--probs" in r.stderr
     assert "Traceback" not in r.stderr
-    env_cap = {"CELLFOCUS_MEMORY_LIMIT": "100M"}
-    import os
-    import subprocess
-    import sys
-
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "napari_cellfocus.cli",
-            "predict",
-            str(tmp_path / "img.tif"),
-            "--out",
-            str(tmp_path / "l.tif"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env_cap},
-        timeout=300,
-    )
-    assert p.returncode == 2, p.stderr
-    assert "img.tif: segmenting this 300 x 300 uint16 image in blocks needs about" in p.stderr
-    assert "0.1 GiB is available" in p.stderr and "Traceback" not in p.stderr
+    monkeypatch.setenv("CELLFOCUS_MEMORY_LIMIT", "100M")  # run_cli passes the environment on
+    r = run_cli("predict", image, "--out", out)
+    assert r.returncode == 2, r.stderr
+    assert "img.tif: segmenting this 300 x 300 uint16 image in blocks needs about" in r.stderr
+    assert "0.1 GiB is available" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "l.tif").exists()
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "napari_cellfocus.cli",
-            "predict",
-            str(tmp_path / "img.tif"),
-            "--out",
-            str(tmp_path / "l.tif"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "CELLFOCUS_MEMORY_LIMIT": "lots"},
-        timeout=300,
-    )
-    assert p.returncode == 2 and "CELLFOCUS_MEMORY_LIMIT: expected a size" in p.stderr
+    monkeypatch.setenv("CELLFOCUS_MEMORY_LIMIT", "lots")
+    r = run_cli("predict", image, "--out", out)
+    assert r.returncode == 2 and "CELLFOCUS_MEMORY_LIMIT: expected a size" in r.stderr

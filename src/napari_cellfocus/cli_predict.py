@@ -10,15 +10,25 @@ Outputs, for ``--out`` a folder (or a ``.tif`` file when one image is given):
   chooses): columns ``file, plane, count, diameter_px`` (``file, frame, plane, ...`` when
   an image of the run is a movie), one row per image, per frame of a movie (``frame`` =
   its index) and per plane of a volume segmented with ``--z-mode planes`` (``plane`` = its
-  index); ``plane`` is empty for a 2D image or a volume stitched into 3D instances;
-
-Axes (``--axes``, else the TIFF's metadata, else YX / ZYX; see ``core.axes``) are found
-for every image before any is segmented, so an ambiguous shape fails at once.
+  index); ``plane`` is empty for a 2D image or a volume segmented into 3D instances;
 * with ``--table``, ``NAME_cells.csv``: one row per cell (label, area, centroid, mean
   intensity) from :func:`napari_cellfocus.core.measure.cell_table`;
 * with ``--overlay``, ``NAME_overlay.png``: the image with the cell outlines (one PNG per
   plane, ``NAME_overlay_003.png``, for a stack);
 * with ``--probs FOLDER``, ``NAME_probs.tif``: the class probabilities.
+
+Axes (``--axes``, else the TIFF's or OME-Zarr store's metadata, else YX / ZYX; see
+``core.axes``) are found for every image before any is segmented, so an ambiguous shape
+fails at once. A volume is segmented into 3D instances from the 2D model's YX, ZX and ZY
+views (``--z-mode ortho``, the default, with ``--z-scale``), by stitching planes
+(``stitch``) or plane by plane (``planes``).
+
+Memory (:func:`choose_mode`): from each image's header, before its pixels are read, the
+memory it needs is estimated (``core.memory``); a 2D image over 36 megapixels or one that
+would not fit whole is segmented block by block (``engine.blocks``, ``--blocks``), an
+OME-Zarr store (``NAME.ome.zarr``) always, read lazily; labels then stream to a tiled
+TIFF or an OME-Zarr label image (``--out NAME.ome.zarr``). What fits in neither way is
+refused with a message naming the file.
 
 Every output is checked before any image is read (``core.outputs``): one that is an
 input, or another output of the run, is refused; an existing file only with
