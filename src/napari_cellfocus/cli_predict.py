@@ -35,16 +35,21 @@ input, or another output of the run, is refused; an existing file only with
 ``--overwrite``. Over several images a bad file is reported, skipped, and named in the
 summary line; the exit status is then 1 (2: refused before any work).
 
+One image's work is :func:`predict_image`, run by the serial loop or, with ``--workers N``
+(a local dask cluster) or ``--dask ADDRESS`` (an existing one), on dask workers
+(``cli_dask``); the counts CSV and the summary are written here either way.
+
 Registered by ``napari_cellfocus.cli`` through :func:`add_predict_parser`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +66,10 @@ from napari_cellfocus.cli_common import (
     error_line,
     filter_names,
 )
+from napari_cellfocus.cli_dask import add_cluster_args
 from napari_cellfocus.core.io import stem_of
 
-__all__ = ["add_predict_parser", "post_params_from_args", "run_predict"]
+__all__ = ["add_predict_parser", "post_params_from_args", "predict_image", "run_predict"]
 
 #: Post-processing methods the CLI offers and the parameters each takes (kept in step with
 #: ``core.postprocess.METHODS`` by a test; only for the help text, which must not import it).
@@ -478,11 +484,115 @@ def segment_in_blocks(
 
 
 # --------------------------------------------------------------------------- command
-def run_predict(args: argparse.Namespace) -> int:
-    """Body of ``cellfocus predict`` (``args`` as parsed by the ``predict`` sub-parser)."""
-    from napari_cellfocus.core.io import expand_paths, image_header, read_input, write_image
+def predict_image(
+    path: Path,
+    axes: str,
+    out: Path,
+    pout: Path | None,
+    *,
+    seg: Any,
+    method: str,
+    params: dict[str, Any],
+    args: argparse.Namespace,
+    movies: bool,
+    folder: Path,
+) -> tuple[list[list[Any]], str]:
+    """Segment one image of a ``predict`` run and write its outputs (labels, and with the
+    options its probabilities, table and overlay); returns its rows of the counts CSV and
+    its one-line report. The one implementation of the serial loop and of the dask
+    workers (``cli_dask``): everything it takes pickles but ``seg``, which a worker loads
+    itself. Raises one of ``FILE_ERRORS`` for a bad file."""
+    from napari_cellfocus.core.io import image_header, read_input, write_image
     from napari_cellfocus.core.measure import cell_table, frame_table, write_csv
     from napari_cellfocus.core.omezarr import is_zarr, write_labels_rows
+
+    rows: list[list[Any]] = []
+    mode = choose_mode(path, axes, args, seg)  # before the pixels are read
+    if mode == "blocks" and (pout is not None or args.overlay):
+        raise CliError(
+            f"{path}: is segmented in blocks (a large 2D image), where --probs and "
+            "--overlay are not written (a full-size map would not fit): run without "
+            "them, or with --blocks off if it fits whole."
+        )
+    header = image_header(path)
+    if is_zarr(out) and header and axes and plane_axes(header[0], axes) != "YX":
+        raise CliError(
+            f"--out {out}: OME-Zarr output holds 2D labels; {path} has axes {axes}: "
+            "write its labels as TIFF (--out NAME.tif)."
+        )
+    raw, lazy = read_input(path)
+    check_pixels(path, raw)
+    if lazy and mode == "blocks":
+        image = lazy_plane(raw, axes or "YX", args.channel, path)
+    else:
+        try:
+            image, work_axes = seg.prepare(np.asarray(raw), axes or None, args.channel)
+        except (ValueError, IndexError) as err:
+            raise CliError(f"{path}: {err}") from None
+    del raw
+    if mode == "blocks":
+        job = segment_in_blocks(path, image, out, seg, method, params, args)
+        diameter = "" if job.diameter is None else f"{job.diameter:.2f}"
+        rows.append([str(path), *([""] if movies else []), "", job.count, diameter])
+        extra = ""
+        if args.table:
+            table = folder / f"{stem_of(path)}_cells.csv"
+            write_csv(table, job.table)
+            extra = f" (table {table})"
+        size = describe_diameter(job.diameter, args.diameter)
+        return rows, (
+            f"{path}: {job.count} cells{size}; axes YX, in {job.n_blocks} blocks of "
+            f"{job.block} px (+{job.margin} px margin) -> {out}{extra}"
+        )
+    bar = ProgressBar(1, f"predict {path.name}")
+    # ortho volumes post-process in 3D with their own defaults unless --post / --param
+    own = args.post is None and not params and "Z" in work_axes
+    result = seg.segment(
+        image,
+        method=None if own else method,
+        post_params=params or None,
+        diameter=args.diameter,
+        axes=work_axes,
+        z_mode=args.z_mode,
+        stitch_threshold=args.stitch_threshold,
+        link_frames=args.link,
+        z_scale=args.z_scale,
+        z_trim=args.z_trim or None,
+        z_split=args.z_split or None,
+        tile_size=args.tile_size,
+        on_tile=lambda u, bar=bar: (setattr(bar, "total", u.total), bar.update(u.done)),
+    )
+    if is_zarr(out):
+        write_labels_rows(out, result.labels.shape, [(0, result.labels)])
+    else:
+        write_image(out, result.labels)
+    if pout is not None:
+        write_image(pout, result.probs)
+    diameter = "" if result.diameter is None else f"{result.diameter:.2f}"
+    for frame, plane, count in count_rows(result.labels, result.axes, result.z_mode):
+        rows.append([str(path), *([frame] if movies else []), plane, count, diameter])
+    extra = []
+    if args.table:
+        table = folder / f"{stem_of(path)}_cells.csv"
+        if "T" in result.axes:
+            write_csv(table, frame_table(result.labels, image))
+        else:
+            write_csv(table, cell_table(result.labels, image))
+        extra.append(f"table {table}")
+    if args.overlay:
+        pngs = write_overlays(folder / f"{stem_of(path)}_overlay.png", image, result.labels)
+        extra.append(f"overlay {pngs[0]}" + (f" (+{len(pngs) - 1})" if len(pngs) > 1 else ""))
+    size = describe_diameter(result.diameter, args.diameter)
+    also = f" ({', '.join(extra)})" if extra else ""
+    what = f"axes {result.axes}{describe_z(result)}"
+    return rows, f"{path}: {result.count} cells{size}; {what} -> {out}{also}"
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Body of ``cellfocus predict`` (``args`` as parsed by the ``predict`` sub-parser);
+    with ``--workers N`` / ``--dask ADDRESS`` the images are segmented on dask workers
+    (``cli_dask``), the counts and the summary written here as in the serial loop."""
+    from napari_cellfocus.core.io import expand_paths
 
     images = filter_names(expand_paths(args.images, role="images"), args.include, args.exclude)
     places = _output_places(images, args)
@@ -490,6 +600,11 @@ def run_predict(args: argparse.Namespace) -> int:
     if not 0.0 < args.stitch_threshold <= 1.0:
         raise CliError(f"--stitch-threshold {args.stitch_threshold}: expected an IoU in (0, 1].")
     check_z_args(args)
+    cluster = getattr(args, "workers", None) is not None or getattr(args, "dask", None)
+    if cluster:
+        from napari_cellfocus.cli_dask import check_cluster_args
+
+        check_cluster_args(args)  # the extra installed, --workers >= 1
     all_axes = [image_axes(path, args) for path in images]  # before any image is segmented
     from napari_cellfocus.core.memory import available_bytes
 
@@ -500,119 +615,65 @@ def run_predict(args: argparse.Namespace) -> int:
     movies = any("T" in a for a in all_axes)
     from napari_cellfocus.engine.segment import Segmenter  # torch: after the cheap checks
 
-    seg = Segmenter(args.model, device=args.device)
+    # with a cluster, the model is loaded here only to check it and --param (on the CPU:
+    # the workers load their own, on their device)
+    seg = Segmenter(args.model, device="cpu" if cluster else args.device)
     method = (args.post or seg.default_method).lower()
     params = post_params_from_args(args.param, method, seg.n_classes)
+    where = f"on {seg.device_name}"
+    if cluster:
+        from napari_cellfocus.cli_dask import describe_cluster
+
+        where = describe_cluster(args)
     print(
-        f"model {seg.source} on {seg.device_name}; post-processing {method}"
+        f"model {seg.source} {where}; post-processing {method}"
         + "".join(f" {k}={v}" for k, v in params.items()),
         file=sys.stderr,
     )
     report = BatchReport(len(images), "images", "segmented")
     rows: list[list[Any]] = []
+    jobs = list(zip(images, all_axes, places["labels"], places["probs"], strict=True))
 
-    def one(path: Path, axes: str, out: Path, pout: Path | None) -> None:
-        mode = choose_mode(path, axes, args, seg)  # before the pixels are read
-        if mode == "blocks" and (pout is not None or args.overlay):
-            raise CliError(
-                f"{path}: is segmented in blocks (a large 2D image), where --probs and "
-                "--overlay are not written (a full-size map would not fit): run without "
-                "them, or with --blocks off if it fits whole."
-            )
-        header = image_header(path)
-        if is_zarr(out) and header and axes and plane_axes(header[0], axes) != "YX":
-            raise CliError(
-                f"--out {out}: OME-Zarr output holds 2D labels; {path} has axes {axes}: "
-                "write its labels as TIFF (--out NAME.tif)."
-            )
-        raw, lazy = read_input(path)
-        check_pixels(path, raw)
-        if lazy and mode == "blocks":
-            image = lazy_plane(raw, axes or "YX", args.channel, path)
-        else:
+    def serial() -> Iterator[tuple[list[list[Any]], str] | BaseException]:
+        for job in jobs:
             try:
-                image, work_axes = seg.prepare(np.asarray(raw), axes or None, args.channel)
-            except (ValueError, IndexError) as err:
-                raise CliError(f"{path}: {err}") from None
-        del raw
-        if mode == "blocks":
-            job = segment_in_blocks(path, image, out, seg, method, params, args)
-            diameter = "" if job.diameter is None else f"{job.diameter:.2f}"
-            rows.append([str(path), *([""] if movies else []), "", job.count, diameter])
-            extra = ""
-            if args.table:
-                table = places["folder"] / f"{stem_of(path)}_cells.csv"
-                write_csv(table, job.table)
-                extra = f" (table {table})"
-            size = describe_diameter(job.diameter, args.diameter)
-            print(
-                f"{path}: {job.count} cells{size}; axes YX, in {job.n_blocks} blocks of "
-                f"{job.block} px (+{job.margin} px margin) -> {out}{extra}",
-                flush=True,
-            )
-            return
-        bar = ProgressBar(1, f"predict {path.name}")
-        # ortho volumes post-process in 3D with their own defaults unless --post / --param
-        own = args.post is None and not params and "Z" in work_axes
-        result = seg.segment(
-            image,
-            method=None if own else method,
-            post_params=params or None,
-            diameter=args.diameter,
-            axes=work_axes,
-            z_mode=args.z_mode,
-            stitch_threshold=args.stitch_threshold,
-            link_frames=args.link,
-            z_scale=args.z_scale,
-            z_trim=args.z_trim or None,
-            z_split=args.z_split or None,
-            tile_size=args.tile_size,
-            on_tile=lambda u, bar=bar: (setattr(bar, "total", u.total), bar.update(u.done)),
-        )
-        if is_zarr(out):
-            write_labels_rows(out, result.labels.shape, [(0, result.labels)])
-        else:
-            write_image(out, result.labels)
-        if pout is not None:
-            write_image(pout, result.probs)
-        diameter = "" if result.diameter is None else f"{result.diameter:.2f}"
-        for frame, plane, count in count_rows(result.labels, result.axes, result.z_mode):
-            rows.append([str(path), *([frame] if movies else []), plane, count, diameter])
-        extra = []
-        if args.table:
-            table = places["folder"] / f"{stem_of(path)}_cells.csv"
-            if "T" in result.axes:
-                write_csv(table, frame_table(result.labels, image))
-            else:
-                write_csv(table, cell_table(result.labels, image))
-            extra.append(f"table {table}")
-        if args.overlay:
-            pngs = write_overlays(
-                places["folder"] / f"{stem_of(path)}_overlay.png", image, result.labels
-            )
-            extra.append(f"overlay {pngs[0]}" + (f" (+{len(pngs) - 1})" if len(pngs) > 1 else ""))
-        size = describe_diameter(result.diameter, args.diameter)
-        also = f" ({', '.join(extra)})" if extra else ""
-        what = f"axes {result.axes}{describe_z(result)}"
-        print(f"{path}: {result.count} cells{size}; {what} -> {out}{also}", flush=True)
+                yield predict_image(
+                    *job,
+                    seg=seg,
+                    method=method,
+                    params=params,
+                    args=args,
+                    movies=movies,
+                    folder=places["folder"],
+                )
+            except FILE_ERRORS as err:
+                yield err
 
-    iterator = zip(images, all_axes, places["labels"], places["probs"], strict=True)
-    for path, axes, out, pout in iterator:
-        try:
-            one(path, axes, out, pout)
-        except FILE_ERRORS as err:
-            if len(images) == 1:
-                message = error_line(err)
-                raise CliError(message if str(path) in message else f"{path}: {message}") from None
-            report.failed(path, err)
-        else:
-            report.ok()
-        try:  # after each image: a kill keeps the counts so far
-            _write_counts(places["counts"], rows, movies)
-        except OSError as err:
-            raise CliError(
-                f"{places['counts']}: cannot write the counts ({error_line(err)})."
-            ) from None
+    if cluster:
+        from napari_cellfocus.cli_dask import predict_on_cluster
+
+        del seg
+        outcomes = predict_on_cluster(jobs, args, movies, places["folder"])
+    else:
+        outcomes = serial()
+    with contextlib.closing(outcomes):  # a cluster is shut down, also on an error
+        for (path, *_), outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if len(images) == 1:
+                    message = error_line(outcome)
+                    message = message if str(path) in message else f"{path}: {message}"
+                    raise CliError(message) from None
+                report.failed(path, outcome)
+            else:
+                rows.extend(outcome[0])
+                print(outcome[1], flush=True)
+                report.ok()
+            try:  # after each image: a kill keeps the counts so far
+                _write_counts(places["counts"], rows, movies)
+            except OSError as err:
+                raise CliError(
+                    f"{places['counts']}: cannot write the counts ({error_line(err)})."
+                ) from None
     print(f"counts of {report.done} image(s) written to {places['counts']}")
     if len(images) > 1 or report.failures:
         print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
@@ -789,6 +850,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         "--channel-last", action="store_true", help="the channel axis is the last one (Y,X,C)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_cluster_args(p)  # --workers N / --dask ADDRESS (cli_dask; distributed imported on use)
     add_overwrite_flag(p)
     p.set_defaults(func=run_predict)
     return p
