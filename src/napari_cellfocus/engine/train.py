@@ -576,12 +576,17 @@ class Trainer(SteppedTraining):
         img, tgt, wgt, ddt = self._crop(sample, rng)
         return augment_sample(img, tgt, wgt, rng, self.config.augment, extra=ddt)
 
+    def _batch_indices(self) -> Sequence[int]:
+        """Which elements of the step's batch this process makes: all of them here; one
+        rank's share in distributed training (``engine.ddp.DistributedTrainer``)."""
+        return range(self.config.batch_size)
+
     def _batch(self) -> tuple[torch.Tensor, ...]:
-        n = self.config.batch_size
+        indices = self._batch_indices()
         if self._pool is not None:
-            examples = list(self._pool.map(self._example, range(n)))
+            examples = list(self._pool.map(self._example, indices))
         else:
-            examples = [self._example(i) for i in range(n)]
+            examples = [self._example(i) for i in indices]
         columns = list(zip(*examples, strict=True))
         x = torch.from_numpy(np.stack(columns[0])[:, None]).to(self.device)
         y = torch.from_numpy(np.stack(columns[1]).astype(np.int64)).to(self.device)
@@ -623,7 +628,7 @@ class Trainer(SteppedTraining):
         """The loss of one batch from :meth:`_batch`: :meth:`_loss` of the class logits,
         plus for a DDT model the MAE of its distance output against ``ddt_target`` (D
         section 5; with ``detach_ddt`` only the MAE reaches the backbone)."""
-        output = self.model(x)
+        output = self._forward(x)
         if isinstance(output, (tuple, list)):  # DDT model: (class logits, distance map)
             logits, ddt = output
             return self._loss(logits, y, w) + mae_loss(ddt, ddt_target)
@@ -665,16 +670,18 @@ class Trainer(SteppedTraining):
                 batch = self._batch()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self._batch_loss(*batch)
-                value = float(loss.detach())
+                value = self._loss_value(loss)
+                why = None
                 if not math.isfinite(value):
-                    raise self._diverge(self.step + 1, f"the loss is {value}")
-                if self._watch_loss(value):
-                    raise self._diverge(
-                        self.step + 1,
+                    why = f"the loss is {value}"
+                elif self._watch_loss(value):
+                    why = (
                         f"the smoothed loss ({self._ema:.4g}) stayed above "
                         f"{cfg.divergence_factor:g}x its best ({self._best_ema:.4g}) for "
-                        f"{cfg.divergence_window} steps",
+                        f"{cfg.divergence_window} steps"
                     )
+                if self._agreed(why is not None):
+                    raise self._diverge(self.step + 1, why or "rank 0 found the run diverged")
                 loss.backward()
                 lr = cfg.lr
                 if cfg.lr_schedule == "cosine":
@@ -686,7 +693,7 @@ class Trainer(SteppedTraining):
                     group["lr"] = lr
                 self.optimizer.step()
                 self.step += 1
-                if not _finite_parameters(self.model):
+                if self._agreed(not _finite_parameters(self.model)):
                     self.step -= 1  # this step's update is undone
                     raise self._diverge(self.step + 1, "the weights became non-finite")
                 self._good_state = {
@@ -722,6 +729,21 @@ class Trainer(SteppedTraining):
             self.model.eval()
             if self.out is not None and not self.diverged:
                 self._checkpoint()
+
+    # hooks of distributed training (engine.ddp.DistributedTrainer overrides them); in one
+    # process they are the plain model call, the loss as a number and the flag itself
+    def _forward(self, x: torch.Tensor) -> Any:
+        """The model's output for a batch (through the DDP wrapper when distributed)."""
+        return self.model(x)
+
+    def _loss_value(self, loss: torch.Tensor) -> float:
+        """The step's loss as a number (the mean over all ranks when distributed)."""
+        return float(loss.detach())
+
+    def _agreed(self, flag: bool) -> bool:
+        """A decision every process must take alike (stop, diverged): here ``flag``;
+        when distributed, rank 0's ``flag``, which the other ranks follow."""
+        return flag
 
     def _watch_loss(self, value: float) -> bool:
         """Update the smoothed loss; True when it has diverged (see ``TrainConfig``).
