@@ -97,20 +97,10 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------- train
-def _cmd_train(args: argparse.Namespace) -> int:
-    from napari_cellfocus.core.io import expand_paths, read_image
-    from napari_cellfocus.engine.train import TrainConfig, Trainer, quick_finetune_config
+def _train_config(args: argparse.Namespace):
+    """The TrainConfig of ``cellfocus train ARGS``."""
+    from napari_cellfocus.engine.train import TrainConfig, quick_finetune_config
 
-    images = expand_paths(args.images, role="images")
-    labels = expand_paths(args.labels, role="labels")
-    if len(images) != len(labels):
-        raise CliError(
-            f"{len(images)} image file(s) but {len(labels)} label file(s): give one label "
-            "image per image, in the same order."
-        )
-    # before any work: not an input, a folder, a non-model file, an unwritable place, or
-    # an existing model without --overwrite
-    check_train_output(args.out, [*images, *labels], args.overwrite)
     base = quick_finetune_config(weak=args.weak) if args.init else TrainConfig(weak=args.weak)
     overrides = {
         "n_classes": args.classes,
@@ -126,25 +116,106 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "checkpoint_every": args.checkpoint_every,
         "checkpoint_every_s": args.checkpoint_every_s,
     }
-    config = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _train_inputs(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """The image and label files of ``cellfocus train``, checked with ``--out``."""
+    from napari_cellfocus.core.io import expand_paths
+
+    images = expand_paths(args.images, role="images")
+    labels = expand_paths(args.labels, role="labels")
+    if len(images) != len(labels):
+        raise CliError(
+            f"{len(images)} image file(s) but {len(labels)} label file(s): give one label "
+            "image per image, in the same order."
+        )
+    # before any work: not an input, a folder, a non-model file, an unwritable place, or
+    # an existing model without --overwrite
+    check_train_output(args.out, [*images, *labels], args.overwrite)
+    return images, labels
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from napari_cellfocus.engine.ddp import distributed_env
+
+    if args.ddp and not distributed_env():
+        # this process starts the ranks: check what can be checked once, here
+        _train_inputs(args)
+        config = _train_config(args)
+        if args.nproc < 1:
+            raise CliError(f"--nproc must be >= 1, got {args.nproc}.")
+        if config.batch_size % args.nproc:
+            raise CliError(
+                f"--batch-size {config.batch_size} is the global batch, split over the "
+                f"{args.nproc} processes: it must be a multiple of --nproc."
+            )
+        from napari_cellfocus.engine.ddp import ddp_device, launch
+
+        ddp_device(args.device, args.nproc - 1, args.nproc)  # e.g. more ranks than GPUs
+        return launch("napari_cellfocus.cli:_train_rank", args.nproc, args)
+    return _train(args, distributed=args.ddp)
+
+
+def _train_rank(args: argparse.Namespace) -> int:
+    """One rank of ``cellfocus train --ddp`` started by :func:`engine.ddp.launch`: the
+    command's own error handling, its exit status returned."""
+    return _run_reporting_errors(lambda: _train(args, distributed=True))
+
+
+def _train(args: argparse.Namespace, distributed: bool = False) -> int:
+    from napari_cellfocus.core.io import read_image
+
+    images, labels = _train_inputs(args)
+    config = _train_config(args)
     out = Path(args.out)
-    trainer = Trainer(
-        [read_image(p) for p in images],
-        [read_image(p) for p in labels],
-        config,
-        init=args.init,
-        device=args.device,
-        out=args.out,
-        names=[str(p) for p in images],
-    )
+    if not distributed:
+        from napari_cellfocus.engine.train import Trainer
+
+        trainer = Trainer(
+            [read_image(p) for p in images],
+            [read_image(p) for p in labels],
+            config,
+            init=args.init,
+            device=args.device,
+            out=args.out,
+            names=[str(p) for p in images],
+        )
+        _say_training(trainer, config, args)
+        return run_training(trainer, out, config.steps, "train")
+
+    from napari_cellfocus.engine.ddp import DistributedTrainer
+    from napari_cellfocus.engine.ddp import distributed as process_group
+
+    with process_group(args.device) as ctx:
+        trainer = DistributedTrainer(
+            [read_image(p) for p in images],
+            [read_image(p) for p in labels],
+            config,
+            init=args.init,
+            device=ctx.device,
+            out=args.out,
+            names=[str(p) for p in images],
+        )
+        if ctx.is_writer:
+            _say_training(
+                trainer,
+                config,
+                args,
+                f"{ctx.world_size} processes ({ctx.backend}), batch "
+                f"{config.batch_size // ctx.world_size} per process, ",
+            )
+        return run_training(trainer, out, config.steps, "train", writer=ctx.is_writer)
+
+
+def _say_training(trainer, config, args: argparse.Namespace, where: str = "") -> None:
     print(
-        f"training on {trainer.device} ({len(trainer.train_samples)} image(s), "
+        f"training on {where}{trainer.device} ({len(trainer.train_samples)} image(s), "
         f"{config.steps} steps, loss {config.loss}"
         f"{', weak labels (W3)' if config.weak else ''}"
         f"{', from ' + str(args.init) if args.init else ''})",
         file=sys.stderr,
     )
-    return run_training(trainer, out, config.steps, "train")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -192,6 +263,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="and every S seconds (300); SIGTERM / Ctrl-C also write it, marked cancelled",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--ddp",
+        action="store_true",
+        help="train with torch DistributedDataParallel on --nproc local processes (one per "
+        "GPU: cuda:0..N-1; gloo on the CPU); under torchrun each process is one rank. "
+        "--batch-size is the global batch, split over the processes",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=2,
+        metavar="N",
+        help="processes started by --ddp (2); ignored under torchrun",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -298,8 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    return _run_reporting_errors(lambda: args.func(args))
+
+
+def _run_reporting_errors(func) -> int:
+    """``func()``'s exit status; the user's errors as one ``cellfocus: error:`` line
+    (status 2), Ctrl-C as status 130."""
     try:
-        return int(args.func(args) or 0)
+        return int(func() or 0)
     except (CliError, ValueError, FileNotFoundError, MemoryError, FloatingPointError) as err:
         print(f"cellfocus: error: {err}", file=sys.stderr)
         return 2

@@ -227,35 +227,44 @@ def stop_on_signals(trainer, received: list[int]):
     return restore
 
 
-def run_training(trainer, out: Path, total: int, label: str = "train") -> int:
+def run_training(trainer, out: Path, total: int, label: str = "train", writer: bool = True) -> int:
     """Drive ``trainer`` (a ``Trainer`` or ``FusionTrainer`` writing ``out``) with a
     progress bar, SIGTERM / SIGINT handled by :func:`stop_on_signals`, an existing
     ``out`` kept as ``NAME.previous.pt`` first (:func:`keep_previous_model`), and the
     trainer released at the end. Returns the exit status: 0, or 128 + the signal
     (143 for SIGTERM, 130 for SIGINT) after writing the checkpoint marked cancelled. A
-    diverged run raises :class:`CliError` (its message says what was kept)."""
+    diverged run raises :class:`CliError` (its message says what was kept).
+
+    ``writer=False``: a rank of a distributed run other than rank 0, which writes
+    nothing: no copy of ``out``, no progress bar, no messages but errors; its exit
+    status is the same as rank 0's (cancel and divergence are rank 0's decisions)."""
     from napari_cellfocus.engine.train import TrainingDiverged
 
     out = Path(out)
-    backup = keep_previous_model(out)
+    backup = keep_previous_model(out) if writer else None
     bar = ProgressBar(total, label)
     received: list[int] = []
     restore = stop_on_signals(trainer, received)
-    try:
-        trainer.run(
-            on_step=lambda p: bar.update(
-                p.step,
-                f"loss {p.loss:.4f} eta {format_seconds(p.eta_s)}"
-                + "".join(f" {k} {v:.3f}" for k, v in p.metrics.items()),
-            ),
-            should_stop=lambda: bool(received),
+
+    def show(p) -> None:
+        bar.update(
+            p.step,
+            f"loss {p.loss:.4f} eta {format_seconds(p.eta_s)}"
+            + "".join(f" {k} {v:.3f}" for k, v in p.metrics.items()),
         )
+
+    try:
+        trainer.run(on_step=show if writer else None, should_stop=lambda: bool(received))
     except TrainingDiverged as err:
+        if not writer:  # rank 0 says what happened and what was kept
+            return 2
         kept = f" The previous model is kept in {backup}." if backup is not None else ""
         raise CliError(f"{err}{kept}") from None
     finally:
         restore()
         trainer.release()
+    if not writer:
+        return 128 + received[0] if trainer.cancelled and received else 0
     if trainer.cancelled and received:
         print(
             f"cellfocus: stopped by {trainer.cancel_reason} at step {trainer.step} of "
