@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 #: Post-processing temporaries at their peak, bytes a pixel (measured, rounded up).
-POST_BYTES_PER_PIXEL = 24
+POST_BYTES_PER_PIXEL = 18
 #: Python, numpy, torch and a loaded default model (measured, rounded up).
 BASE_BYTES = 700 << 20
 #: Share of the available memory a run may plan to use: the rest is left for the system
