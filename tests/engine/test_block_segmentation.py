@@ -93,16 +93,18 @@ def test_choose_mode_from_the_header_and_the_memory_left(tmp_path, monkeypatch, 
         cli_predict.choose_mode(stack, "ZYX", _args(blocks="on"), segmenter)
     # Big: blocks above 36 megapixels even with room to spare (the header says 6001²).
     monkeypatch.setattr(
-        "napari_cellfocus.core.io.tiff_header", lambda p: ((6001, 6001), np.dtype(np.uint16))
+        "napari_cellfocus.core.io.image_header",
+        lambda p: ((6001, 6001), np.dtype(np.uint16), None),
     )
     assert cli_predict.choose_mode(path, "YX", _args(), segmenter) == "blocks"
     assert cli_predict.choose_mode(path, "YX", _args(blocks="off"), segmenter) == "whole"
     # Too little memory for the whole image but enough for blocks: blocks; for neither:
     # a message naming the file, the need and what is available.
     monkeypatch.setattr(
-        "napari_cellfocus.core.io.tiff_header", lambda p: ((5000, 5000), np.dtype(np.uint16))
+        "napari_cellfocus.core.io.image_header",
+        lambda p: ((5000, 5000), np.dtype(np.uint16), None),
     )
-    monkeypatch.setenv("CELLFOCUS_MEMORY_LIMIT", "2G")
+    monkeypatch.setenv("CELLFOCUS_MEMORY_LIMIT", "1.5G")
     assert cli_predict.choose_mode(path, "YX", _args(), segmenter) == "blocks"
     with pytest.raises(CliError, match=r"img.tif: .*5000 x 5000 uint16 image whole needs about"):
         cli_predict.choose_mode(path, "YX", _args(blocks="off"), segmenter)
