@@ -620,9 +620,9 @@ def test_invalid_probabilities_raise(func):
         func(nan)
     with pytest.raises(ValueError, match="sum to 1"):
         func(good * 0.5)
-    with pytest.raises(ValueError, match="3 or 4 classes"):
-        func(np.full((2, 1, 3), 0.5, np.float32))
-    with pytest.raises(ValueError, match="3 or 4 classes"):
+    with pytest.raises(ValueError, match="2 or 3 or 4 classes"):
+        func(np.full((1, 1, 3), 1.0, np.float32))
+    with pytest.raises(ValueError, match="2 or 3 or 4 classes"):
         func(np.full((5, 1, 3), 0.2, np.float32))
     with pytest.raises(ValueError, match="shape"):
         func(good[:, 0, :])  # (C, X): too few dimensions

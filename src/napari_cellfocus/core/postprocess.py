@@ -3,7 +3,10 @@
 Every method takes the softmax output of a segmentation network, ``probs`` of
 shape (C, Y, X) or (C, Z, Y, X) (float, values in [0, 1], summing to 1 over C),
 with the package class convention 0 = background, 1 = cell, 2 = touching and,
-in the 4-class scheme, 3 = gap.  Every method returns ``(labels, count)``: an
+in the 4-class scheme, 3 = gap.  A 2-class map (C = 2: background, cell; the UNET2
+scheme, whose touching pixels are background) has no touching class: MAP and TH label
+the connected components of the cell class and WT becomes the distance watershed of
+the foreground (see each function).  Every method returns ``(labels, count)``: an
 ``int32`` instance image of shape (Y, X) or (Z, Y, X) whose objects are numbered
 consecutively 1..count (0 = background), and the number of objects.
 
@@ -136,8 +139,13 @@ def _check_min_size(min_size: int) -> int:
 
 
 def _probs(probs: np.ndarray, name: str = "probabilities") -> np.ndarray:
-    """Validated float32 (C, [Z,] Y, X) map with 3 or 4 classes."""
-    return check_probabilities(probs, name=name, n_classes=(3, 4))
+    """Validated float32 (C, [Z,] Y, X) map with 2, 3 or 4 classes."""
+    return check_probabilities(probs, name=name, n_classes=(2, 3, 4))
+
+
+def _touching_probability(arr: np.ndarray) -> np.ndarray:
+    """P(touching) = z2; zero for a 2-class map (background / cell), which has none."""
+    return arr[2] if arr.shape[0] > 2 else np.zeros_like(arr[0])
 
 
 def _background_probability(arr: np.ndarray) -> np.ndarray:
@@ -441,10 +449,14 @@ def map_labels(
     different cells (see :func:`threshold_labels`); holes are filled and objects
     smaller than ``min_size`` removed.
 
+    With 2 classes (background, cell) ``h = argmax(z0, z1)``: the cell pixels
+    (``z1 > z0``; a tie is background) are labelled into connected components, there
+    are no touching pixels to give away.
+
     Parameters
     ----------
-    probs : float array (C, Y, X) or (C, Z, Y, X), C = 3 or 4
-        Softmax output, classes background, cell, touching[, gap].
+    probs : float array (C, Y, X) or (C, Z, Y, X), C = 2, 3 or 4
+        Softmax output, classes background, cell[, touching[, gap]].
     min_size : int
         Objects with fewer pixels (voxels) are removed.
     fill_holes : bool
@@ -458,7 +470,7 @@ def map_labels(
     """
     arr = _probs(probs)
     min_size = _check_min_size(min_size)
-    z0, z1, z2 = arr[0], arr[1], arr[2]
+    z0, z1, z2 = arr[0], arr[1], _touching_probability(arr)
     cell = (z1 > z0) & (z1 >= z2)
     touching = (z2 > z0) & (z2 > z1)
     return _instances_from_classes(cell, touching, min_size, bool(fill_holes))
@@ -467,7 +479,10 @@ def map_labels(
 def _threshold(
     arr: np.ndarray, gamma1: float, gamma2: float, min_size: int, fill: bool
 ) -> tuple[np.ndarray, int]:
-    touching = arr[2] >= gamma2
+    if arr.shape[0] == 2:  # no touching class: gamma2 has no effect
+        touching = np.zeros(arr.shape[1:], dtype=bool)
+    else:
+        touching = arr[2] >= gamma2
     cell = (arr[1] >= gamma1) & ~touching
     return _instances_from_classes(cell, touching, min_size, fill)
 
@@ -499,10 +514,13 @@ def threshold_labels(
     * finally per-instance hole filling and removal of objects smaller than
       ``min_size`` (T 3.2.3).
 
+    With 2 classes (background, cell) the cells are the connected components of
+    ``z1 >= gamma1``; there is no touching class, so ``gamma2`` has no effect.
+
     Parameters
     ----------
-    probs : float array (C, Y, X) or (C, Z, Y, X), C = 3 or 4
-        Softmax output, classes background, cell, touching[, gap].
+    probs : float array (C, Y, X) or (C, Z, Y, X), C = 2, 3 or 4
+        Softmax output, classes background, cell[, touching[, gap]].
     gamma1, gamma2 : float in [0, 1]
         Cell and touching thresholds.
     min_size : int
@@ -540,6 +558,8 @@ def _dilate_face(mask: np.ndarray) -> np.ndarray:
 
 
 def _watershed(arr: np.ndarray, tau0: float, tau1: float, min_size: int) -> tuple[np.ndarray, int]:
+    if arr.shape[0] == 2:  # no touching class to flood over: split the foreground by shape
+        return _split_foreground(arr[0] < tau0, None, min_size)
     background = _background_probability(arr) >= tau0
     seeds = (arr[1] >= tau1) & ~background
     markers, n = ndimage.label(seeds, structure=_structure(seeds.ndim, full=False))
@@ -552,7 +572,7 @@ def _watershed(arr: np.ndarray, tau0: float, tau1: float, min_size: int) -> tupl
         # interiors never label anything, and leaving them out makes the flood
         # several times faster on images that are mostly background or cell cores.
         region = _dilate_face(unknown)
-        relief = arr[2] - arr[1]
+        relief = _touching_probability(arr) - arr[1]
         flooded = watershed(relief, np.where(region, markers, 0), mask=region, connectivity=1)
         markers = np.where(region, flooded, markers).astype(np.int32, copy=False)
     markers[markers == bg_id] = 0
@@ -579,10 +599,17 @@ def watershed_labels(
 
     Objects smaller than ``min_size`` are removed afterwards.
 
+    With 2 classes (background, cell) there is no touching relief to flood, so WT is
+    the distance watershed that suits a binary foreground, the one of
+    :func:`binary_watershed_labels`: the foreground is every pixel that is not a
+    background marker (``z0 < tau0``), cleaned (small pieces removed, holes filled),
+    and split at the local maxima of its distance transform at least the radius of a
+    median-sized piece apart.  ``tau1`` has no effect.
+
     Parameters
     ----------
-    probs : float array (C, Y, X) or (C, Z, Y, X), C = 3 or 4
-        Softmax output, classes background, cell, touching[, gap].
+    probs : float array (C, Y, X) or (C, Z, Y, X), C = 2, 3 or 4
+        Softmax output, classes background, cell[, touching[, gap]].
     tau0, tau1 : float in [0, 1]
         Background and cell marker thresholds.
     min_size : int
@@ -636,13 +663,25 @@ def _equivalent_radius(size: float, ndim: int) -> float:
 def _binary_watershed(
     fg: np.ndarray, threshold: float, mean_cell_size: float | None, min_size: int
 ) -> tuple[np.ndarray, int]:
-    ndim = fg.ndim
+    """Foreground probability (Y, X) / (Z, Y, X) -> instances: C 4.3 on ``fg >= threshold``."""
+    return _split_foreground(fg >= threshold, mean_cell_size, min_size)
+
+
+def _split_foreground(
+    foreground: np.ndarray, mean_cell_size: float | None, min_size: int
+) -> tuple[np.ndarray, int]:
+    """Boolean foreground (Y, X) / (Z, Y, X) -> int32 instances and their count.
+
+    Steps 2-3 of :func:`binary_watershed_labels`: components cleaned, then split by the
+    distance watershed sized by ``mean_cell_size`` (median piece size when ``None``).
+    """
+    ndim = foreground.ndim
     face = _structure(ndim, full=False)
-    comp, _ = ndimage.label(fg >= threshold, structure=face)
+    comp, _ = ndimage.label(foreground, structure=face)
     comp = fill_holes(remove_small_objects(comp, min_size))
     mask = comp > 0
     if not mask.any():
-        return np.zeros(fg.shape, np.int32), 0
+        return np.zeros(foreground.shape, np.int32), 0
     if mean_cell_size is None:
         sizes = np.bincount(comp.ravel())[1:]
         mean_cell_size = float(np.median(sizes[sizes > 0]))
@@ -654,7 +693,7 @@ def _binary_watershed(
         labels=mask.astype(np.int32),
         exclude_border=False,
     )
-    markers = np.zeros(fg.shape, np.int32)
+    markers = np.zeros(foreground.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     lab = watershed(-dist, markers, mask=mask, connectivity=1).astype(np.int32)
     # A component without a peak (too thin for one) keeps its own id.
@@ -904,6 +943,17 @@ def _pooled_score(results: list[dict], metric: str) -> float:
     return tp / (n_true + n_pred - tp)  # ap = TP / (TP + FP + FN)
 
 
+def _inert_parameters(method: str, prepared: Sequence[np.ndarray]) -> set[str]:
+    """Thresholds of ``method`` that cannot change its result on these maps.
+
+    2-class maps (background, cell) have no touching class, so TH ignores ``gamma2``
+    and WT ``tau1``; the search then runs each value of the other threshold once.
+    """
+    if method in ("th", "wt") and all(p.shape[0] == 2 for p in prepared):
+        return {"gamma2"} if method == "th" else {"tau1"}
+    return set()
+
+
 def search_thresholds(
     probs: np.ndarray | Sequence[np.ndarray],
     reference_labels: np.ndarray | Sequence[np.ndarray],
@@ -931,6 +981,11 @@ def search_thresholds(
     ``recall``, ``ap``) are computed from the true/false positives pooled over all
     images, as an F1 "computed on the training set" is; other scores (``pq``,
     ``sq``) are averaged over images.
+
+    On 2-class maps (background, cell) ``gamma2`` (TH) and ``tau1`` (WT) have no
+    effect: each value of the other threshold is scored once and the score copied
+    along the inert axis, so the grid keeps its shape and the best value of the inert
+    threshold is the middle of its range (the plateau rule).
 
     Parameters
     ----------
@@ -1037,15 +1092,20 @@ def search_thresholds(
         refs.append(ref)
 
     names = list(grid)
+    inert = _inert_parameters(method, prepared)
     scores = np.zeros(tuple(grid[k].size for k in names), dtype=float)
+    done: dict[tuple, float] = {}  # score by the values of the parameters that matter
     for index in itertools.product(*(range(grid[k].size) for k in names)):
         kw = dict(defaults)
         kw.update({k: float(grid[k][j]) for k, j in zip(names, index, strict=True)})
-        results = [
-            evaluate(ref, run(arr, **kw)[0], iou_threshold=iou_threshold)
-            for arr, ref in zip(prepared, refs, strict=True)
-        ]
-        scores[index] = _pooled_score(results, objective)
+        key = tuple(sorted((k, v) for k, v in kw.items() if k not in inert))
+        if key not in done:
+            results = [
+                evaluate(ref, run(arr, **kw)[0], iou_threshold=iou_threshold)
+                for arr, ref in zip(prepared, refs, strict=True)
+            ]
+            done[key] = _pooled_score(results, objective)
+        scores[index] = done[key]
     best = best_grid_index(scores)
     best_params = {k: float(grid[k][j]) for k, j in zip(names, best, strict=True)}
     return ThresholdSearch(

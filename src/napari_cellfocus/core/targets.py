@@ -6,7 +6,9 @@ returns either a ``uint8`` class map using the package-wide class convention
 
     0 = background, 1 = cell (interior), 2 = touching / border, 3 = gap
 
-or a ``float32`` continuous target. Results never depend on which integers label the cells.
+(the 2-class scheme of UNET2, :func:`two_class_from_instances`, keeps 0 and 1 only: its
+touching pixels are background) or a ``float32`` continuous target. Results never depend
+on which integers label the cells.
 
 Conventions shared by all functions here (and by :mod:`napari_cellfocus.core.weights`):
 
@@ -44,6 +46,7 @@ __all__ = [
     "four_class_with_gap",
     "inverse_distance_target",
     "three_class_from_instances",
+    "two_class_from_instances",
 ]
 
 
@@ -206,6 +209,33 @@ def three_class_from_instances(labels: np.ndarray, k: int = 2, min_count: int = 
     return out
 
 
+def two_class_from_instances(labels: np.ndarray, k: int = 2, min_count: int = 2) -> np.ndarray:
+    """Instance labels -> background / cell, touching cells kept apart (the UNET2 target).
+
+    The 2-class target of the thesis' UNET2 baseline (a plain U-Net trained with the U-Net
+    weight map): :func:`three_class_from_instances` with its touching class (2) merged into
+    the background (0). The touching pixels -- cell pixels with more than ``min_count - 1``
+    pixels of another cell in their ``(2k + 1)^d`` window -- therefore become a background
+    strip between cells that meet, so connected components of the cell class still give one
+    object per cell.
+
+    Parameters
+    ----------
+    labels : int array (Y, X) or (Z, Y, X)
+        Instance labels, 0 = background.
+    k, min_count : int
+        As in :func:`three_class_from_instances` (eq. 4.1).
+
+    Returns
+    -------
+    np.ndarray
+        ``uint8`` class map, same shape, in {0, 1} (0 = background incl. touching, 1 = cell).
+    """
+    out = three_class_from_instances(labels, k=k, min_count=min_count)
+    out[out == TOUCHING] = BACKGROUND
+    return out
+
+
 def four_class_with_gap(
     labels: np.ndarray, k: int = 2, gap_radius: int = 3, min_count: int = 1
 ) -> np.ndarray:
@@ -322,7 +352,9 @@ def class_target(labels: np.ndarray, n_classes: int = 3, **params: int) -> np.nd
     Parameters
     ----------
     labels : int array (Y, X) or (Z, Y, X)
-    n_classes : {3, 4}
+    n_classes : {2, 3, 4}
+        2 -> :func:`two_class_from_instances` (background / cell; touching pixels are
+        background);
         3 -> :func:`three_class_from_instances` (background / cell / touching);
         4 -> :func:`four_class_with_gap` (adds the gap class).
     **params
@@ -333,8 +365,10 @@ def class_target(labels: np.ndarray, n_classes: int = 3, **params: int) -> np.nd
     np.ndarray
         ``uint8`` class map.
     """
+    if n_classes == 2:
+        return two_class_from_instances(labels, **params)
     if n_classes == 3:
         return three_class_from_instances(labels, **params)
     if n_classes == 4:
         return four_class_with_gap(labels, **params)
-    raise ValueError(f"n_classes must be 3 or 4, got {n_classes!r}.")
+    raise ValueError(f"n_classes must be 2, 3 or 4, got {n_classes!r}.")

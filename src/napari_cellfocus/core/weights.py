@@ -176,6 +176,13 @@ def unet_weight_map(
     :func:`class_balance_weights` of ``target`` (default: foreground / background).
     With fewer than two cells in reach the separation term is 0.
 
+    "Background" is every pixel outside the cells of ``labels`` and, when a ``target`` is
+    given, also every pixel of class 0 in it: with the 2-class target of UNET2
+    (:func:`~napari_cellfocus.core.targets.two_class_from_instances`) the touching pixels
+    of two cells that meet are background of the target, and they are exactly the
+    separating pixels the term is meant for (there ``d1 = 0``, inside their own cell).
+    With the 3- and 4-class targets class 0 lies outside the cells, so nothing changes.
+
     Speed: instead of a full-image distance transform per cell, each cell's distances are
     computed in its bounding box grown by ``truncate * sigma`` pixels, keeping the two smallest
     values per pixel. This is exact wherever ``d1 + d2 <= truncate * sigma``; elsewhere the
@@ -210,7 +217,7 @@ def unet_weight_map(
     w = class_balance_weights(target, normalize=normalize).astype(np.float64)
     if n >= 2:
         d1, d2 = _two_nearest_cell_distances(lab, n, truncate * sigma)
-        bg = lab == 0
+        bg = (lab == 0) | (np.asarray(target) == 0)
         w[bg] += w0 * np.exp(-((d1[bg] + d2[bg]) ** 2) / (2.0 * sigma**2))
     return w.astype(np.float32)
 
