@@ -233,7 +233,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--from", dest="init", default=None, help="fine-tune from 'default' or a model file"
     )
     p.add_argument("--weak", action="store_true", help="labels are incomplete (only some cells)")
-    p.add_argument("--classes", type=int, choices=(3, 4), default=None, help="3 or 4 classes")
+    p.add_argument(
+        "--classes",
+        type=int,
+        choices=(2, 3, 4),
+        default=None,
+        help="2 (background / cell: UNET2), 3 (adds touching) or 4 (adds gap) classes",
+    )
     p.add_argument("--loss", choices=("wce", "j3", "j4", "jaccard"), default=None)
     p.add_argument(
         "--weights",

@@ -100,8 +100,10 @@ def ddt_network(top_input: str = "ddt+image", paper: bool = True, **params: Any)
 class TrainConfig:
     """Settings of one training run.
 
-    n_classes : 3 (bg / cell / touching) or 4 (adds gap).
-    loss : "wce" (weighted cross entropy), "j3" / "j4" (CE + Youden J), "jaccard".
+    n_classes : 2 (bg / cell, touching pixels as background: the thesis' UNET2), 3 (bg /
+        cell / touching) or 4 (adds gap).
+    loss : "wce" (weighted cross entropy), "j3" / "j4" (CE + Youden J; 3 / 4 classes
+        only), "jaccard".
     weights : weight map of the loss: "saw", "dwm", "unet", "balance", "overcrowding" or
         "none"; ``None`` (default) = the loss' own: "saw" for "wce", "none" for "j3" / "j4"
         (the thesis trains them as plain CE + J, T 5.2.2). A map given explicitly with
@@ -179,10 +181,18 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if self.n_classes not in (3, 4):
-            raise ValueError(f"n_classes must be 3 or 4, got {self.n_classes}.")
+        if isinstance(self.n_classes, bool) or self.n_classes not in (2, 3, 4):
+            raise ValueError(f"n_classes must be 2, 3 or 4, got {self.n_classes!r}.")
         if self.loss == "j4" and self.n_classes != 4:
-            raise ValueError("loss 'j4' needs n_classes=4 (background/cell/touching/gap).")
+            raise ValueError(
+                f"loss 'j4' needs n_classes=4 (background/cell/touching/gap), got "
+                f"{self.n_classes}; use loss 'j3' with 3 classes, or 'wce' / 'jaccard'."
+            )
+        if self.loss == "j3" and self.n_classes != 3:
+            raise ValueError(
+                f"loss 'j3' needs n_classes=3 (background/cell/touching), got "
+                f"{self.n_classes}; use loss 'j4' with 4 classes, or 'wce' / 'jaccard'."
+            )
         if self.steps < 1 or self.batch_size < 1 or self.crop_size < 16:
             raise ValueError(
                 f"steps and batch_size must be >= 1 and crop_size >= 16, got steps={self.steps}, "
