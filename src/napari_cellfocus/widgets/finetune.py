@@ -139,6 +139,8 @@ class Started:
     config: Any
     device_name: str
     before: dict | None  # scores of the starting model on the annotations (None: new network)
+    #: The model's class names (its ModelInfo.classes): one probability layer each.
+    classes: list[str] | None = None
 
 
 @dataclass
@@ -267,7 +269,8 @@ def finetune_job(
         before = _starting_scores(trainer, preview) if init is not None else None
         from napari_cellfocus.engine.device import describe_device
 
-        yield Started(config, describe_device(trainer.device), before)
+        classes = list(trainer.info.classes)
+        yield Started(config, describe_device(trainer.device), before, classes)
         if cancel.is_set():
             return Cancelled("before the first step")
         steps = trainer.steps()
@@ -742,6 +745,7 @@ class FinetuneWidget(QWidget):
             return
         if isinstance(item, Started):
             self._run["config"] = item.config
+            self._run["classes"] = item.classes
             self.progress.setMaximum(item.config.steps)
             self.eta_label.setText(f"training on {item.device_name}…")
             if item.before is not None:
@@ -792,6 +796,9 @@ class FinetuneWidget(QWidget):
         self.previews += 1
 
     def _run_classes(self) -> list[str]:
+        """Class names of the model being trained (2, 3 or 4: one probability layer each)."""
+        if self._run.get("classes"):
+            return list(self._run["classes"])
         from napari_cellfocus.engine.checkpoint import CLASS_NAMES
 
         return list(CLASS_NAMES[: self._run["config"].n_classes])

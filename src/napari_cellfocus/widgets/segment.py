@@ -189,10 +189,11 @@ def model_problem(segmenter: Segmenter) -> str | None:
             f"the model '{segmenter.source}' expects {in_channels} input channels; "
             "the widgets feed one grey channel. Choose another model."
         )
-    if segmenter.n_classes not in (3, 4):
+    if segmenter.n_classes not in (2, 3, 4):
         return (
             f"the model '{segmenter.source}' predicts {segmenter.n_classes} classes; "
-            "a cell segmentation model predicts 3 or 4. Choose another model."
+            "a cell segmentation model predicts 2 (background / cell), 3 (adds touching) "
+            "or 4 (adds gap). Choose another model."
         )
     return None
 

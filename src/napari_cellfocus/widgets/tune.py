@@ -322,11 +322,22 @@ class TuneWidget(QWidget):
         values["min_size"] = int(self.min_size.value())
         return {k: values[k] for k in METHOD_PARAMS[self.method]}
 
+    def _inert_sliders(self) -> set[str]:
+        """Thresholds that cannot change the labels of the current probabilities: a
+        2-class model (background / cell) has no touching class, so γ2 (TH) and τ1 (WT)."""
+        result = self.state.result
+        if result is not None and result.probs.shape[0] == 2:
+            return {"gamma2", "tau1"}
+        return set()
+
     def _show_rows(self) -> None:
         used = METHOD_PARAMS[self.method]
+        inert = self._inert_sliders()
         for key, (label, slider) in self._rows.items():
             label.setVisible(key in used)
             slider.setVisible(key in used)
+            label.setEnabled(key not in inert)
+            slider.setEnabled(key not in inert)
 
     def _method_changed(self, *_: Any) -> None:
         self._show_rows()
@@ -355,6 +366,7 @@ class TuneWidget(QWidget):
             self.plot.title = ""
             self._plotted_for = None
             self.search_info.setText("")
+        self._show_rows()
         if result is None:
             self.info.setText("Segment an image first: the sliders re-label its probabilities.")
         else:
