@@ -75,6 +75,10 @@ def test_tune_with_a_two_class_model(viewer, qtbot, tiny_unet2):
     assert count >= 1
     tune.set_method("th")
     assert not tune.sliders["gamma2"].isEnabled() and tune.sliders["gamma1"].isEnabled()
+    qtbot.wait(3 * tune_module.THROTTLE_MS)  # let the relabel the change started finish
+    wait_idle(qtbot, tune)
+    expected, _ = postprocess(tune.state.result.probs, "th", **tune.params())
+    np.testing.assert_array_equal(viewer.layers[LABELS].data, expected)
 
 
 def test_finetune_a_two_class_model(viewer, qtbot, tiny_unet2):
