@@ -10,7 +10,7 @@ dicts inside)::
       "package_version": "0.1.0",
       "task": "segmentation" | "fusion",
       "network": {...},           # network config, see engine.networks.build_network
-      "classes": ["background", "cell", "touching"(, "gap")],
+      "classes": ["background", "cell"(, "touching"(, "gap"))],  # 2, 3 or 4 classes
       "normalization": {...},     # see core.normalize
       "history": [{"step": .., "loss": .., ...}, ...],
       "training": {...},          # data, loss, seed, steps, device, time
