@@ -22,10 +22,23 @@ import torch
 from napari_cellfocus.core.normalize import MAX_SAMPLES, FixedRange, PercentileNormalization
 from napari_cellfocus.core.validation import check_image, non_finite_message
 from napari_cellfocus.engine.device import autocast, is_out_of_memory, release_memory
-from napari_cellfocus.engine.tiling import Tile, grid_tiles
+from napari_cellfocus.engine.inference import inference_copy
+from napari_cellfocus.engine.tiling import Tile, even_window, grid_tiles
 
 #: Smallest tile the out-of-memory fallback goes down to.
 MIN_TILE = 64
+
+#: Largest tile side (px) by device type when none is given. On the CPU, measured on a
+#: 2-core AMD EPYC with the inference copy (:mod:`.inference`): 0.35 MP/s at 256-512 px,
+#: 0.46-0.51 MP/s at 768-1536 px, 0.35 MP/s at 2048 px (caches), so 1024; on a GPU 512-px
+#: tiles in batches of 4 (the figures of docs/benchmarks.md).
+DEFAULT_TILE = {"cpu": 1024}
+FALLBACK_TILE = 512
+
+
+def default_tile_size(device: torch.device | str) -> int:
+    """Largest tile side (px) for ``device`` when the caller gives none."""
+    return DEFAULT_TILE.get(torch.device(device).type, FALLBACK_TILE)
 
 
 @dataclass
@@ -63,7 +76,7 @@ def iter_predict(
     *,
     normalizer: PercentileNormalization | FixedRange | None = None,
     spatial_dims: int = 2,
-    tile_size: int = 512,
+    tile_size: int | None = None,
     halo: int = 32,
     blend: int = 32,
     batch_size: int | None = None,
@@ -84,7 +97,10 @@ def iter_predict(
         computed per plane; a :class:`~napari_cellfocus.core.normalize.FixedRange` gives
         the limits (a part of a larger image, normalised as the whole).
     spatial_dims : 2 or 3, the model's convolution dimensionality.
-    tile_size : tile side in pixels (rounded down to the model's ``divisor``).
+    tile_size : largest tile side in pixels (rounded down to the model's ``divisor``;
+        default :func:`default_tile_size`). Each axis is split into the fewest tiles of at
+        most that side, all of the same size (:func:`~.tiling.even_window`), so the halos
+        are the only pixels computed twice.
     halo : context pixels discarded at inner tile edges (see :mod:`.tiling`).
     blend : width of the cross-fade between tiles, in pixels.
     batch_size : tiles per forward pass (default: 4 on a GPU, 1 on the CPU).
@@ -120,14 +136,15 @@ def iter_predict(
     planes = list(np.ndindex(*lead_shape)) if lead_shape else [()]
 
     model.eval()
+    net = inference_copy(model, device)  # same logits, folded batch norm (+ NHWC on CPU)
     if batch_size is None:
         batch_size = 4 if device.type == "cuda" else 1
     probs: np.ndarray | None = None
-    tile = _round_to(tile_size, divisor)
+    tile = _round_to(tile_size or default_tile_size(device), divisor)
     done_planes = 0
     while done_planes < len(planes):
         plane_index = planes[done_planes]
-        window = tuple(min(tile, n) for n in plane_shape)
+        window = tuple(even_window(n, tile, halo, blend, divisor) for n in plane_shape)
         tiles = grid_tiles(plane_shape, window, halo, blend, align=divisor)
         total = len(tiles) * len(planes)
         acc: torch.Tensor | None = None  # per-plane sum on the GPU
@@ -138,7 +155,7 @@ def iter_predict(
                 batch = tiles[first : first + batch_size]
                 xt = source.batch(batch)
                 with torch.inference_mode(), autocast(device, mixed_precision):
-                    p = torch.softmax(model_logits(model, xt).float(), dim=1)
+                    p = torch.softmax(model_logits(net, xt).float(), dim=1)
                     if probs is None:
                         probs = _result_array((p.shape[1], *arr.shape), device, stream)
                     if on_device or device.type != "cpu":  # sum on the device
