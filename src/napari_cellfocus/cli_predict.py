@@ -772,7 +772,13 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--table", action="store_true", help="also write NAME_cells.csv per image")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png per image")
     p.add_argument("--probs", type=Path, default=None, help="also write probabilities (C,Y,X)")
-    p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (512)")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="largest tile side in pixels (default: 1024 on the CPU, 512 on a GPU; each "
+        "axis is split into the fewest equal tiles of at most that side)",
+    )
     p.add_argument(
         "--blocks",
         choices=("auto", "on", "off"),

@@ -129,3 +129,15 @@ def test_memory_estimates_by_hand():
     assert memory.gib(1.5 * (1 << 30)) == "1.5 GiB"
     room = memory.available_bytes()
     assert room is None or room > 0
+
+
+def test_forward_bytes_hand_computed():
+    """The tile's activations beyond the 512² tile the base already holds: 800 B a pixel."""
+    from napari_cellfocus.core.memory import forward_bytes, whole_image_bytes
+
+    assert forward_bytes(4096 * 4096, tile=1024) == (1024**2 - 512**2) * 800
+    assert forward_bytes(300 * 200, tile=1024) == 0  # smaller than the base tile
+    assert forward_bytes(700 * 700, tile=1024) == (700 * 700 - 512**2) * 800
+    # a 512-px tile adds nothing to the measured base; larger tiles need more memory
+    small = whole_image_bytes(4096 * 4096, 2, tile=512)
+    assert whole_image_bytes(4096 * 4096, 2, tile=1024) - small == (1024**2 - 512**2) * 800

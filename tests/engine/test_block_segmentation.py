@@ -104,7 +104,7 @@ def test_choose_mode_from_the_header_and_the_memory_left(tmp_path, monkeypatch, 
         "napari_cellfocus.core.io.image_header",
         lambda p: ((5000, 5000), np.dtype(np.uint16), None),
     )
-    monkeypatch.setenv("CELLFOCUS_MEMORY_LIMIT", "1.5G")
+    monkeypatch.setenv("CELLFOCUS_MEMORY_LIMIT", "2.4G")
     assert cli_predict.choose_mode(path, "YX", _args(), segmenter) == "blocks"
     with pytest.raises(CliError, match=r"img.tif: .*5000 x 5000 uint16 image whole needs about"):
         cli_predict.choose_mode(path, "YX", _args(blocks="off"), segmenter)

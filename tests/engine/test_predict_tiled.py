@@ -139,7 +139,9 @@ def test_out_of_memory_retries_with_smaller_tiles():
     image = np.random.default_rng(3).random((256, 256)).astype(np.float32)
     with pytest.warns(RuntimeWarning, match="retrying .* with 128-pixel tiles"):
         probs = predict_probabilities(model, image, tile_size=256, halo=16, blend=8)
-    assert 256 in model.sizes and model.sizes[-1] == 128
+    # after the refusal, tiles of at most 128 px: three of 112 px per axis (the fewest
+    # of <= 128 px that cover 256 px with 2 * 16 + 8 px of overlap, all the same size)
+    assert 256 in model.sizes and model.sizes[-1] == 112
     expected = predict_probabilities(net, image, tile_size=128, halo=16, blend=8)
     np.testing.assert_allclose(probs, expected, atol=1e-6)
 

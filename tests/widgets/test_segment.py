@@ -52,7 +52,9 @@ def test_probabilities_stream_tile_by_tile(viewer, qtbot, tiny_model):
     widget = dock(viewer, "Segment")
     widget.use_model(tiny_model, "tiny")
     widget.source.layers.set_layer(viewer.layers["big"])
+    assert widget.tile_spin.text() == "auto" and widget.tile_size() is None  # the default
     widget.tile_spin.setValue(128)
+    assert widget.tile_size() == 128
     seen = []
 
     def on_tile(update):

@@ -7,6 +7,7 @@ different things at their peak:
   class and pixel), the network-scale copies when the image is rescaled to the model's
   nucleus size (the resized image and its probabilities), the int32 labels and the
   post-processing temporaries (:data:`POST_BYTES_PER_PIXEL`);
+* **forward pass**: the network's activations for one tile (:func:`forward_bytes`);
 * **blocks**: the image, and for one block of ``(block + 2 margin)^2`` pixels what the
   whole-image path needs for all of them, plus about two block rows of labels.
 
@@ -24,26 +25,49 @@ from pathlib import Path
 POST_BYTES_PER_PIXEL = 18
 #: Python, numpy, torch and a loaded default model (measured, rounded up).
 BASE_BYTES = 700 << 20
+#: The network's activations, bytes a pixel of the tile predicted at once (the inference
+#: copy of the default U-Net: 705 B/px at 512², 759 B/px at 1024², measured, rounded up).
+FORWARD_BYTES_PER_TILE_PIXEL = 800
+#: Tile side whose forward pass :data:`BASE_BYTES` already holds (it was measured with
+#: 512-px tiles).
+BASE_TILE = 512
+#: Tile side the estimate assumes by default (the CPU's, ``engine.predict.DEFAULT_TILE``).
+DEFAULT_TILE = 1024
 #: Share of the available memory a run may plan to use: the rest is left for the system
 #: and for the estimate's error.
 USABLE_SHARE = 0.8
 
 
+def forward_bytes(n_pixels: int, tile: int = DEFAULT_TILE) -> int:
+    """Bytes the network's forward pass holds beyond :data:`BASE_BYTES`: the activations
+    of a tile of ``tile``² pixels (or of the whole image when it is smaller), less the
+    512² tile already counted in the base."""
+    tile_pixels = min(int(n_pixels), int(tile) ** 2)
+    return max(0, tile_pixels - BASE_TILE**2) * FORWARD_BYTES_PER_TILE_PIXEL
+
+
 def whole_image_bytes(
-    n_pixels: int, itemsize: int, n_classes: int = 3, zoom: float = 1.0, raw_bytes: int = 0
+    n_pixels: int,
+    itemsize: int,
+    n_classes: int = 3,
+    zoom: float = 1.0,
+    raw_bytes: int = 0,
+    tile: int = DEFAULT_TILE,
 ) -> int:
     """Peak bytes of segmenting ``n_pixels`` (all planes) in one piece.
 
     ``itemsize``: bytes a pixel of the image as segmented; ``zoom``: the resampling to the
     model's scale (1: none); ``raw_bytes``: the file's pixels when they are more than the
-    image segmented (other channels read with it), else 0.
+    image segmented (other channels read with it), else 0; ``tile``: the largest tile side
+    predicted at once.
     """
     image = max(int(raw_bytes), n_pixels * itemsize)
     probs = n_pixels * 4 * n_classes
     rescaled = 0 if zoom == 1.0 else math.ceil(n_pixels * zoom * zoom) * 4 * (1 + n_classes)
     labels = n_pixels * 4
     post = n_pixels * POST_BYTES_PER_PIXEL
-    return int(BASE_BYTES + image + probs + rescaled + labels + post)
+    forward = forward_bytes(math.ceil(n_pixels * zoom * zoom), tile)
+    return int(BASE_BYTES + image + probs + rescaled + labels + post + forward)
 
 
 def block_bytes(
@@ -53,13 +77,15 @@ def block_bytes(
     margin: int,
     n_classes: int = 3,
     zoom: float = 1.0,
+    tile: int = DEFAULT_TILE,
 ) -> int:
     """Peak bytes of segmenting a (Y, X) image of ``shape`` in blocks of ``block`` px
     with ``margin`` px of context (see :mod:`napari_cellfocus.engine.blocks`)."""
     height, width = (int(n) for n in shape)
     side_y = min(height, block + 2 * margin)
     side_x = min(width, block + 2 * margin)
-    one_block = whole_image_bytes(side_y * side_x, itemsize, n_classes, zoom) - BASE_BYTES
+    one_block = whole_image_bytes(side_y * side_x, itemsize, n_classes, zoom, tile=tile)
+    one_block -= BASE_BYTES
     rows = 2 * width * min(height, 2 * block + 3 * margin) * 4  # label rows and their copy
     return int(BASE_BYTES + height * width * itemsize + one_block + rows)
 

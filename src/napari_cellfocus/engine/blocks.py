@@ -78,7 +78,7 @@ class BlockSegmentation:
     diameter: float | None
     block: int
     margin: int
-    tile_size: int = 512
+    tile_size: int | None = None
     with_table: bool = False
     on_block: Callable[[BlockUpdate], None] | None = None
     should_stop: Callable[[], bool] | None = None
@@ -203,7 +203,7 @@ def plan_blocks(
     diameter: float | str | None = "auto",
     block: int = DEFAULT_BLOCK,
     margin: int | None = None,
-    tile_size: int = 512,
+    tile_size: int | None = None,
     with_table: bool = False,
     on_block: Callable[[BlockUpdate], None] | None = None,
     should_stop: Callable[[], bool] | None = None,

@@ -67,7 +67,13 @@ from napari_cellfocus.core.stitch import (
 )
 from napari_cellfocus.engine.checkpoint import ModelInfo, load_checkpoint, resolve_model_path
 from napari_cellfocus.engine.device import describe_device, select_device
-from napari_cellfocus.engine.predict import TileUpdate, iter_predict, predict_probabilities
+from napari_cellfocus.engine.predict import (
+    TileUpdate,
+    default_tile_size,
+    iter_predict,
+    predict_probabilities,
+)
+from napari_cellfocus.engine.tiling import axis_tiling, even_window
 
 #: Passes of the size estimate at most (the first at the image's own scale).
 ESTIMATE_PASSES = 3
@@ -354,9 +360,16 @@ class Segmenter:
         """Rough number of tiles :meth:`iter_predict` will run on a stack of ``shape``
         (for a progress bar that spans several stacks)."""
         zoom = self.zoom_for(diameter)
-        tile = int(kwargs.get("tile_size") or 512)
+        tile = int(kwargs.get("tile_size") or default_tile_size(self.device))
+        halo, blend = int(kwargs.get("halo", 32)), int(kwargs.get("blend", 32))
+        divisor = int(getattr(self.model, "divisor", 1))
+        tile = max(divisor, tile // divisor * divisor)
         sd = self.spatial_dims
-        per_plane = math.prod(max(1, math.ceil(n * zoom / tile)) for n in shape[-sd:])
+        per_plane = 1
+        for n in shape[-sd:]:
+            side = max(1, round(n * zoom))
+            window = even_window(side, tile, halo, blend, divisor)
+            per_plane *= len(axis_tiling(side, window, halo, blend, divisor).starts)
         return per_plane * math.prod(shape[:-sd])
 
     def iter_predict_ortho(

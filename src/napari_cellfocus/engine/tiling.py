@@ -21,6 +21,7 @@ to floating-point precision.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,31 @@ def axis_tiling(length: int, window: int, halo: int, blend: int, align: int = 1)
         raise ValueError("tiling leaves pixels uncovered; use a larger tile or a smaller halo.")
     norm = np.stack([w / total[s : s + window] for s, w in zip(starts, raw, strict=True)])
     return AxisTiling(length, window, starts, norm.astype(np.float32))
+
+
+def even_window(length: int, max_window: int, halo: int, blend: int, align: int = 1) -> int:
+    """Window size that covers ``length`` px with the fewest windows of <= ``max_window``.
+
+    With ``n`` windows of ``W`` px each pair overlaps by ``2 * halo + blend`` px, so the
+    smallest ``W`` that needs ``n`` windows is ``(length + (n - 1) * overlap) / n``,
+    rounded up to ``align`` (the pooling factor). A fixed window would leave the last one
+    mostly overlapping its neighbour: 1100 px with 1024-px windows and a 96-px overlap
+    computes 2048 px (1.86x), with two 598-px windows 1196 px (1.09x).
+
+    ``max_window`` should be a multiple of ``align``; the result never exceeds it (nor
+    ``length``).
+    """
+    length, max_window = int(length), max(1, int(max_window))
+    if length <= max_window:
+        return length
+    overlap = 2 * max(int(halo), 0) + max(int(blend), 0)
+    if max_window <= overlap:  # axis_tiling reports this case with its own message
+        return max_window
+    align = max(1, int(align))
+    n = math.ceil((length - overlap) / (max_window - overlap))
+    window = math.ceil((length + (n - 1) * overlap) / n)
+    window = math.ceil(window / align) * align
+    return min(window, max_window, length)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ class DiameterFound:
 def segment_job(
     segmenter: Segmenter | Callable[[], Segmenter],
     image: np.ndarray,
-    tile_size: int,
+    tile_size: int | None,
     method: str | None,
     params: dict[str, Any] | None,
     name: str,
@@ -269,15 +269,17 @@ class SegmentWidget(QWidget):
         self.device_picker = DevicePicker(self.state.device)
         self.device_combo = self.device_picker.combo
         self.tile_spin = QSpinBox()
-        self.tile_spin.setRange(128, 8192)
+        self.tile_spin.setRange(64, 8192)
         self.tile_spin.setSingleStep(64)
-        self.tile_spin.setValue(512)
+        self.tile_spin.setSpecialValueText("auto")  # the minimum, 64, reads "auto"
+        self.tile_spin.setValue(64)
         self.tile_spin.setSuffix(" px")
         self.tile_spin.setToolTip(
-            "Side of the tiles predicted at once. Fewer, larger tiles are much faster: "
-            "each tile is predicted with a margin around it, so small tiles repeat a lot "
-            "of work (128-px tiles took about 23x as long as 512-px ones). Use smaller "
-            "tiles only to save memory, e.g. if the GPU runs out of memory."
+            "Largest side of the tiles predicted at once ('auto': 1024 px on the CPU, "
+            "512 px on a GPU). Fewer, larger tiles are faster: each tile is predicted "
+            "with a margin around it, so small tiles repeat work (128-px tiles took about "
+            "23x as long as 512-px ones). Use smaller tiles to save memory, e.g. if the "
+            "GPU runs out of memory, or to see the first tiles sooner."
         )
         self.diameter_spin = QDoubleSpinBox()
         self.diameter_spin.setRange(0.0, 1000.0)
@@ -447,6 +449,11 @@ class SegmentWidget(QWidget):
 
         return load, image
 
+    def tile_size(self) -> int | None:
+        """The tile side chosen in the widget, ``None`` for "auto" (the device's default)."""
+        value = int(self.tile_spin.value())
+        return None if value == self.tile_spin.minimum() else value
+
     def run(self) -> None:
         """Start segmenting (shows a notification and changes nothing on bad input)."""
         if self.worker is not None:
@@ -474,7 +481,7 @@ class SegmentWidget(QWidget):
             segment_job,
             segmenter,
             image,
-            int(self.tile_spin.value()),
+            self.tile_size(),
             self.state.post_method if self.state.post_user_set else None,
             self.state.post_kwargs() if self.state.post_user_set else None,
             self._input.layer.name,
