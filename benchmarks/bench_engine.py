@@ -18,6 +18,19 @@ Measured:
 5. the one-click fine-tune (``quick_finetune_config``) on a 512^2 simulated image from a domain
    the default model was not trained on (large, dim, elongated nuclei), with 10 annotated cells:
    wall time and PQ on the *unannotated* cells before and after.
+
+``--speed`` (project issue 16; also part of a full run) measures, side by side:
+
+6. the compute floor: a 2048^2 float32 matmul (GFLOP/s, best of 5) and the model's widest
+   convolution; the model's FLOPs a pixel (``torch.utils.flop_counter``);
+7. the bare forward at 512^2 and 1024^2, trained network (eager) vs its inference copy
+   (``engine.inference``): seconds, GFLOP/s and forward / floor;
+8. tiled prediction (the default tile plan) against one bare forward of the whole image, at
+   1024^2 and 4096^2;
+9. TH / WT / MAP post-processing of network probabilities at 1024^2 and 2048^2 (the same
+   simulated scene, the 1024^2 image its top-left quarter): time ratio for 4x the pixels.
+
+    python benchmarks/bench_engine.py --speed    # only 6-9 (~5 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -35,8 +48,10 @@ import numpy as np
 import torch
 
 from napari_cellfocus.core.metrics import evaluate
+from napari_cellfocus.core.postprocess import postprocess
 from napari_cellfocus.core.simulate import simulate_cells
 from napari_cellfocus.engine.device import autocast
+from napari_cellfocus.engine.inference import inference_copy
 from napari_cellfocus.engine.predict import model_logits
 from napari_cellfocus.engine.segment import Segmenter
 from napari_cellfocus.engine.tiling import grid_tiles
@@ -223,6 +238,177 @@ def bench_finetune(device: str, steps: int | None) -> dict:
     }
 
 
+def _best_time(fn, repeats: int = 3) -> float:
+    """Smallest wall time of ``repeats`` calls of ``fn`` after one warm-up call (s)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def model_flops_per_pixel(model: torch.nn.Module, side: int = 512) -> float:
+    """Floating-point operations of one forward pass, per input pixel."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 1, side, side))
+    return counter.get_total_flops() / side**2
+
+
+def bench_floor() -> dict:
+    """The machine's float32 rate: 2048^2 matmul and the default U-Net's widest conv."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    matmul = 2 * 2048**3 / _best_time(lambda: a @ b, 5) / 1e9
+    # widest layer of the default U-Net: 72 -> 24 channels, 3x3, at 512^2 (decoder top)
+    x = torch.randn(1, 72, 512, 512).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(72, 24, 3, padding=1).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        t = _best_time(lambda: conv(x), 3)
+    return {
+        "matmul_gflops": matmul,
+        "widest_conv_gflops": 2 * 72 * 24 * 9 * 512**2 / t / 1e9,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def bench_forward(seg: Segmenter, floor_gflops: float, sides=(512, 1024)) -> dict:
+    """Bare forward passes: the trained network vs its inference copy."""
+    flops_px = model_flops_per_pixel(seg.model)
+    eager, fast = seg.model.eval(), inference_copy(seg.model, seg.device)
+    rows = []
+    for side in sides:
+        x = torch.rand(1, 1, side, side)
+        with torch.inference_mode():
+            t_eager = _best_time(lambda x=x: eager(x), 2 if side > 512 else 3)
+            t_fast = _best_time(lambda x=x: fast(x), 2 if side > 512 else 3)
+        gflop = flops_px * side**2 / 1e9
+        floor = gflop / floor_gflops
+        rows.append(
+            {
+                "side": side,
+                "gflop": gflop,
+                "eager_s": t_eager,
+                "fast_s": t_fast,
+                "speedup": t_eager / t_fast,
+                "eager_gflops": gflop / t_eager,
+                "fast_gflops": gflop / t_fast,
+                "eager_over_floor": t_eager / floor,
+                "fast_over_floor": t_fast / floor,
+            }
+        )
+        print("forward", rows[-1], flush=True)
+    return {"flops_per_pixel": flops_px, "rows": rows}
+
+
+def _scene_image(side: int) -> np.ndarray:
+    if side <= 2048:
+        return simulate_cells(shape=(side, side), seed=1).image
+    tile = simulate_cells(shape=(1024, 1024), seed=1).image
+    return np.tile(tile, (side // 1024, side // 1024))
+
+
+def bench_tiled_vs_bare(seg: Segmenter, sides=(1024, 4096)) -> list[dict]:
+    """Tiled prediction (default tile plan) against one bare forward of the whole image
+    (inference copy, softmax included): what tiling, halos and blending cost."""
+    fast = inference_copy(seg.model, seg.device)
+    norm = seg.info.normalizer()
+    rows = []
+    for side in sides:
+        image = _scene_image(side)
+        lo, hi = norm.limits(image)
+        x = torch.from_numpy(((image.astype(np.float32) - lo) / (hi - lo))[None, None])
+        repeats = 1 if side > 2048 else 2
+        with torch.inference_mode():
+            bare = _best_time(lambda x=x: torch.softmax(fast(x), 1), repeats)
+        tiled = _best_time(lambda im=image: seg.predict(im), repeats)
+        rows.append({"side": side, "bare_s": bare, "tiled_s": tiled, "ratio": tiled / bare})
+        print("tiled vs bare", rows[-1], flush=True)
+    return rows
+
+
+def bench_post_scaling(seg: Segmenter) -> dict:
+    """TH / WT / MAP at 1024^2 and 2048^2 (same scene): time ratio for 4x the pixels."""
+    image = simulate_cells(shape=(2048, 2048), seed=1).image
+    probs = {2048: seg.predict(image)}
+    probs[1024] = np.ascontiguousarray(probs[2048][:, :1024, :1024])
+    min_size = seg.post_settings("th", None, None, None)[1].get("min_size", 10)
+    out = {}
+    for method in ("th", "wt", "map"):
+        t = {
+            side: _best_time(lambda p=p, m=method: postprocess(p, method=m, min_size=min_size), 3)
+            for side, p in probs.items()
+        }
+        out[method] = {"s_1024": t[1024], "s_2048": t[2048], "ratio": t[2048] / t[1024]}
+        print("post", method, out[method], flush=True)
+    return out
+
+
+def bench_speed(seg: Segmenter, quick: bool = False) -> dict:
+    """Issue 16's figures in one run (CPU)."""
+    floor = bench_floor()
+    print("floor", floor, flush=True)
+    sides = (256, 512) if quick else (512, 1024)
+    return {
+        "floor": floor,
+        "forward": bench_forward(seg, floor["matmul_gflops"], sides),
+        "tiled_vs_bare": bench_tiled_vs_bare(seg, (512,) if quick else (1024, 4096)),
+        "post": {} if quick else bench_post_scaling(seg),
+    }
+
+
+def write_speed_docs(results: dict, path: Path) -> None:
+    """The speed table (``<!-- speed:DEVICE -->`` markers) in docs/benchmarks.md."""
+    dev, sp = results["device"], results["speed"]
+    fl, fw = sp["floor"], sp["forward"]
+    lines = [
+        f"<!-- speed:{dev}:start -->",
+        f"### Speed against the compute floor on {results['device_name']} "
+        f"({results['date']}, `python benchmarks/bench_engine.py --speed`)",
+        "",
+        f"Floor: 2048² float32 matmul **{fl['matmul_gflops']:.1f} GFLOP/s** "
+        f"({fl['threads']} threads), the model's widest convolution (72 -> 24 channels, "
+        f"3x3, 512², channels-last) {fl['widest_conv_gflops']:.1f} GFLOP/s. The default "
+        f"U-Net costs {fw['flops_per_pixel'] / 1e3:.0f} kFLOP a pixel.",
+        "",
+        "| forward | trained network (eager) | inference copy | speed-up | copy / floor |",
+        "|---|---|---|---|---|",
+    ]
+    for r in fw["rows"]:
+        lines.append(
+            f"| {r['side']}² ({r['gflop']:.1f} GFLOP) | {r['eager_s']:.2f} s, "
+            f"{r['eager_gflops']:.0f} GFLOP/s ({r['eager_over_floor']:.2f}x floor) | "
+            f"{r['fast_s']:.2f} s, {r['fast_gflops']:.0f} GFLOP/s | {r['speedup']:.2f}x | "
+            f"**{r['fast_over_floor']:.2f}x** (goal <= 1.5x) |"
+        )
+    lines += ["", "| tiled prediction | bare forward, whole image | tiled | tiled / bare |"]
+    lines.append("|---|---|---|---|")
+    for r in sp["tiled_vs_bare"]:
+        lines.append(
+            f"| {r['side']}² | {r['bare_s']:.2f} s | {r['tiled_s']:.2f} s | "
+            f"**{r['ratio']:.2f}x** (goal <= 1.05x) |"
+        )
+    if sp["post"]:
+        lines += ["", "| post-processing | 1024² | 2048² | 2048² / 1024² (4x the pixels) |"]
+        lines.append("|---|---|---|---|")
+        for method, r in sp["post"].items():
+            lines.append(
+                f"| {method.upper()} | {r['s_1024'] * 1e3:.0f} ms | {r['s_2048'] * 1e3:.0f} ms "
+                f"| **{r['ratio']:.2f}x** (goal <= 4.5x) |"
+            )
+    lines.append(f"<!-- speed:{dev}:end -->")
+    section = "\n".join(lines)
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start, end = f"<!-- speed:{dev}:start -->", f"<!-- speed:{dev}:end -->"
+    if start in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
 def write_docs(results: dict, path: Path) -> None:
     dev = results["device"]
     t, th, tr, mem, ft = (
@@ -269,6 +455,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="engine benchmarks")
     parser.add_argument("--quick", action="store_true", help="small sizes, for smoke tests")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--speed", action="store_true", help="only the speed figures (6-9)")
     parser.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -288,6 +475,16 @@ def main() -> None:
         + (" --quick" if args.quick else "")
         + ("" if args.device == "cpu" else f" --device {args.device}"),
     }
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    if args.speed or seg.device.type == "cpu":
+        results["speed"] = bench_speed(seg, args.quick)
+        speed_file = args.out / f"speed_{seg.device.type}{suffix}.json"
+        speed_file.write_text(json.dumps(results, indent=2))
+        if not args.quick:
+            write_speed_docs(results, args.docs)
+        if args.speed:
+            return
     repeats = 1 if args.quick or seg.device.type == "cpu" else 3
     ratios = [bench_tiling_overhead(seg, side) for _ in range(repeats)]
     best = min(ratios, key=lambda r: r["ratio"])
@@ -302,8 +499,6 @@ def main() -> None:
     print("memory", results["memory"], flush=True)
     results["finetune"] = bench_finetune(args.device, 3 if args.quick else None)
     print("finetune", results["finetune"], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
     (args.out / f"engine_{seg.device.type}{suffix}.json").write_text(json.dumps(results, indent=2))
     if not args.quick:
         write_docs(results, args.docs)
