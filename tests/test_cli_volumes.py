@@ -148,6 +148,24 @@ def test_ortho_z_mode_with_z_scale(tmp_path):
     assert abs(int(labels.max()) - n_true) <= max(3, 0.35 * n_true)
     spans = [s[0].stop - s[0].start for s in ndimage.find_objects(labels) if s]
     assert np.median(spans) >= 3  # 3D cells over several planes, not per-plane pieces
+    # the same volume with its voxel size in the ImageJ metadata (1 um pixels, planes 2 um
+    # apart) and no --z-scale: the z scale comes from the file, the labels are the same
+    tagged = tmp_path / "tagged.tif"
+    tifffile.imwrite(
+        tagged,
+        scene.image,
+        imagej=True,
+        resolution=(1.0, 1.0),
+        metadata={"axes": "ZYX", "spacing": 2.0, "unit": "micron"},
+    )
+    res = run(
+        "predict", str(tagged), "--out", str(tmp_path / "meta"), "--diameter", "14",
+        "--device", "cpu", "--z-mode", "ortho",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "z scale 2 from the file's metadata" in res.stdout
+    got = tifffile.imread(tmp_path / "meta" / "tagged_labels.tif")
+    np.testing.assert_array_equal(got, labels)
 
 
 def test_z_trim_and_split_options(tmp_path):

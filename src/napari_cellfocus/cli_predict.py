@@ -328,8 +328,9 @@ def check_z_args(args: argparse.Namespace) -> None:
         raise CliError(f"--z-split {args.z_split}: expected a ratio in [0, 1) (0: no split).")
 
 
-def describe_z(result: Any) -> str:
-    """', 3D instances (z stitched, IoU >= 0.25)' etc. for the per-image line."""
+def describe_z(result: Any, z_source: str = "") -> str:
+    """', 3D instances (z stitched, IoU >= 0.25)' etc. for the per-image line;
+    ``z_source`` says where the z scale came from (e.g. " from the file's metadata")."""
     parts = []
     if result.z_mode == "stitch":
         parts.append(
@@ -340,7 +341,8 @@ def describe_z(result: Any) -> str:
             f"{k} {v:g}" for k, v in (result.post_params or {}).items() if k != "min_size"
         )
         parts.append(
-            f"3D instances (YX, ZX and ZY views averaged, z scale {result.z_scale:g}, "
+            f"3D instances (YX, ZX and ZY views averaged, z scale {result.z_scale:g}"
+            f"{z_source}, "
             f"3D {result.method.upper()}{f' {post}' if post else ''})"
         )
     elif result.z_mode == "planes":
@@ -547,6 +549,12 @@ def predict_image(
     bar = ProgressBar(1, f"predict {path.name}")
     # ortho volumes post-process in 3D with their own defaults unless --post / --param
     own = args.post is None and not params and "Z" in work_axes
+    z_scale, z_source = args.z_scale, ""
+    if z_scale is None and "Z" in work_axes:
+        from napari_cellfocus.core.voxel_size import z_scale_from_metadata
+
+        z_scale = z_scale_from_metadata(path)
+        z_source = " from the file's metadata" if z_scale is not None else ""
     result = seg.segment(
         image,
         method=None if own else method,
@@ -556,7 +564,7 @@ def predict_image(
         z_mode=args.z_mode,
         stitch_threshold=args.stitch_threshold,
         link_frames=args.link,
-        z_scale=args.z_scale,
+        z_scale=z_scale,
         z_trim=args.z_trim or None,
         z_split=args.z_split or None,
         tile_size=args.tile_size,
@@ -584,7 +592,7 @@ def predict_image(
         extra.append(f"overlay {pngs[0]}" + (f" (+{len(pngs) - 1})" if len(pngs) > 1 else ""))
     size = describe_diameter(result.diameter, args.diameter)
     also = f" ({', '.join(extra)})" if extra else ""
-    what = f"axes {result.axes}{describe_z(result)}"
+    what = f"axes {result.axes}{describe_z(result, z_source)}"
     return rows, f"{path}: {result.count} cells{size}; {what} -> {out}{also}"
 
 
@@ -817,7 +825,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         default=None,
         help="z step / pixel size of the volumes (e.g. 2 for 0.5 um pixels and 1 um "
         "planes), used by --z-mode ortho to make nuclei round in the side views "
-        "(default 1)",
+        "(default: from the file's ImageJ / OME metadata, else 1)",
     )
     p.add_argument(
         "--z-trim",
