@@ -141,3 +141,23 @@ def test_forward_bytes_hand_computed():
     # a 512-px tile adds nothing to the measured base; larger tiles need more memory
     small = whole_image_bytes(4096 * 4096, 2, tile=512)
     assert whole_image_bytes(4096 * 4096, 2, tile=1024) - small == (1024**2 - 512**2) * 800
+
+
+def test_checked_bands_stops_at_the_last_row_and_names_the_file():
+    from napari_cellfocus.core.io import checked_bands
+
+    pulled = []
+
+    def bands():
+        for first in (0, 4, 8, 12):
+            pulled.append(first)
+            yield first, np.zeros((4, 3), np.int64)
+
+    got = list(checked_bands("a.tif", (8, 3), np.int32, bands()))
+    assert [f for f, _ in got] == [0, 4] and pulled == [0, 4]  # band 8 never asked for
+    assert all(rows.dtype == np.int32 for _, rows in got)
+    with pytest.raises(ValueError, match=r"a\.tif: more row bands than the image's 6 rows"):
+        list(checked_bands("a.tif", (6, 3), np.int32, bands()))
+    wrong_width = r"a\.tif: row band at 0 of shape \(4, 3\) does not follow row 0"
+    with pytest.raises(ValueError, match=wrong_width):
+        list(checked_bands("a.tif", (8, 5), np.int32, bands()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -221,6 +221,38 @@ def result_name(path: Path, suffix: str) -> str:
 ROW_TILE = 256
 
 
+def checked_bands(
+    path: str | Path,
+    shape: tuple[int, int],
+    dtype: np.dtype | type,
+    bands: Iterable[tuple[int, np.ndarray]],
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The ``(first_row, rows)`` bands of a (Y, X) image of ``shape``, checked, ``rows``
+    as ``dtype`` arrays of shape (n, X); stops after the band that reaches row Y - 1
+    (later ones are never asked for).
+
+    Raises ``ValueError`` naming ``path`` when a band does not follow the previous one,
+    has the wrong width, runs past the image, or the bands stop before its last row.
+    """
+    height, width = (int(n) for n in shape)
+    dtype = np.dtype(dtype)
+    expected = 0
+    for first, rows in bands:
+        rows = np.asarray(rows, dtype)
+        if first != expected or rows.ndim != 2 or rows.shape[1] != width:
+            raise ValueError(
+                f"{path}: row band at {first} of shape {rows.shape} does not follow row "
+                f"{expected} of a {height} x {width} image."
+            )
+        expected += rows.shape[0]
+        if expected > height:
+            raise ValueError(f"{path}: more row bands than the image's {height} rows.")
+        yield first, rows
+        if expected == height:
+            return
+    raise ValueError(f"{path}: row bands stopped at row {expected} of {height}.")
+
+
 def write_image_rows(
     path: str | Path,
     shape: tuple[int, int],
@@ -252,21 +284,12 @@ def write_image_rows(
             yield np.ascontiguousarray(part)
 
     def tiles() -> Iterable[np.ndarray]:
-        # tifffile closes this generator at its last tile, so nothing runs after it: the
-        # coverage is checked when the last row arrives. Bands are not copied: strips are
-        # views, only the rows short of a strip at a band's end are kept over.
+        # tifffile closes this generator at its last tile, so nothing runs after it; the
+        # bands' coverage is checked as they arrive (checked_bands). Bands are not
+        # copied: strips are views, only the rows short of a strip at a band's end are
+        # kept over.
         pending = np.zeros((0, width), dtype)
-        expected = 0
-        for first, rows in bands:
-            rows = np.asarray(rows, dtype)
-            if first != expected or rows.ndim != 2 or rows.shape[1] != width:
-                raise ValueError(
-                    f"{path}: row band at {first} of shape {rows.shape} does not follow row "
-                    f"{expected} of a {height} x {width} image."
-                )
-            expected += rows.shape[0]
-            if expected > height:
-                raise ValueError(f"{path}: more row bands than the image's {height} rows.")
+        for _, rows in checked_bands(path, shape, dtype, bands):
             y = 0
             if pending.shape[0]:
                 y = min(rows.shape[0], tile - pending.shape[0])
@@ -279,11 +302,8 @@ def write_image_rows(
                 y += tile
             if y < rows.shape[0]:
                 pending = rows[y:].copy()
-            if expected == height:
-                if pending.shape[0]:
-                    yield from split(pending)
-                return
-        raise ValueError(f"{path}: row bands stopped at row {expected} of {height}.")
+        if pending.shape[0]:
+            yield from split(pending)
 
     def write(fh: IO[bytes]) -> None:
         tifffile.imwrite(

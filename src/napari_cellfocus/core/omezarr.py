@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_cellfocus.core.io import checked_bands
+
 #: Chunk side (px) of the label arrays written.
 LABEL_CHUNK = 1024
 #: Name of the label image inside the store's ``labels`` group.
@@ -105,20 +107,8 @@ def write_labels_rows(
             dtype=np.int32,
             fill_value=0,
         )
-        expected = 0
-        for first, rows in bands:
-            rows = np.asarray(rows, np.int32)
-            if first != expected or rows.ndim != 2 or rows.shape[1] != width:
-                raise ValueError(
-                    f"{path}: row band at {first} of shape {rows.shape} does not follow row "
-                    f"{expected} of a {height} x {width} image."
-                )
+        for first, rows in checked_bands(path, (height, width), np.int32, bands):
             level0[first : first + rows.shape[0], :] = rows
-            expected += rows.shape[0]
-            if expected >= height:
-                break
-        if expected != height:
-            raise ValueError(f"{path}: row bands stopped at row {expected} of {height}.")
         store = work / "out.zarr"
         root = zarr.open_group(str(store), mode="w")
         levels = max(0, min(4, int(np.log2(max(1, min(height, width) / 256)))))
