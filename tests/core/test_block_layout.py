@@ -161,3 +161,14 @@ def test_checked_bands_stops_at_the_last_row_and_names_the_file():
     wrong_width = r"a\.tif: row band at 0 of shape \(4, 3\) does not follow row 0"
     with pytest.raises(ValueError, match=wrong_width):
         list(checked_bands("a.tif", (8, 5), np.int32, bands()))
+
+
+def test_ortho_bytes_hand_computed():
+    """Three views kept, their combination, the side view on the z-resampled grid and two
+    transposed resampled volumes, on top of the whole-volume estimate."""
+    from napari_cellfocus.core.memory import ortho_bytes, whole_image_bytes
+
+    n = 20 * 256 * 256
+    maps = n * 4 * 3
+    extra = 4 * maps + 2 * maps + 2 * (2 * n) * 4  # z scale 2
+    assert ortho_bytes(n, 2, 3, 1.0, 2.0) == whole_image_bytes(n, 2, 3, 1.0) + extra

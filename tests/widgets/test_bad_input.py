@@ -152,3 +152,21 @@ def test_image_too_large_for_the_memory_left(viewer, qtbot, tiny_model, monkeypa
     seg.run()
     wait_idle(qtbot, seg)
     assert labels_name("nuclei") in viewer.layers
+
+
+def test_widget_memory_check_counts_the_orthogonal_views(monkeypatch):
+    from types import SimpleNamespace
+
+    from napari_cellfocus.core.memory import ortho_bytes, whole_image_bytes
+    from napari_cellfocus.widgets.segment import memory_problem
+
+    seg = SimpleNamespace(n_classes=3, zoom_for=lambda d: 1.0)
+    volume = np.zeros((40, 512, 512), np.uint16)
+    plain = whole_image_bytes(volume.size, 2) - volume.nbytes
+    ortho = ortho_bytes(volume.size, 2, 3, 1.0, 2.0) - volume.nbytes
+    between = (plain + ortho) / 2 / 0.8  # a limit that fits the one but not the other
+    monkeypatch.setenv("CELLFOCUS_MEMORY_LIMIT", str(int(between)))
+    assert memory_problem(seg, volume, None, "vol") is None
+    message = memory_problem(seg, volume, None, "vol", ortho_z_scale=2.0)
+    assert message and "'vol' (40 x 512 x 512)" in message
+    assert "three orthogonal views" in message

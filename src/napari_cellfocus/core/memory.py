@@ -70,6 +70,27 @@ def whole_image_bytes(
     return int(BASE_BYTES + image + probs + rescaled + labels + post + forward)
 
 
+def ortho_bytes(
+    n_pixels: int,
+    itemsize: int,
+    n_classes: int = 3,
+    zoom: float = 1.0,
+    z_scale: float = 1.0,
+    tile: int = DEFAULT_TILE,
+) -> int:
+    """Peak bytes of segmenting a volume of ``n_pixels`` voxels from three orthogonal views
+    (``engine.segment.Segmenter.iter_predict_ortho``): what :func:`whole_image_bytes`
+    counts, plus the three views' probabilities kept until they are combined and the
+    combined map (4 maps of the volume's size), the side view being predicted on the grid
+    resampled along z by ``z_scale`` (one more map of ``z_scale`` times the size) and the
+    two transposed resampled volumes (float32). Counted from what is held, not measured.
+    """
+    maps = n_pixels * 4 * n_classes
+    side_volumes = 2 * math.ceil(n_pixels * z_scale) * 4
+    views = 4 * maps + math.ceil(maps * z_scale) + side_volumes
+    return whole_image_bytes(n_pixels, itemsize, n_classes, zoom, tile=tile) + views
+
+
 def block_bytes(
     shape: tuple[int, int],
     itemsize: int,

@@ -135,10 +135,10 @@ def segment_job(
         yield DiameterFound(diam, estimated)
         if cancel.is_set():
             return Cancelled("before the prediction")
-        problem = memory_problem(segmenter, image, diam, name)
+        ortho = stack is not None and stack.z_mode == "ortho" and segmenter.spatial_dims == 2
+        problem = memory_problem(segmenter, image, diam, name, z_scale if ortho else None)
         if problem:
             return Failed(problem)
-        ortho = stack is not None and stack.z_mode == "ortho" and segmenter.spatial_dims == 2
         if method is None:
             method, params = segmenter.post_settings(None, None, diam, z_scale if ortho else None)
         if ortho:
@@ -199,25 +199,42 @@ def model_problem(segmenter: Segmenter) -> str | None:
 
 
 def memory_problem(
-    segmenter: Segmenter, image: np.ndarray, diameter: float | None, name: str
+    segmenter: Segmenter,
+    image: np.ndarray,
+    diameter: float | None,
+    name: str,
+    ortho_z_scale: float | None = None,
 ) -> str | None:
     """Why segmenting the layer ``name`` (array ``image``, already in memory) would not
     fit in the memory left (:mod:`napari_cellfocus.core.memory`: its probability maps,
-    labels and post-processing), or ``None``."""
-    from napari_cellfocus.core.memory import available_bytes, fits, gib, whole_image_bytes
+    labels and post-processing; with ``ortho_z_scale`` the three orthogonal views of a
+    volume resampled along z by it), or ``None``."""
+    from napari_cellfocus.core.memory import (
+        available_bytes,
+        fits,
+        gib,
+        ortho_bytes,
+        whole_image_bytes,
+    )
 
     try:
         available = available_bytes()
     except ValueError as err:  # a malformed CELLFOCUS_MEMORY_LIMIT
         return str(err)
     zoom = segmenter.zoom_for(diameter)
-    need = whole_image_bytes(image.size, image.itemsize, segmenter.n_classes, zoom)
+    if ortho_z_scale is not None:
+        need = ortho_bytes(
+            image.size, image.itemsize, segmenter.n_classes, zoom, float(ortho_z_scale)
+        )
+    else:
+        need = whole_image_bytes(image.size, image.itemsize, segmenter.n_classes, zoom)
     need -= image.nbytes  # the layer is loaded already
     if fits(need, available):
         return None
+    views = " (three orthogonal views)" if ortho_z_scale is not None else ""
     return (
         f"'{name}' ({' x '.join(map(str, image.shape))}) needs about {gib(need)} more memory "
-        f"for its probability maps and labels, and {gib(available)} is available. Close "
+        f"for its probability maps{views} and labels, and {gib(available)} is available. Close "
         "other layers or programs, or segment the file from a terminal block by block "
         "(cellfocus predict FILE --out labels.tif: memory bounded by the block)."
     )
