@@ -404,6 +404,7 @@ def choose_mode(path: Path, axes: str, args: argparse.Namespace, seg: Any) -> st
         block_bytes,
         fits,
         gib,
+        ortho_bytes,
         whole_image_bytes,
     )
     from napari_cellfocus.core.omezarr import is_zarr
@@ -420,6 +421,13 @@ def choose_mode(path: Path, axes: str, args: argparse.Namespace, seg: Any) -> st
     diameter = None if args.diameter == "auto" else float(args.diameter)
     zoom = seg.zoom_for(diameter) if diameter else 1.0
     whole = whole_image_bytes(pixels, itemsize, seg.n_classes, zoom, raw_bytes=total * itemsize)
+    z_mode = args.z_mode or CLI_DEFAULT_Z_MODE
+    if "Z" in axes and z_mode == "ortho" and seg.spatial_dims == 2:
+        from napari_cellfocus.core.voxel_size import z_scale_from_metadata
+
+        z_scale = args.z_scale or z_scale_from_metadata(path) or 1.0
+        views = ortho_bytes(pixels, itemsize, seg.n_classes, zoom, z_scale)
+        whole += views - whole_image_bytes(pixels, itemsize, seg.n_classes, zoom)
     plane = plane_axes(shape, axes) == "YX"
     available = available_bytes()
     if args.blocks == "on" and not plane:

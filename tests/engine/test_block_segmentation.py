@@ -74,7 +74,13 @@ def test_plan_blocks_refuses_bad_input_by_name(segmenter):
 
 
 def _args(**kw) -> argparse.Namespace:
-    base = {"diameter": "auto", "blocks": "auto", "block_size": 2048}
+    base = {
+        "diameter": "auto",
+        "blocks": "auto",
+        "block_size": 2048,
+        "z_mode": None,
+        "z_scale": None,
+    }
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -111,3 +117,12 @@ def test_choose_mode_from_the_header_and_the_memory_left(tmp_path, monkeypatch, 
     monkeypatch.setenv("CELLFOCUS_MEMORY_LIMIT", "500M")
     with pytest.raises(CliError, match=r"in blocks needs about .* 0.5 GiB is available"):
         cli_predict.choose_mode(path, "YX", _args(), segmenter)
+    # A volume: the default orthogonal views need more than planes (three views kept)
+    monkeypatch.setattr(
+        "napari_cellfocus.core.io.image_header",
+        lambda p: ((60, 1024, 1024), np.dtype(np.uint16), "ZYX"),
+    )
+    monkeypatch.setenv("CELLFOCUS_MEMORY_LIMIT", "6G")
+    assert cli_predict.choose_mode(stack, "ZYX", _args(z_mode="planes"), segmenter) == "whole"
+    with pytest.raises(CliError, match=r"stack.tif: .*60 x 1024 x 1024 uint16 image whole"):
+        cli_predict.choose_mode(stack, "ZYX", _args(), segmenter)
