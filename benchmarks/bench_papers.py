@@ -1392,7 +1392,8 @@ def _stamp(args: argparse.Namespace, total_s: float) -> dict[str, Any]:
         "device": args.device,
         "torch_threads": torch.get_num_threads(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _commit(),
+        # the code the run started from (later commits may land while it runs)
+        "commit": getattr(args, "start_commit", None) or _commit(),
         "total_s": total_s,
     }
 
@@ -1452,6 +1453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only rewrite docs/papers.md and its plots from a saved full run (not the overlays)",
     )
     args = parser.parse_args(argv)
+    args.start_commit = _commit()
     if args.correction_only:
         return _correction_only(args)
     if args.render:
