@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import tifffile
 from widget_helpers import dock, wait_idle
 
 from napari_cellfocus.core.simulate import simulate_cells
 from napari_cellfocus.engine.segment import Segmenter, postprocess_planes
-from napari_cellfocus.widgets._stack import ORTHO_TEXT, stack_options, z_scale_of
+from napari_cellfocus.widgets._stack import (
+    ORTHO_TEXT,
+    layer_z_scale,
+    stack_options,
+    z_scale_of,
+)
 
 
 def test_z_scale_from_the_layer_scale():
@@ -38,13 +44,14 @@ def test_ortho_stack_mode_uses_the_layer_z_scale(make_napari_viewer, qtbot, tiny
     assert labels.shape == (12, 64, 64)
     assert widget.state.result.stack.z_mode == "ortho"
     assert ORTHO_TEXT in widget.status.text()
+    assert "z scale 2 from the layer's scale" in widget.status.text()
     api = Segmenter(tiny_model, device="cpu").segment(
         scene.image,
         axes="ZYX",
         z_mode="ortho",
         z_scale=2.0,
         diameter=widget.last_diameter,
-        tile_size=int(widget.tile_spin.value()),
+        tile_size=widget.tile_size(),
     )
     np.testing.assert_array_equal(labels, api.labels)
     np.testing.assert_allclose(widget.state.result.probs, api.probs, atol=1e-5)
@@ -61,3 +68,24 @@ def test_ortho_stack_mode_uses_the_layer_z_scale(make_napari_viewer, qtbot, tiny
     )
     np.testing.assert_array_equal(relabelled, expected)
     assert int(relabelled.max()) <= api.count
+
+
+def test_z_scale_from_the_file_a_layer_was_opened_from(make_napari_viewer, tmp_path):
+    """napari's TIFF reader leaves the scale at 1: the voxel size then comes from the
+    file's ImageJ metadata (planes 3 um apart, 0.5 um pixels: 6)."""
+    path = tmp_path / "vol.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((4, 32, 32), np.uint16),
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"axes": "ZYX", "spacing": 3.0, "unit": "micron"},
+    )
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari")
+    assert tuple(layer.scale) == (1.0, 1.0, 1.0)
+    assert layer_z_scale(layer, tuple(layer.scale)) == (6.0, "the file's metadata")
+    layer.scale = (2.0, 1.0, 1.0)  # a scale the user set wins
+    assert layer_z_scale(layer, tuple(layer.scale)) == (2.0, "the layer's scale")
+    plain = viewer.add_image(np.zeros((4, 8, 8)), name="plain")
+    assert layer_z_scale(plain, tuple(plain.scale)) == (1.0, "no voxel size known")

@@ -74,6 +74,24 @@ def z_scale_of(scale: tuple[float, ...] | None) -> float:
     return float(min(50.0, max(0.05, z / pixel)))
 
 
+def layer_z_scale(layer: Any, scale: tuple[float, ...] | None) -> tuple[float, str]:
+    """The z scale of a volume layer and where it came from: its ``scale`` (Z, Y, X the
+    last three) when that says anything, else, when the scale is napari's default (all 1:
+    napari's TIFF reader does not read voxel sizes), the voxel size in the metadata of the
+    file the layer was opened from (:func:`core.voxel_size.z_scale_from_metadata`), else 1.
+    """
+    if scale is not None and len(scale) >= 3 and any(float(v) != 1.0 for v in scale[-3:]):
+        return z_scale_of(scale), "the layer's scale"
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if path:
+        from napari_cellfocus.core.voxel_size import z_scale_from_metadata
+
+        found = z_scale_from_metadata(path)
+        if found is not None:
+            return found, "the file's metadata"
+    return 1.0, "no voxel size known"
+
+
 def stack_options(stack: StackMode | None, image: np.ndarray | None = None) -> dict[str, Any]:
     """Keyword arguments of ``engine.segment.postprocess_planes`` for a stack mode (a
     z-stack's stitched 3D cells are split at waists, ``core.stitch.split_z``; stitched

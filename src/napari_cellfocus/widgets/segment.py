@@ -50,7 +50,12 @@ from napari_cellfocus.widgets._layers import (
     snapshot_outputs,
 )
 from napari_cellfocus.widgets._progress import ProgressBar
-from napari_cellfocus.widgets._stack import StackChoice, StackMode, stack_options, z_scale_of
+from napari_cellfocus.widgets._stack import (
+    StackChoice,
+    StackMode,
+    layer_z_scale,
+    stack_options,
+)
 from napari_cellfocus.widgets._state import Segmentation, get_state, unwrap
 from napari_cellfocus.widgets._workers import Cancelled, Failed, start_job
 
@@ -272,6 +277,7 @@ class SegmentWidget(QWidget):
         self._queue = LayerQueue()
         self._last_refresh = 0.0
         self._input = None
+        self._z_scale: tuple[float, str] = (1.0, "no voxel size known")
         self._segmenter: Segmenter | None = None
         self.last_diameter: float | None = None
         self._stack: StackMode | None = None
@@ -494,6 +500,7 @@ class SegmentWidget(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.device_picker.job_started()
+        self._z_scale = layer_z_scale(self._input.layer, self._input.scale)
         self.worker, self._cancel = start_job(
             segment_job,
             segmenter,
@@ -504,7 +511,7 @@ class SegmentWidget(QWidget):
             self._input.layer.name,
             diameter=self.diameter,
             stack=self._stack,
-            z_scale=z_scale_of(self._input.scale) if self._stack is not None else 1.0,
+            z_scale=self._z_scale[0] if self._stack is not None else 1.0,
             yielded=self._on_tile,
             returned=self._on_done,
             finished=self._on_finished,
@@ -612,6 +619,9 @@ class SegmentWidget(QWidget):
             )
         )
         how = f" ({result.stack.text})" if result.stack is not None else ""
+        if result.stack is not None and result.stack.z_mode == "ortho":
+            z_scale, source = self._z_scale
+            how = how[:-1] + f", z scale {z_scale:g} from {source})"
         per_frame = ""
         if result.frame_counts:
             counts = result.frame_counts
