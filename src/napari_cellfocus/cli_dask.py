@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ __all__ = [
     "check_cluster_args",
     "describe_cluster",
     "predict_on_cluster",
-    "predict_task",
     "worker_segmenter",
 ]
 
@@ -108,31 +107,6 @@ def worker_segmenter(model: str, device: str, torch_threads: int | None) -> tupl
         return _SEGMENTERS[key]
 
 
-def predict_task(
-    job: tuple[Path, str, Path, Path | None],
-    args: argparse.Namespace,
-    movies: bool,
-    folder: Path,
-    torch_threads: int | None,
-) -> tuple[list[list[Any]], str] | CliError:
-    """One image on a worker: :func:`cli_predict.predict_image` with the worker's model;
-    ``job`` is ``(image, axes, labels out, probs out or None)``. A bad file (one of
-    ``FILE_ERRORS``) comes back as a :class:`CliError` with its one-line reason."""
-    from napari_cellfocus.cli_predict import post_params_from_args, predict_image
-
-    seg, lock = worker_segmenter(args.model, args.device, torch_threads)
-    method = (args.post or seg.default_method).lower()
-    params = post_params_from_args(args.param, method, seg.n_classes)
-    try:
-        with lock:
-            return predict_image(
-                *job, seg=seg, method=method, params=params, args=args, movies=movies,
-                folder=folder,
-            )  # fmt: skip
-    except FILE_ERRORS as err:  # a bad file: a result (no worker log with a traceback)
-        return CliError(error_line(err))
-
-
 def _absolute(path: Path | None) -> Path | None:
     return None if path is None else Path(path).absolute()
 
@@ -151,11 +125,16 @@ def predict_on_cluster(
     args: argparse.Namespace,
     movies: bool,
     folder: Path,
+    task: Callable[..., Any],
 ) -> Iterator[tuple[list[list[Any]], str] | BaseException]:
     """Segment ``jobs`` on dask workers (``--workers`` or ``--dask``); yields, in the
     order of ``jobs``, each image's ``(rows, line)`` or the error that made it fail (one
     of ``FILE_ERRORS``, or a worker that died on it). Closing the iterator closes the
-    client and a local cluster."""
+    client and a local cluster.
+
+    ``task(job, args, movies, folder, torch_threads)`` segments one image on a worker
+    (``cli_predict.predict_task``; passed in, so this module needs nothing of
+    ``cli_predict``, which imports it)."""
     import logging
 
     from distributed import Client, LocalCluster
@@ -193,7 +172,7 @@ def predict_on_cluster(
     try:
         futures = [
             client.submit(
-                predict_task,
+                task,
                 (Path(p).absolute(), axes, Path(out).absolute(), _absolute(pout)),
                 sent,
                 movies,

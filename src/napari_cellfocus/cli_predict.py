@@ -66,7 +66,7 @@ from napari_cellfocus.cli_common import (
     error_line,
     filter_names,
 )
-from napari_cellfocus.cli_dask import add_cluster_args
+from napari_cellfocus.cli_dask import add_cluster_args, worker_segmenter
 from napari_cellfocus.core.io import stem_of
 
 __all__ = ["add_predict_parser", "post_params_from_args", "predict_image", "run_predict"]
@@ -669,7 +669,7 @@ def run_predict(args: argparse.Namespace) -> int:
         from napari_cellfocus.cli_dask import predict_on_cluster
 
         del seg
-        outcomes = predict_on_cluster(jobs, args, movies, places["folder"])
+        outcomes = predict_on_cluster(jobs, args, movies, places["folder"], predict_task)
     else:
         outcomes = serial()
     with contextlib.closing(outcomes):  # a cluster is shut down, also on an error
@@ -876,3 +876,27 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     add_overwrite_flag(p)
     p.set_defaults(func=run_predict)
     return p
+
+
+def predict_task(
+    job: tuple[Path, str, Path, Path | None],
+    args: argparse.Namespace,
+    movies: bool,
+    folder: Path,
+    torch_threads: int | None,
+) -> tuple[list[list[Any]], str] | CliError:
+    """One image on a dask worker: :func:`predict_image` with the worker's model
+    (:func:`cli_dask.worker_segmenter`);
+    ``job`` is ``(image, axes, labels out, probs out or None)``. A bad file (one of
+    ``FILE_ERRORS``) comes back as a :class:`CliError` with its one-line reason."""
+    seg, lock = worker_segmenter(args.model, args.device, torch_threads)
+    method = (args.post or seg.default_method).lower()
+    params = post_params_from_args(args.param, method, seg.n_classes)
+    try:
+        with lock:
+            return predict_image(
+                *job, seg=seg, method=method, params=params, args=args, movies=movies,
+                folder=folder,
+            )  # fmt: skip
+    except FILE_ERRORS as err:  # a bad file: a result (no worker log with a traceback)
+        return CliError(error_line(err))

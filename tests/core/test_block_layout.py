@@ -144,7 +144,7 @@ def test_forward_bytes_hand_computed():
 
 
 def test_checked_bands_stops_at_the_last_row_and_names_the_file():
-    from napari_cellfocus.core.io import checked_bands
+    from napari_cellfocus.core.bands import checked_bands
 
     pulled = []
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 import tifffile
+
+from napari_cellfocus.core.bands import checked_bands
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -219,38 +221,6 @@ def result_name(path: Path, suffix: str) -> str:
 
 #: Tile side (px) of the TIFF files written row band by row band (:func:`write_image_rows`).
 ROW_TILE = 256
-
-
-def checked_bands(
-    path: str | Path,
-    shape: tuple[int, int],
-    dtype: np.dtype | type,
-    bands: Iterable[tuple[int, np.ndarray]],
-) -> Iterator[tuple[int, np.ndarray]]:
-    """The ``(first_row, rows)`` bands of a (Y, X) image of ``shape``, checked, ``rows``
-    as ``dtype`` arrays of shape (n, X); stops after the band that reaches row Y - 1
-    (later ones are never asked for).
-
-    Raises ``ValueError`` naming ``path`` when a band does not follow the previous one,
-    has the wrong width, runs past the image, or the bands stop before its last row.
-    """
-    height, width = (int(n) for n in shape)
-    dtype = np.dtype(dtype)
-    expected = 0
-    for first, rows in bands:
-        rows = np.asarray(rows, dtype)
-        if first != expected or rows.ndim != 2 or rows.shape[1] != width:
-            raise ValueError(
-                f"{path}: row band at {first} of shape {rows.shape} does not follow row "
-                f"{expected} of a {height} x {width} image."
-            )
-        expected += rows.shape[0]
-        if expected > height:
-            raise ValueError(f"{path}: more row bands than the image's {height} rows.")
-        yield first, rows
-        if expected == height:
-            return
-    raise ValueError(f"{path}: row bands stopped at row {expected} of {height}.")
 
 
 def write_image_rows(

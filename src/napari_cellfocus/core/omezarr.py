@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_cellfocus.core.io import checked_bands
+from napari_cellfocus.core.bands import checked_bands
 
 #: Chunk side (px) of the label arrays written.
 LABEL_CHUNK = 1024
