@@ -243,3 +243,26 @@ def test_train_on_a_folder_pairs_images_with_their_label_files(sim_folder, tmp_p
     assert res.returncode == 0, res.stderr
     _, info = load_checkpoint(tmp_path / "m.pt")
     assert info.training["last_run"]["n_train_images"] == 2
+
+
+def test_weak_auto_decides_from_the_labels(sim_folder, tmp_path, cli):
+    """`--weak auto`: two drawn cells of a 96² image -> weak (W3); every cell -> dense; the
+    line says why, as the fine-tune widget's auto mode does."""
+    import tifffile
+
+    full = tifffile.imread(sim_folder / "sim_001_labels.tif")
+    ids = np.unique(full)[1:]
+    few = np.where(np.isin(full, ids[:1]), full, 0)
+    few_path = tmp_path / "few_labels.tif"
+    tifffile.imwrite(few_path, few)
+    image = str(sim_folder / "sim_001.tif")
+    common = ("--from", "default", "--weak", "auto", "--steps", "1", "--device", "cpu")
+    res = cli("train", image, "--labels", str(few_path), "--out", str(tmp_path / "a.pt"), *common)
+    assert res.returncode == 0, res.stderr
+    assert "--weak auto: weak: the annotations cover" in res.stdout
+    assert "weak labels (W3)" in res.stderr
+    labels = str(sim_folder / "sim_001_labels.tif")
+    res = cli("train", image, "--labels", labels, "--out", str(tmp_path / "b.pt"), *common)
+    assert res.returncode == 0, res.stderr
+    assert "--weak auto: dense: the annotations cover" in res.stdout
+    assert "weak labels (W3)" not in res.stderr

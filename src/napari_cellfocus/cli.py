@@ -101,7 +101,8 @@ def _train_config(args: argparse.Namespace):
     """The TrainConfig of ``cellfocus train ARGS``."""
     from napari_cellfocus.engine.train import TrainConfig, quick_finetune_config
 
-    base = quick_finetune_config(weak=args.weak) if args.init else TrainConfig(weak=args.weak)
+    weak = args.weak == "on"  # "auto" is decided from the labels (see _train)
+    base = quick_finetune_config(weak=weak) if args.init else TrainConfig(weak=weak)
     overrides = {
         "n_classes": args.classes,
         "loss": args.loss,
@@ -169,12 +170,21 @@ def _train(args: argparse.Namespace, distributed: bool = False) -> int:
     images, labels = _train_inputs(args)
     config = _train_config(args)
     out = Path(args.out)
+    label_images = [read_image(p) for p in labels]
+    reason = ""
+    if args.weak == "auto":
+        from napari_cellfocus.engine.finetune import choose_mode
+
+        weak, reason = choose_mode(label_images)
+        config = dataclasses.replace(config, weak=weak)
     if not distributed:
         from napari_cellfocus.engine.train import Trainer
 
+        if reason:
+            print(f"--weak auto: {reason}")
         trainer = Trainer(
             [read_image(p) for p in images],
-            [read_image(p) for p in labels],
+            label_images,
             config,
             init=args.init,
             device=args.device,
@@ -190,7 +200,7 @@ def _train(args: argparse.Namespace, distributed: bool = False) -> int:
     with process_group(args.device) as ctx:
         trainer = DistributedTrainer(
             [read_image(p) for p in images],
-            [read_image(p) for p in labels],
+            label_images,
             config,
             init=args.init,
             device=ctx.device,
@@ -232,7 +242,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--from", dest="init", default=None, help="fine-tune from 'default' or a model file"
     )
-    p.add_argument("--weak", action="store_true", help="labels are incomplete (only some cells)")
+    p.add_argument(
+        "--weak",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=("on", "off", "auto"),
+        help="labels are incomplete (only some cells drawn): W3 learns the drawn cells and "
+        "their surroundings only; 'auto' decides from how much of the images the labels "
+        "cover, as the fine-tune widget does (--weak alone: on)",
+    )
     p.add_argument(
         "--classes",
         type=int,

@@ -10,10 +10,11 @@ from qtpy.QtCore import QTimer
 from widget_helpers import dock, segment, wait_idle
 
 from napari_cellfocus.engine.checkpoint import load_checkpoint
+from napari_cellfocus.engine.finetune import annotation_coverage
 from napari_cellfocus.engine.segment import Segmenter
 from napari_cellfocus.engine.train import Trainer
 from napari_cellfocus.widgets._layers import labels_name, probability_name, role_of
-from napari_cellfocus.widgets.finetune import annotation_coverage, choose_mode
+from napari_cellfocus.widgets.finetune import choose_mode
 
 #: The outputs of segmenting the 'nuclei' image (named after it).
 LABELS = labels_name("nuclei")

@@ -40,9 +40,9 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from scipy import ndimage
 
-from napari_cellfocus.core.validation import check_labels
+from napari_cellfocus.engine.finetune import choose_mode as plan_choose_mode
+from napari_cellfocus.engine.finetune import plan_finetune
 from napari_cellfocus.widgets._device import DevicePicker
 from napari_cellfocus.widgets._inputs import ImageSource, LayerCombo
 from napari_cellfocus.widgets._layers import (
@@ -76,12 +76,6 @@ if TYPE_CHECKING:
 
     from napari_cellfocus.engine.checkpoint import ModelInfo
 
-#: Annotations are dense when this share of the image lies within ``NEAR_PX`` of them.
-DENSE_COVERAGE = 0.9
-#: "Near an annotation": the distance beyond which W3 stops trusting background (thesis beta).
-NEAR_PX = 30
-#: Crop side of the quick fine-tune (engine.train.quick_finetune_config).
-MAX_CROP = 192
 #: Whole stacks up to this many pixels are previewed; larger ones only on annotated planes.
 PREVIEW_ALL_PIXELS = 4_000_000
 #: Seconds between updates of the (blitted) loss curve.
@@ -93,33 +87,11 @@ MODES = (
 )
 
 
-def annotation_coverage(labels: np.ndarray, near: float = NEAR_PX) -> float:
-    """Share of pixels within ``near`` pixels of an annotated (label > 0) pixel.
-
-    ``labels``: (Y, X) or a stack of planes (*lead, Y, X); distances are measured
-    within each plane. 1.0 when every pixel is close to an annotation.
-    """
-    lab = np.asarray(labels)
-    planes = lab.reshape(-1, *lab.shape[-2:])
-    close = 0
-    for plane in planes:
-        if plane.any():
-            close += int((ndimage.distance_transform_edt(plane == 0) <= near).sum())
-    return close / lab.size if lab.size else 0.0
-
-
 def choose_mode(labels: np.ndarray, layer: Any) -> tuple[bool, str]:
-    """``(weak, reason)`` for the "auto" mode; ``layer`` is the annotation layer."""
+    """``(weak, reason)`` for the "auto" mode; ``layer`` is the annotation layer (labels
+    that a segmentation made are dense): :func:`engine.finetune.choose_mode`."""
     source = role_of(layer) or layer.metadata.get(FROM)
-    if source == LABELS_ROLE:
-        return False, "dense: the labels come from a segmentation (every cell is there)"
-    coverage = annotation_coverage(labels)
-    if coverage >= DENSE_COVERAGE:
-        return False, f"dense: the annotations cover {100 * coverage:.0f}% of the image"
-    return True, (
-        f"weak: the annotations cover {100 * coverage:.0f}% of the image, so only the "
-        "drawn cells and their surroundings teach"
-    )
+    return plan_choose_mode(labels, from_segmentation=source == LABELS_ROLE)
 
 
 @dataclass
@@ -558,28 +530,20 @@ class FinetuneWidget(QWidget):
                 "with napari's paint tools, or press 'New annotation layer' and draw a few "
                 "cells."
             )
-        labels = check_labels(
-            np.array(layer.data, copy=True), name=f"'{layer.name}'", ndim=(2, 3, 4)
+        # snapshots: the user may go on painting while the model trains
+        source_role = role_of(layer) or layer.metadata.get(FROM)
+        fine = plan_finetune(
+            np.array(source.data, dtype=np.float32, copy=True),
+            np.array(layer.data, copy=True),
+            image_name=source.layer.name,
+            labels_name=layer.name,
+            mode=self.mode_combo.currentData(),
+            from_segmentation=source_role == LABELS_ROLE,
+            steps=int(self.steps_spin.value()),
+            overrides=self.config_overrides,
         )
-        image = np.array(source.data, dtype=np.float32, copy=True)
-        if labels.shape != image.shape:
-            raise ValueError(
-                f"Annotations '{layer.name}' have shape {labels.shape} but the image "
-                f"'{source.layer.name}' has shape {image.shape}: they must match. Use labels "
-                "drawn on this image ('New annotation layer' makes one of the right size)."
-            )
-        if min(image.shape[-2:]) < 16:
-            raise ValueError(
-                f"'{source.layer.name}' is {image.shape[-2:]} pixels: too small to train on "
-                "(at least 16 x 16)."
-            )
+        image, labels, weak, planes = fine.image, fine.annotations, fine.weak, fine.planes
         lead = image.shape[:-2]
-        annotated = [idx for idx in np.ndindex(*lead) if labels[idx].any()] if lead else []
-        if not labels.any():
-            raise ValueError(
-                f"No cell is annotated in '{layer.name}': paint at least one cell "
-                "(label > 0), then press Fine-tune."
-            )
         start = self.start_combo.currentData()
         entry, device = self.state.model, self.device
         load = None
@@ -588,19 +552,7 @@ class FinetuneWidget(QWidget):
             def load() -> Any:
                 return self.state.segmenter(entry, device)
 
-        mode = self.mode_combo.currentData()
-        if mode == "auto":
-            drawn = np.stack([labels[i] for i in annotated]) if lead else labels
-            weak, reason = choose_mode(drawn, layer)
-        else:
-            weak, reason = mode == "weak", f"{mode} (chosen)"
-        planes = annotated if lead else [()]
-        images = [image[i] for i in planes]
-        targets = [labels[i] for i in planes]
-        names = [f"{source.layer.name} {i}" if i else source.layer.name for i in planes]
-        crop = max(16, min(MAX_CROP, *(min(im.shape) for im in images)))
-        settings = {"steps": int(self.steps_spin.value()), "crop_size": crop}
-        settings.update(self.config_overrides)
+        settings = fine.settings
         # Preview: the whole image when small, else the annotated planes only.
         preview_planes = list(np.ndindex(*lead)) if lead else [()]
         if image.size > PREVIEW_ALL_PIXELS:
@@ -629,13 +581,13 @@ class FinetuneWidget(QWidget):
             "device": device,
         }
         return {
-            "images": images,
-            "labels": targets,
+            "images": fine.images,
+            "labels": fine.labels,
             "plan": plan,
-            "names": names,
+            "names": fine.names,
             "preview": preview,
             "weak": weak,
-            "reason": reason,
+            "reason": fine.reason,
             "source": source,
             "source_name": source.layer.name,
             "layer": layer,
