@@ -1,6 +1,7 @@
 """napari-cellfocus: segmentation, counting and multi-focus fusion of cells in napari.
 
-The package is split in three layers (see ``docs/design.md``):
+The package is split in three layers (see ``docs/contributing.md``; the layering is
+checked by ``tests/test_import_layers.py``):
 
 ``core``    numpy / scipy / scikit-image science: targets, weight maps,
             post-processing, metrics, the simulator and classical fusion.
