@@ -1079,8 +1079,9 @@ machine lent in short sessions.
         lines.append("\n## Correction curve\n")
         cm = result.get("correction_meta")
         if cm:
+            when = cm.get("note") or "Re-run on its own after the tables above"
             lines.append(
-                f"Re-run on its own after the tables above: `{cm['command']}`, seed {cm['seed']}, "
+                f"{when}: `{cm['command']}`, seed {cm['seed']}, "
                 f"device {cm['device']}, {cm['date']}, commit `{cm['commit']}`, "
                 f"{cm['total_s'] / 60:.0f} min.\n"
             )
