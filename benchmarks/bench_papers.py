@@ -862,12 +862,12 @@ def _protocol(p: dict[str, Any] | None, label: str = "this run") -> str:
 {sizes}
 ### Choices and deviations
 
-- UNET2 needs a 2-class network; `TrainConfig` accepts 3 or 4 classes. The benchmark
-  trains the 3-class network with the touching class merged into background in the target and
-  the U-Net map recomputed from that binary target; the third output is never a target and its
-  probability goes to zero, so the model is the 2-class one up to an unused logit. Clean
-  support would be `n_classes=2` in `TrainConfig` (class_target with the touching class merged,
-  `CLASS_NAMES[:2]`) and 2-class post-processing (connected components).
+- UNET2: the benchmark trains the 3-class network with the touching class merged into
+  background in the target and the U-Net map recomputed from that binary target; the third
+  output is never a target and its probability goes to zero, so the model is the 2-class one
+  up to an unused logit. The package now has a real 2-class mode (`TrainConfig(n_classes=2)`,
+  `cellfocus train --classes 2`, 2-class MAP / TH / WT, docs/methods.md); the benchmark
+  still uses the merged target, which the runs on this page were made with.
 - The counting network's output is 3-class here (Trainer), not the paper's 1-channel sigmoid;
   its foreground is 1 - p(background).
 - W3 samples 90 % of its crops around annotated pixels (the Trainer's weak mode), so its crop
