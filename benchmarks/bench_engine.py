@@ -399,9 +399,14 @@ def write_speed_docs(results: dict, path: Path) -> None:
                 f"| **{r['ratio']:.2f}x** (goal <= 4.5x) |"
             )
     lines.append(f"<!-- speed:{dev}:end -->")
-    section = "\n".join(lines)
+    _replace_section(path, f"speed:{dev}", "\n".join(lines))
+
+
+def _replace_section(path: Path, marker: str, section: str) -> None:
+    """Put ``section`` (which starts and ends with its ``<!-- MARKER:start/end -->``
+    comments) in place of the old one in ``path``, or append it."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = f"<!-- speed:{dev}:start -->", f"<!-- speed:{dev}:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start in text:
         text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
     else:
@@ -442,13 +447,7 @@ def write_docs(results: dict, path: Path) -> None:
 | one-click fine-tune, 512x512, {ft["annotated_cells"]} cells annotated, {ft["steps"]} steps | {ft["seconds"]:.0f} s | goal <= 120 s on a 2-core CPU |
 | PQ on the unannotated cells, before -> after fine-tune | {ft["pq_unannotated_before"]:.3f} -> {ft["pq_unannotated_after"]:.3f} | unfamiliar domain: large, elongated, dim nuclei |
 <!-- engine:{dev}:end -->"""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = f"<!-- engine:{dev}:start -->", f"<!-- engine:{dev}:end -->"
-    if start in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    _replace_section(path, f"engine:{dev}", section)
 
 
 def main() -> None:

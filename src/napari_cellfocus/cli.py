@@ -177,20 +177,14 @@ def _train(args: argparse.Namespace, distributed: bool = False) -> int:
 
         weak, reason = choose_mode(label_images)
         config = dataclasses.replace(config, weak=weak)
+    inputs = ([read_image(p) for p in images], label_images, config)
+    where = {"init": args.init, "out": args.out, "names": [str(p) for p in images]}
     if not distributed:
         from napari_cellfocus.engine.train import Trainer
 
         if reason:
             print(f"--weak auto: {reason}")
-        trainer = Trainer(
-            [read_image(p) for p in images],
-            label_images,
-            config,
-            init=args.init,
-            device=args.device,
-            out=args.out,
-            names=[str(p) for p in images],
-        )
+        trainer = Trainer(*inputs, device=args.device, **where)
         _say_training(trainer, config, args)
         return run_training(trainer, out, config.steps, "train")
 
@@ -198,15 +192,9 @@ def _train(args: argparse.Namespace, distributed: bool = False) -> int:
     from napari_cellfocus.engine.ddp import distributed as process_group
 
     with process_group(args.device) as ctx:
-        trainer = DistributedTrainer(
-            [read_image(p) for p in images],
-            label_images,
-            config,
-            init=args.init,
-            device=ctx.device,
-            out=args.out,
-            names=[str(p) for p in images],
-        )
+        trainer = DistributedTrainer(*inputs, device=ctx.device, **where)
+        if ctx.is_writer and reason:
+            print(f"--weak auto: {reason}")
         if ctx.is_writer:
             _say_training(
                 trainer,

@@ -426,8 +426,9 @@ def choose_mode(path: Path, axes: str, args: argparse.Namespace, seg: Any) -> st
         from napari_cellfocus.core.voxel_size import z_scale_from_metadata
 
         z_scale = args.z_scale or z_scale_from_metadata(path) or 1.0
-        views = ortho_bytes(pixels, itemsize, seg.n_classes, zoom, z_scale)
-        whole += views - whole_image_bytes(pixels, itemsize, seg.n_classes, zoom)
+        whole = ortho_bytes(
+            pixels, itemsize, seg.n_classes, zoom, z_scale, raw_bytes=total * itemsize
+        )
     plane = plane_axes(shape, axes) == "YX"
     available = available_bytes()
     if args.blocks == "on" and not plane:

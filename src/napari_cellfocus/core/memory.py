@@ -77,6 +77,7 @@ def ortho_bytes(
     zoom: float = 1.0,
     z_scale: float = 1.0,
     tile: int = DEFAULT_TILE,
+    raw_bytes: int = 0,
 ) -> int:
     """Peak bytes of segmenting a volume of ``n_pixels`` voxels from three orthogonal views
     (``engine.segment.Segmenter.iter_predict_ortho``): what :func:`whole_image_bytes`
@@ -84,11 +85,13 @@ def ortho_bytes(
     combined map (4 maps of the volume's size), the side view being predicted on the grid
     resampled along z by ``z_scale`` (one more map of ``z_scale`` times the size) and the
     two transposed resampled volumes (float32). Counted from what is held, not measured.
+    ``raw_bytes``: as :func:`whole_image_bytes`.
     """
     maps = n_pixels * 4 * n_classes
     side_volumes = 2 * math.ceil(n_pixels * z_scale) * 4
     views = 4 * maps + math.ceil(maps * z_scale) + side_volumes
-    return whole_image_bytes(n_pixels, itemsize, n_classes, zoom, tile=tile) + views
+    whole = whole_image_bytes(n_pixels, itemsize, n_classes, zoom, raw_bytes, tile)
+    return whole + views
 
 
 def block_bytes(

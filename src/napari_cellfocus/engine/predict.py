@@ -41,6 +41,14 @@ def default_tile_size(device: torch.device | str) -> int:
     return DEFAULT_TILE.get(torch.device(device).type, FALLBACK_TILE)
 
 
+def plane_windows(
+    plane_shape: tuple[int, ...], tile: int, halo: int, blend: int, divisor: int
+) -> tuple[int, ...]:
+    """The tile window of each axis of a plane: the fewest equal tiles of at most
+    ``tile`` px (:func:`~.tiling.even_window`), aligned to the model's ``divisor``."""
+    return tuple(even_window(n, tile, halo, blend, divisor) for n in plane_shape)
+
+
 @dataclass
 class TileUpdate:
     """Progress of a prediction after one more tile (or batch of tiles) is done.
@@ -144,7 +152,7 @@ def iter_predict(
     done_planes = 0
     while done_planes < len(planes):
         plane_index = planes[done_planes]
-        window = tuple(even_window(n, tile, halo, blend, divisor) for n in plane_shape)
+        window = plane_windows(plane_shape, tile, halo, blend, divisor)
         tiles = grid_tiles(plane_shape, window, halo, blend, align=divisor)
         total = len(tiles) * len(planes)
         acc: torch.Tensor | None = None  # per-plane sum on the GPU

@@ -71,9 +71,10 @@ from napari_cellfocus.engine.predict import (
     TileUpdate,
     default_tile_size,
     iter_predict,
+    plane_windows,
     predict_probabilities,
 )
-from napari_cellfocus.engine.tiling import axis_tiling, even_window
+from napari_cellfocus.engine.tiling import grid_tiles
 
 #: Passes of the size estimate at most (the first at the image's own scale).
 ESTIMATE_PASSES = 3
@@ -365,11 +366,9 @@ class Segmenter:
         divisor = int(getattr(self.model, "divisor", 1))
         tile = max(divisor, tile // divisor * divisor)
         sd = self.spatial_dims
-        per_plane = 1
-        for n in shape[-sd:]:
-            side = max(1, round(n * zoom))
-            window = even_window(side, tile, halo, blend, divisor)
-            per_plane *= len(axis_tiling(side, window, halo, blend, divisor).starts)
+        plane = tuple(max(1, round(n * zoom)) for n in shape[-sd:])
+        window = plane_windows(plane, tile, halo, blend, divisor)
+        per_plane = len(grid_tiles(plane, window, halo, blend, align=divisor))
         return per_plane * math.prod(shape[:-sd])
 
     def iter_predict_ortho(

@@ -618,10 +618,12 @@ class SegmentWidget(QWidget):
                 generation=self.state.new_generation(),
             )
         )
-        how = f" ({result.stack.text})" if result.stack is not None else ""
-        if result.stack is not None and result.stack.z_mode == "ortho":
+        how = ""
+        if result.stack is not None:
             z_scale, source = self._z_scale
-            how = how[:-1] + f", z scale {z_scale:g} from {source})"
+            ortho = result.stack.z_mode == "ortho"
+            z_note = f", z scale {z_scale:g} from {source}" if ortho else ""
+            how = f" ({result.stack.text}{z_note})"
         per_frame = ""
         if result.frame_counts:
             counts = result.frame_counts
