@@ -16,7 +16,7 @@ from skimage.segmentation import find_boundaries
 
 from cli_helpers import read_rows, run_cli
 from napari_cellfocus.cli_common import CliError, filter_names
-from napari_cellfocus.cli_predict import PARAM_HELP, count_rows, method_parameters
+from napari_cellfocus.cli_predict import count_rows, method_parameters, param_help
 from napari_cellfocus.core.simulate import simulate_cells
 
 AMBER = (255, 204, 0)
@@ -205,5 +205,14 @@ def test_count_rows():
 
 
 def test_param_help_lists_each_methods_parameters():
-    for method, names in PARAM_HELP.items():
+    """--method's choices and the --param help name each method's real keywords (the
+    registry's parameters, which must be the function's)."""
+    import inspect
+
+    from napari_cellfocus.core.postprocess import METHODS
+
+    assert list(param_help()) == ["map", "th", "wt"]
+    for method, names in param_help().items():
         assert names == ", ".join(method_parameters(method))
+        keywords = list(inspect.signature(METHODS[method]).parameters)[1:]
+        assert names == ", ".join(keywords)

@@ -1,7 +1,11 @@
 """``cellfocus predict``: segment images or folders, with counts, per-cell tables and overlays.
 
     cellfocus predict IMAGES... --out OUT [--include GLOB] [--exclude GLOB]
-        [--post map|th|wt] [--param NAME=VALUE ...] [--table] [--overlay] [--counts CSV]
+        [--method map|th|wt|...] [--param NAME=VALUE ...] [--table] [--overlay]
+        [--counts CSV]
+
+``--method`` (also spelled ``--post``) offers the post-processing methods of the registry
+(``core.methods.POST_METHODS``) and ``--param`` their parameters, checked against it.
 
 Outputs, for ``--out`` a folder (or a ``.tif`` file when one image is given):
 
@@ -47,7 +51,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import inspect
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -71,13 +74,15 @@ from napari_cellfocus.core.io import stem_of
 
 __all__ = ["add_predict_parser", "post_params_from_args", "predict_image", "run_predict"]
 
-#: Post-processing methods the CLI offers and the parameters each takes (kept in step with
-#: ``core.postprocess.METHODS`` by a test; only for the help text, which must not import it).
-PARAM_HELP = {
-    "map": "min_size, fill_holes",
-    "th": "gamma1, gamma2, min_size, fill_holes",
-    "wt": "tau0, tau1, min_size",
-}
+
+def param_help() -> dict[str, str]:
+    """``{method: "its, parameters"}`` of the post-processing methods the CLI offers (the
+    registry, ``core.methods``, which imports nothing heavy: the parser is built from it)."""
+    from napari_cellfocus.core.methods import app_methods
+
+    return {m.key: ", ".join(m.names) for m in app_methods()}
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -94,21 +99,16 @@ def param_arg(text: str) -> tuple[str, str]:
 
 
 def method_parameters(method: str) -> dict[str, Any]:
-    """Parameters of post-processing ``method`` (``core.postprocess.METHODS``) and their
-    defaults, in signature order."""
-    from napari_cellfocus.core.postprocess import METHODS
+    """Parameters of post-processing ``method`` (its registry entry, ``core.methods``) and
+    their defaults, in signature order."""
+    from napari_cellfocus.core.methods import get_post_method
 
-    func = METHODS[method]
-    return {
-        n: p.default
-        for n, p in inspect.signature(func).parameters.items()
-        if n not in ("probs", "foreground")
-    }
+    return get_post_method(method).defaults()
 
 
-def _convert(name: str, text: str, default: Any) -> Any:
-    """``text`` as the type of the parameter's default (bool, int or float)."""
-    if isinstance(default, bool):
+def _convert(name: str, text: str, kind: str) -> Any:
+    """``text`` as a parameter of ``kind`` (the registry's "bool", "int" or "float")."""
+    if kind == "bool":
         if text.lower() in _TRUE + _FALSE:
             return text.lower() in _TRUE
         raise CliError(f"--param {name}={text}: expected true or false.")
@@ -116,7 +116,7 @@ def _convert(name: str, text: str, default: Any) -> Any:
         value = float(text)
     except ValueError:
         raise CliError(f"--param {name}={text}: expected a number.") from None
-    if isinstance(default, int):
+    if kind == "int":
         if not value.is_integer():
             raise CliError(f"--param {name}={text}: expected a whole number.")
         return int(value)
@@ -134,20 +134,25 @@ def post_params_from_args(
     twice: the last value counts. Raises :class:`CliError` naming the bad name and the
     allowed ones.
     """
-    from napari_cellfocus.core.postprocess import METHODS, postprocess
+    from napari_cellfocus.core.methods import app_methods, get_post_method
+    from napari_cellfocus.core.postprocess import postprocess
 
-    method = method.lower()
-    allowed = method_parameters(method)
+    try:
+        spec = get_post_method(method)
+    except ValueError as err:
+        raise CliError(f"--method: {err}") from None
+    method = spec.key
+    allowed = spec.names
     params: dict[str, Any] = {}
     for name, text in pairs:
         if name not in allowed:
-            others = [m for m in METHODS if m != method and name in method_parameters(m)]
+            others = [m.key for m in app_methods() if m.key != method and name in m.names]
             hint = f" (a parameter of --post {' / '.join(others)})" if others else ""
             raise CliError(
                 f"--param {name}: not a parameter of the {method!r} post-processing{hint}; "
                 f"{method!r} takes {', '.join(allowed)}."
             )
-        params[name] = _convert(name, text, allowed[name])
+        params[name] = _convert(name, text, spec.param(name).kind)
     if params:
         dummy = np.full((n_classes, 8, 8), 1.0 / n_classes, np.float32)
         try:
@@ -756,11 +761,15 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--out", required=True, type=Path, help="labels TIFF (one image) or folder")
     add_name_filters(p)
     p.add_argument("--model", default="default", help="model file, or 'default' (built-in)")
+    helps = param_help()
     p.add_argument(
+        "--method",
         "--post",
-        choices=tuple(PARAM_HELP),
+        dest="post",
+        choices=tuple(helps),
         default=None,
-        help="post-processing (default: the model's own, with its stored thresholds)",
+        help="post-processing method (default: the model's own, with its stored "
+        "thresholds); --post is the older name",
     )
     p.add_argument(
         "--param",
@@ -769,7 +778,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         default=[],
         metavar="NAME=VALUE",
         help="post-processing parameter, over the model's stored ones (repeatable): "
-        + "; ".join(f"{m}: {names}" for m, names in PARAM_HELP.items())
+        + "; ".join(f"{m}: {names}" for m, names in helps.items())
         + ". min_size (px) replaces the model's size filter relative to the diameter",
     )
     p.add_argument(

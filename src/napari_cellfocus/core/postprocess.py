@@ -47,7 +47,6 @@ topologically consistent partner.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -59,6 +58,15 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
+from napari_cellfocus.core.methods import (
+    DEFAULT_GAMMA1,
+    DEFAULT_GAMMA2,
+    DEFAULT_MIN_SIZE,
+    DEFAULT_TAU0,
+    DEFAULT_TAU1,
+    POST_METHODS,
+    get_post_method,
+)
 from napari_cellfocus.core.metrics import evaluate
 from napari_cellfocus.core.validation import (
     check_image,
@@ -88,17 +96,6 @@ __all__ = [
     "threshold_labels",
     "watershed_labels",
 ]
-
-#: TH cell threshold (T Table 5: LSMAX, BWM, UNET).
-DEFAULT_GAMMA1 = 0.5
-#: TH touching threshold (T Table 5: LSMAX, BWM, UNET, COMB).
-DEFAULT_GAMMA2 = 0.1
-#: WT background-marker threshold (T Table 5, W3).
-DEFAULT_TAU0 = 0.4
-#: WT cell-marker threshold (T Table 5, W3).
-DEFAULT_TAU1 = 0.9
-#: Objects with fewer pixels (voxels) than this are removed (not given in the thesis).
-DEFAULT_MIN_SIZE = 16
 
 #: Largest search radius (pixels) of the exact shell search for the nearest cell;
 #: touching pixels farther from every cell fall back to a Euclidean distance transform.
@@ -845,13 +842,24 @@ def average_probabilities(prob_maps: Sequence[np.ndarray] | np.ndarray) -> np.nd
 
 # ---------------------------------------------------------------------- dispatcher
 
-#: Methods accepted by :func:`postprocess`.
-METHODS: dict[str, Callable[..., tuple[np.ndarray, int]]] = {
-    "map": map_labels,
-    "th": threshold_labels,
-    "wt": watershed_labels,
-    "binary": binary_watershed_labels,
-}
+
+class _Functions(Mapping):
+    """Read-only ``{key: function}`` view of the registry (``core.methods.POST_METHODS``)."""
+
+    def __getitem__(self, key: str) -> Callable[..., tuple[np.ndarray, int]]:
+        return POST_METHODS[key].function
+
+    def __iter__(self):
+        return iter(POST_METHODS)
+
+    def __len__(self) -> int:
+        return len(POST_METHODS)
+
+
+#: Methods accepted by :func:`postprocess`, ``{key: function}``: a view of the registry
+#: :data:`napari_cellfocus.core.methods.POST_METHODS`, where a method is declared with its
+#: parameters and search grid (:func:`~napari_cellfocus.core.methods.register_post_method`).
+METHODS: Mapping[str, Callable[..., tuple[np.ndarray, int]]] = _Functions()
 
 
 def postprocess(probs: np.ndarray, method: str = "th", **params) -> tuple[np.ndarray, int]:
@@ -862,27 +870,26 @@ def postprocess(probs: np.ndarray, method: str = "th", **params) -> tuple[np.nda
     probs : float array (C, Y, X) or (C, Z, Y, X)
         Softmax output (for ``"binary"`` also a foreground map, see
         :func:`binary_watershed_labels`).
-    method : {"map", "th", "wt", "binary"}
-        :func:`map_labels`, :func:`threshold_labels`, :func:`watershed_labels` or
-        :func:`binary_watershed_labels` (case-insensitive).
+    method : str
+        A key of the registry (:data:`napari_cellfocus.core.methods.POST_METHODS`,
+        case-insensitive): ``"map"`` (:func:`map_labels`), ``"th"``
+        (:func:`threshold_labels`), ``"wt"`` (:func:`watershed_labels`), ``"binary"``
+        (:func:`binary_watershed_labels`) or one registered later.
     **params
-        Keyword arguments of that function (e.g. ``gamma1=0.6``).
+        Parameters the registry declares for that method (e.g. ``gamma1=0.6``).
 
     Returns
     -------
     labels : int32 array, count : int
     """
-    key = str(method).lower()
-    if key not in METHODS:
-        raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}.")
-    func = METHODS[key]
-    allowed = [n for n in inspect.signature(func).parameters if n not in ("probs", "foreground")]
-    unknown = sorted(set(params) - set(allowed))
+    spec = get_post_method(method)
+    unknown = sorted(set(params) - set(spec.names))
     if unknown:
         raise ValueError(
-            f"method {key!r}: unknown parameter(s) {unknown}; expected some of {allowed}."
+            f"method {spec.key!r}: unknown parameter(s) {unknown}; expected some of "
+            f"{list(spec.names)}."
         )
-    return func(probs, **params)
+    return spec.function(probs, **params)
 
 
 # ------------------------------------------------------------------ threshold search
@@ -920,20 +927,23 @@ class ThresholdSearch:
 
 
 def default_grid(method: str) -> dict[str, np.ndarray]:
-    """Default search grid of a method: steps of 0.1 (0.05 for ``gamma2`` and ``threshold``).
+    """Default search grid of a method, from its registry entry
+    (:data:`napari_cellfocus.core.methods.POST_METHODS`): for the built-in ones steps of
+    0.1 (0.05 for ``gamma2`` and ``threshold``).
 
     The thesis' best values (T Table 5) lie on steps of 0.1 for gamma1, tau0, tau1
     and 0.1-0.2 for gamma2; the counting paper's best cutoff (0.55, C Fig. 8) on
-    steps of 0.05.
+    steps of 0.05. ``ValueError`` for a method without a grid (MAP).
     """
-    tenths = np.round(np.arange(0.1, 0.91, 0.1), 2)
-    if method == "th":
-        return {"gamma1": tenths, "gamma2": np.round(np.arange(0.05, 0.51, 0.05), 2)}
-    if method == "wt":
-        return {"tau0": tenths, "tau1": tenths.copy()}
-    if method == "binary":
-        return {"threshold": np.round(np.arange(0.05, 0.96, 0.05), 2)}
-    raise ValueError(f"method: expected 'th', 'wt' or 'binary', got {method!r}.")
+    key = str(method).lower()
+    spec = POST_METHODS.get(key)
+    if spec is None or not spec.grid:
+        searchable = [k for k, m in POST_METHODS.items() if m.grid]
+        raise ValueError(
+            f"method: expected one of {', '.join(repr(k) for k in searchable)} (a method "
+            f"with thresholds to search), got {method!r}."
+        )
+    return {k: np.asarray(v, dtype=float) for k, v in spec.grid.items()}
 
 
 _POOLED = {"f1", "rq", "precision", "recall", "ap"}
@@ -988,14 +998,18 @@ def _pooled_score(results: list[dict], metric: str) -> float:
 
 
 def _inert_parameters(method: str, prepared: Sequence[np.ndarray]) -> set[str]:
-    """Thresholds of ``method`` that cannot change its result on these maps.
+    """Thresholds of ``method`` that cannot change its result on these maps: those whose
+    registry entry excludes every map's class count (``Param.classes``).
 
     2-class maps (background, cell) have no touching class, so TH ignores ``gamma2``
     and WT ``tau1``; the search then runs each value of the other threshold once.
+    Foreground maps (``"binary"``) have no class axis: nothing is inert.
     """
-    if method in ("th", "wt") and all(p.shape[0] == 2 for p in prepared):
-        return {"gamma2"} if method == "th" else {"tau1"}
-    return set()
+    if method == "binary":
+        return set()
+    spec = POST_METHODS[method]
+    inert = [spec.inert(int(p.shape[0])) for p in prepared]
+    return set.intersection(*inert) if inert else set()
 
 
 def search_thresholds(
@@ -1037,8 +1051,9 @@ def search_thresholds(
         Probability maps (for ``"binary"`` also foreground maps).
     reference_labels : int array (Y, X) / (Z, Y, X), or a list of the same length
         Reference instances for each map.
-    method : {"th", "wt", "binary"}
-        Which post-processing to tune.
+    method : {"th", "wt", "binary"} or another registered method with a grid
+        Which post-processing to tune (its registry entry names the thresholds that
+        may be searched, ``PostMethod.grid``).
     grid : dict of str -> sequence of float, optional
         Values to try for each threshold (names as in the method's signature);
         :func:`default_grid` when omitted.
@@ -1056,7 +1071,7 @@ def search_thresholds(
     -------
     ThresholdSearch
     """
-    method = str(method).lower()
+    method = get_post_method(method).key
     base_grid = default_grid(method)
     grid = {k: np.asarray(v, dtype=float) for k, v in (grid or base_grid).items()}
     allowed = set(base_grid)
@@ -1113,7 +1128,7 @@ def search_thresholds(
             return _watershed(arr, kw["tau0"], kw["tau1"], min_size)
 
         spatial = [p.shape[1:] for p in prepared]
-    else:
+    elif method == "binary":
         classes_first = fixed.pop("classes_first", None)
         prepared = [_foreground(p, classes_first) for p in prob_list]
         cell_size = fixed.pop("mean_cell_size", None)
@@ -1123,6 +1138,20 @@ def search_thresholds(
             return _binary_watershed(arr, kw["threshold"], cell_size, min_size)
 
         spatial = [p.shape for p in prepared]
+    else:  # a method registered with a grid: its function at every grid point
+        spec = POST_METHODS[method]
+        prepared = [_probs(p, name=f"probabilities {i}") for i, p in enumerate(prob_list)]
+        takes_min_size = "min_size" in spec.names
+        defaults = {k: v for k, v in spec.defaults().items() if k in base_grid}
+        defaults.update({k: fixed.pop(k) for k in list(fixed) if k in defaults})
+        other = {k: fixed.pop(k) for k in list(fixed) if k in spec.names}
+        if takes_min_size:
+            other["min_size"] = min_size
+
+        def run(arr, **kw):
+            return spec.function(arr, **other, **kw)
+
+        spatial = [p.shape[1:] for p in prepared]
     if fixed:
         raise ValueError(f"method {method!r}: unknown parameter(s) {sorted(fixed)}.")
     refs = []

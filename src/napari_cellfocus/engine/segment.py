@@ -43,6 +43,7 @@ import torch
 
 from napari_cellfocus.core.axes import canonical, resolve_axes, select_channel
 from napari_cellfocus.core.measure import frame_counts
+from napari_cellfocus.core.methods import get_post_method
 from napari_cellfocus.core.normalize import FixedRange
 from napari_cellfocus.core.size import (
     MAX_ZOOM,
@@ -505,7 +506,7 @@ class Segmenter:
         if method is None and z_scale is not None and self.spatial_dims == 2:
             method = ORTHO_METHOD
             post_params = {**ORTHO_POST_PARAMS, **(post_params or {})}
-        method = (method or self.default_method).lower()
+        method = get_post_method(method or self.default_method).key
         params = self.default_post_params(method)
         params.update(post_params or {})
         if "min_size" not in params:
@@ -558,8 +559,11 @@ class Segmenter:
     ) -> SegmentationResult:
         """Predict and post-process.
 
-        method : "map", "th" or "wt" (see core.postprocess); ``None``: the model's default.
-        post_params : that method's parameters, over the model's stored ones.
+        method : a post-processing method of the registry (``core.methods.POST_METHODS``:
+            "map", "th", "wt", ... see core.postprocess); ``None``: the model's default.
+        post_params : that method's parameters, over the model's stored ones. A method or
+            parameter the registry does not know fails (``ValueError``) before the model
+            runs.
         diameter : nucleus diameter in px, or "auto" (estimated; see :meth:`estimate_diameter`).
         axes : e.g. "YX", "ZYX", "TYX", "CYX", "YXC", "TZYX" (see :meth:`prepare`);
             ``None``: 2D is YX, 3D is ZYX unless its shape could be channels (refused).
@@ -590,6 +594,7 @@ class Segmenter:
         Labels come back on the prepared image's grid (channel gone, T, Z, Y, X order:
         ``result.axes``); a movie's ``result.counts`` holds the count of each frame.
         """
+        check_post_settings(method, post_params)
         z_mode = DEFAULT_Z_MODE if z_mode is None else z_mode
         if z_mode not in Z_MODES:
             raise ValueError(f"z_mode: expected one of {', '.join(Z_MODES)}, got {z_mode!r}.")
@@ -644,6 +649,20 @@ class Segmenter:
             z_trim=float(z_trim) if used_z in ("stitch", "ortho") and z_trim else None,
             z_split=float(z_split) if used_z == "stitch" and z_split else None,
             z_scale=z_scale if used_z == "ortho" else None,
+        )
+
+
+def check_post_settings(method: str | None, post_params: dict[str, Any] | None) -> None:
+    """``ValueError`` for a post-processing method the registry does not hold, or for
+    parameters it does not declare (``None``: the model's own method, not checked)."""
+    if method is None:
+        return
+    spec = get_post_method(method)
+    unknown = sorted(set(post_params or {}) - set(spec.names))
+    if unknown:
+        raise ValueError(
+            f"method {spec.key!r}: unknown parameter(s) {unknown}; expected some of "
+            f"{list(spec.names)}."
         )
 
 

@@ -8,7 +8,6 @@ mapped back to the image's grid, then post-processed.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,24 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from napari_cellfocus.core.methods import candidate_settings
 from napari_cellfocus.core.metrics import evaluate, pool_scores
 from napari_cellfocus.core.postprocess import postprocess
 from napari_cellfocus.core.size import disc_area, median_diameter
 from napari_cellfocus.engine.segment import Segmenter
 
 #: Post-processing settings tried when choosing a model's defaults: MAP, and TH / WT on a
-#: small grid around the thesis' values (T Tables 4-6).
-CANDIDATE_METHODS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("map", {}),
-    *(
-        ("th", {"gamma1": g1, "gamma2": g2})
-        for g1, g2 in itertools.product((0.4, 0.5, 0.6), (0.1, 0.5))
-    ),
-    *(
-        ("wt", {"tau0": t0, "tau1": t1})
-        for t0, t1 in itertools.product((0.3, 0.4, 0.5), (0.8, 0.9))
-    ),
-)
+#: small grid around the thesis' values (T Tables 4-6); each method's coarse grid is its
+#: registry entry's ``candidates`` (``core.methods``; ``choose_defaults`` reads the registry
+#: when it runs, so a method registered later is tried too).
+CANDIDATE_METHODS: tuple[tuple[str, dict[str, float]], ...] = candidate_settings()
 #: Relative size filters tried on the best method: objects below this share of a
 #: typical nucleus' area (at the estimated diameter) are dropped.
 CANDIDATE_MIN_SIZE_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -127,7 +119,7 @@ def choose_defaults(
         }
 
     # the method and thresholds first (no size filter), then the size filter for the best
-    candidates = [candidate(m, p, 0.0) for m, p in CANDIDATE_METHODS]
+    candidates = [candidate(m, p, 0.0) for m, p in candidate_settings()]
     first = max(candidates, key=lambda c: c[objective])
     candidates += [
         candidate(first["method"], first["post_params"], f) for f in CANDIDATE_MIN_SIZE_FRACTIONS

@@ -21,33 +21,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-from napari_cellfocus.core.postprocess import (
-    DEFAULT_GAMMA1,
-    DEFAULT_GAMMA2,
-    DEFAULT_MIN_SIZE,
-    DEFAULT_TAU0,
-    DEFAULT_TAU1,
-)
+from napari_cellfocus.core.methods import default_post_params, get_post_method
 
 if TYPE_CHECKING:
     import napari
 
     from napari_cellfocus.engine.segment import Segmenter
 
-#: Parameters of each post-processing method as the widgets offer them.
-METHOD_PARAMS: dict[str, tuple[str, ...]] = {
-    "map": ("min_size",),
-    "th": ("gamma1", "gamma2", "min_size"),
-    "wt": ("tau0", "tau1", "min_size"),
-}
 
-DEFAULT_POST_PARAMS: dict[str, float | int] = {
-    "gamma1": DEFAULT_GAMMA1,
-    "gamma2": DEFAULT_GAMMA2,
-    "tau0": DEFAULT_TAU0,
-    "tau1": DEFAULT_TAU1,
-    "min_size": DEFAULT_MIN_SIZE,
-}
+def method_params(method: str) -> tuple[str, ...]:
+    """Parameters of post-processing ``method`` as the widgets offer them (its registry
+    entry's ``tune`` parameters, ``core.methods``)."""
+    return tuple(p.name for p in get_post_method(method).tune_params())
 
 
 @dataclass
@@ -117,7 +102,7 @@ class CellFocusState(QObject):
         self.device: str = "auto"
         self.result: Segmentation | None = None
         self.post_method: str = "map"
-        self.post_params: dict[str, float | int] = dict(DEFAULT_POST_PARAMS)
+        self.post_params: dict[str, float | int] = default_post_params()
         #: False until the user changes the post-processing in Tune: until then every
         #: segmentation uses the model's own defaults (method, thresholds, size filter).
         self.post_user_set: bool = False
@@ -212,7 +197,8 @@ class CellFocusState(QObject):
 
     def post_kwargs(self) -> dict[str, float | int]:
         """Keyword arguments of the selected method for ``core.postprocess.postprocess``."""
-        return {k: self.post_params[k] for k in METHOD_PARAMS[self.post_method]}
+        spec = get_post_method(self.post_method)
+        return {p.name: self.post_params.get(p.name, p.default) for p in spec.tune_params()}
 
     def set_count(self, count: int) -> None:
         self.count = int(count)

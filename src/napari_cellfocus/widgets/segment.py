@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_cellfocus.core.methods import get_post_method
 from napari_cellfocus.core.validation import check_image
 from napari_cellfocus.widgets._device import DevicePicker
 from napari_cellfocus.widgets._inputs import ImageSource
@@ -261,6 +262,25 @@ def image_problem(segmenter: Segmenter, image: np.ndarray, name: str) -> str | N
     return None
 
 
+def post_summary(method: str, params: dict[str, Any]) -> str:
+    """``"TH γ1=0.50 γ2=0.10, min size 16 px"``: a post-processing as the "Labels by" line
+    shows it, from the method's registry entry (thresholds by their symbols, then the
+    whole numbers and flags)."""
+    spec = get_post_method(method)
+    head, rest = [spec.key.upper()], []
+    for param in spec.tune_params():
+        if param.name not in params:
+            continue
+        value = params[param.name]
+        if param.kind == "float" and value is not None:
+            head.append(f"{param.symbol}={float(value):.2f}")
+        elif param.kind == "int":
+            rest.append(f"{param.symbol} {int(value)}{param.unit}")
+        else:
+            rest.append(f"{param.symbol} {value}")
+    return ", ".join([" ".join(head), *rest])
+
+
 class SegmentWidget(QWidget):
     """Dock widget "Segment"."""
 
@@ -424,11 +444,7 @@ class SegmentWidget(QWidget):
         if not self.state.post_user_set and self.state.result is None:
             self.post_label.setText("the model's defaults (change them in Tune)")
             return
-        method = self.state.post_method
-        kw = self.state.post_kwargs()
-        names = {"gamma1": "γ1", "gamma2": "γ2", "tau0": "τ0", "tau1": "τ1"}
-        parts = [f"{names[k]}={kw[k]:.2f}" for k in kw if k in names]
-        text = f"{method.upper()} {' '.join(parts)}, min size {int(kw['min_size'])} px"
+        text = post_summary(self.state.post_method, self.state.post_kwargs())
         how = "set in Tune" if self.state.post_user_set else "model defaults; Tune changes them"
         self.post_label.setText(f"{text} ({how})")
 

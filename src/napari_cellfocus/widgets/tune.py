@@ -1,8 +1,9 @@
 """Tune dock widget: re-label the cached probabilities live, and optimise thresholds.
 
 Moving a slider never runs the model: the last segmentation's probabilities are
-post-processed again (MAP, TH(γ1, γ2) or WT(τ0, τ1), see
-:mod:`napari_cellfocus.core.postprocess`) in a worker thread and the labels layer of the
+post-processed again (MAP, TH(γ1, γ2), WT(τ0, τ1) or any method the registry
+:data:`napari_cellfocus.core.methods.POST_METHODS` offers to the apps; the method box and
+one row per parameter are generated from it) in a worker thread and the labels layer of the
 segmented image (``"<image> labels"``) is updated. The updates are throttled, not
 debounced: while a slider is dragged the labels follow at most every ``THROTTLE_MS``
 (100 ms), and once more with the final values after the last move.
@@ -27,6 +28,7 @@ from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QGroupBox,
@@ -39,13 +41,14 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
+from napari_cellfocus.core.methods import Param, PostMethod, app_methods, get_post_method
 from napari_cellfocus.core.validation import check_labels
 from napari_cellfocus.widgets._inputs import LayerCombo
 from napari_cellfocus.widgets._layers import put_labels, role_of
 from napari_cellfocus.widgets._plots import PlotCanvas
 from napari_cellfocus.widgets._progress import ProgressBar
 from napari_cellfocus.widgets._stack import stack_options
-from napari_cellfocus.widgets._state import METHOD_PARAMS, get_state, unwrap
+from napari_cellfocus.widgets._state import get_state, method_params, unwrap
 from napari_cellfocus.widgets._workers import Cancelled, Failed, start_job
 
 if TYPE_CHECKING:
@@ -53,18 +56,10 @@ if TYPE_CHECKING:
 
 #: While a slider moves, the labels are re-made at most once per this many milliseconds.
 THROTTLE_MS = 100
-METHODS = (
-    ("map", "MAP: most likely class"),
-    ("th", "TH: thresholds γ1, γ2"),
-    ("wt", "WT: watershed τ0, τ1"),
-)
-SLIDERS = (
-    ("gamma1", "γ1 cell", "TH: a pixel is cell when P(cell) ≥ γ1 (and not touching)."),
-    ("gamma2", "γ2 touching", "TH: a pixel is touching when P(touching) ≥ γ2."),
-    ("tau0", "τ0 background", "WT: background markers where P(background) ≥ τ0."),
-    ("tau1", "τ1 cell marker", "WT: cell markers where P(cell) ≥ τ1."),
-)
-SYMBOL = {"gamma1": "γ1", "gamma2": "γ2", "tau0": "τ0", "tau1": "τ1"}
+#: Method whose thresholds "Optimise thresholds" searches when the selected one has none.
+SEARCH_FALLBACK = "th"
+#: Upper end of an integer box whose parameter declares no upper bound.
+INT_MAX = 10_000_000
 #: What "Optimise thresholds" can maximise: (key of core.metrics.evaluate, text).
 OBJECTIVES = (
     ("pq", "PQ: finds the cells and draws them well"),
@@ -105,7 +100,7 @@ def relabel_job(
 class Optimised:
     method: str
     grid: dict[str, np.ndarray]
-    scores: np.ndarray  # (len(first), len(second)) values of the objective
+    scores: np.ndarray  # the objective, one axis per grid parameter (in grid order)
     best: dict[str, float]
     best_score: float
     objective: str = "pq"
@@ -116,32 +111,34 @@ def optimise_job(
     reference: np.ndarray,
     spatial_dims: int,
     method: str,
-    min_size: int,
+    fixed: dict[str, Any],
     objective: str,
     cancel: threading.Event,
 ) -> Iterator[Any]:
-    """Worker generator: ``objective`` (PQ or F1) on the default grid, one row (first
-    parameter value) per yield; the best is the middle of the plateau of best values."""
+    """Worker generator: ``objective`` (PQ or F1) on the method's default grid (its
+    registry entry's), one row (value of the first grid parameter) per yield, the other
+    parameters of the method as in ``fixed``; the best is the middle of the plateau of
+    best values."""
     from napari_cellfocus.core.postprocess import best_grid_index, default_grid, search_thresholds
 
     grid = default_grid(method)
-    first, second = list(grid)
+    first, *rest = list(grid)
     lead = probs.shape[1 : probs.ndim - spatial_dims]
     if lead:
         planes: Any = [probs[(slice(None), *i)] for i in np.ndindex(*lead)]
         refs: Any = [reference[i] for i in np.ndindex(*lead)]
     else:
         planes, refs = probs, reference
-    scores = np.zeros((grid[first].size, grid[second].size))
+    scores = np.zeros(tuple(v.size for v in grid.values()))
     try:
         for i, value in enumerate(grid[first]):
             row = search_thresholds(
                 planes,
                 refs,
                 method=method,
-                grid={first: [float(value)], second: grid[second]},
+                grid={first: [float(value)], **{k: grid[k] for k in rest}},
                 objective=objective,
-                min_size=min_size,
+                **fixed,
             )
             scores[i] = row.scores[0]
             yield (i + 1, grid[first].size)
@@ -149,9 +146,9 @@ def optimise_job(
                 return Cancelled(f"after {i + 1} of {grid[first].size} rows")
     except ValueError as err:
         return Failed(str(err))
-    i, j = best_grid_index(scores)
-    best = {first: float(grid[first][i]), second: float(grid[second][j])}
-    return Optimised(method, grid, scores, best, float(scores[i, j]), objective)
+    index = best_grid_index(scores)
+    best = {k: float(grid[k][j]) for k, j in zip(grid, index, strict=True)}
+    return Optimised(method, grid, scores, best, float(scores[index]), objective)
 
 
 def _prefer_reference(layers: list) -> Any:
@@ -161,6 +158,70 @@ def _prefer_reference(layers: list) -> Any:
         if "truth" in layer.name.lower() or "gt" in layer.name.lower().split():
             return layer
     return users[0] if users else None
+
+
+def _offered_params(methods: tuple[PostMethod, ...]) -> list[Param]:
+    """The parameters the Tune widget shows, once per name (a name shared by several
+    methods, such as ``min_size``, is one input): thresholds first, then whole numbers and
+    flags, each in the order they first appear in the registry."""
+    seen: dict[str, Param] = {}
+    for spec in methods:
+        for param in spec.tune_params():
+            seen.setdefault(param.name, param)
+    params = list(seen.values())
+    return [p for p in params if p.kind == "float"] + [p for p in params if p.kind != "float"]
+
+
+def _symbols(method: str) -> str:
+    """``"γ1, γ2"``: the symbols of a method's searched thresholds."""
+    spec = get_post_method(method)
+    return ", ".join(spec.param(k).symbol for k in spec.grid)
+
+
+def _input_for(param: Param) -> QWidget:
+    """The input of one parameter: a labelled slider for a number with decimals, a spin
+    box for a whole number, a check box for a flag (range and step from the registry)."""
+    if param.kind == "bool":
+        return QCheckBox()
+    if param.kind == "int":
+        box = QSpinBox()
+        low = 0 if param.low is None else int(param.low)
+        box.setRange(low, INT_MAX if param.high is None else int(param.high))
+        box.setSingleStep(max(1, int(param.step)))
+        if param.unit:
+            box.setSuffix(param.unit)
+        return box
+    slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+    slider.setRange(
+        0.0 if param.low is None else float(param.low),
+        1.0 if param.high is None else float(param.high),
+    )
+    slider.setSingleStep(param.step)
+    slider.setDecimals(max(0, -math.floor(math.log10(param.step))) if param.step < 1 else 0)
+    return slider
+
+
+def _changed_signal(widget: QWidget) -> Any:
+    return widget.toggled if isinstance(widget, QCheckBox) else widget.valueChanged
+
+
+def _value(widget: QWidget, param: Param) -> Any:
+    if param.kind == "bool":
+        return bool(widget.isChecked())
+    if param.kind == "int":
+        return int(widget.value())
+    return float(widget.value())
+
+
+def _set_value(widget: QWidget, param: Param, value: Any) -> None:
+    if value is None:  # "estimated when omitted": the input keeps its value
+        return
+    if param.kind == "bool":
+        widget.setChecked(bool(value))
+    elif param.kind == "int":
+        widget.setValue(int(value))
+    else:
+        widget.setValue(float(value))
 
 
 class TuneWidget(QWidget):
@@ -183,40 +244,40 @@ class TuneWidget(QWidget):
         self.last_search: Optimised | None = None
 
         self.method_combo = QComboBox()
-        for key, text in METHODS:
-            self.method_combo.addItem(text, key)
+        methods = app_methods()
+        for spec in methods:
+            self.method_combo.addItem(spec.label, spec.key)
         self.method_combo.setToolTip(
-            "How probabilities become cells: MAP takes the most likely class; TH thresholds "
-            "the cell and touching maps; WT grows cells from markers by watershed."
+            "How probabilities become cells: "
+            + " ".join(f"{spec.key.upper()}: {spec.summary}" for spec in methods)
         )
+        #: One input per parameter name of the offered methods (from the registry):
+        #: sliders for thresholds, spin boxes for whole numbers, check boxes for flags.
+        self.params_offered: list[Param] = _offered_params(methods)
         self.sliders: dict[str, QLabeledDoubleSlider] = {}
-        self._rows: dict[str, QWidget] = {}
-        self.min_size = QSpinBox()
-        self.min_size.setRange(0, 10_000_000)
-        self.min_size.setSuffix(" px")
-        self.min_size.setToolTip(
-            "Objects smaller than this (pixels, or voxels in 3D) are removed."
-        )
+        self.spins: dict[str, QSpinBox] = {}
+        self.checks: dict[str, QCheckBox] = {}
+        self._inputs: dict[str, QWidget] = {}
+        self._rows: dict[str, tuple[QLabel, QWidget]] = {}
         self.info = QLabel("Segment an image first: the sliders re-label its probabilities.")
         self.info.setWordWrap(True)
 
         form = QFormLayout()
         form.addRow("Method", self.method_combo)
-        for key, text, tip in SLIDERS:
-            slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
-            slider.setRange(0.0, 1.0)
-            slider.setSingleStep(0.01)
-            slider.setDecimals(2)
-            slider.setValue(float(self.state.post_params[key]))
-            slider.setToolTip(tip)
-            slider.valueChanged.connect(self._schedule)
-            label = QLabel(text)
-            label.setToolTip(tip)
-            form.addRow(label, slider)
-            self.sliders[key] = slider
-            self._rows[key] = (label, slider)
-        form.addRow("Min size", self.min_size)
-        self.min_size.setValue(int(self.state.post_params["min_size"]))
+        for param in self.params_offered:
+            widget = _input_for(param)
+            _set_value(widget, param, self.state.post_params.get(param.name, param.default))
+            widget.setToolTip(param.help)
+            _changed_signal(widget).connect(self._schedule)
+            label = QLabel(param.label)
+            label.setToolTip(param.help)
+            form.addRow(label, widget)
+            group = {"float": self.sliders, "int": self.spins, "bool": self.checks}
+            group[param.kind][param.name] = widget
+            self._inputs[param.name] = widget
+            self._rows[param.name] = (label, widget)
+        #: The size filter's box (every built-in method has one).
+        self.min_size: QSpinBox | None = self.spins.get("min_size")
 
         self.reference = LayerCombo(
             napari_viewer, Labels, none_text="— none —", prefer=_prefer_reference
@@ -236,8 +297,8 @@ class TuneWidget(QWidget):
         )
         self.optimise_button = QPushButton("Optimise thresholds")
         self.optimise_button.setToolTip(
-            "Try a grid of thresholds of the chosen method (TH or WT) and keep the "
-            "pair with the best objective (PQ or F1) against the reference."
+            "Try a grid of thresholds of the chosen method (TH, WT, ...) and keep the "
+            "setting with the best objective (PQ or F1) against the reference."
         )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -271,11 +332,11 @@ class TuneWidget(QWidget):
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
         self.timer.timeout.connect(self._throttled)
-        index = [m for m, _ in METHODS].index(self.state.post_method)
-        self.method_combo.setCurrentIndex(index)
+        self.method_combo.setCurrentIndex(
+            max(0, self.method_combo.findData(self.state.post_method))
+        )
         self._show_rows()
         self.method_combo.currentIndexChanged.connect(self._method_changed)
-        self.min_size.valueChanged.connect(self._schedule)
         self.optimise_button.clicked.connect(self.optimise)
         self.cancel_button.clicked.connect(self.cancel_search)
         self.state.result_changed.connect(self._result_changed)
@@ -287,14 +348,14 @@ class TuneWidget(QWidget):
         without re-labelling: the labels already come from these settings."""
         if self.method == self.state.post_method and self.params() == self.state.post_kwargs():
             return
-        widgets = [self.method_combo, self.min_size, *self.sliders.values()]
+        widgets = [self.method_combo, *self._inputs.values()]
         for w in widgets:
             w.blockSignals(True)
         try:
             self.set_method(self.state.post_method)
-            for key, slider in self.sliders.items():
-                slider.setValue(float(self.state.post_params[key]))
-            self.min_size.setValue(int(self.state.post_params["min_size"]))
+            for param in self.params_offered:
+                value = self.state.post_params.get(param.name, param.default)
+                _set_value(self._inputs[param.name], param, value)
             self._show_rows()
         finally:
             for w in widgets:
@@ -313,25 +374,39 @@ class TuneWidget(QWidget):
     def set_objective(self, objective: str) -> None:
         self.objective_combo.setCurrentIndex([k for k, _ in OBJECTIVES].index(objective))
 
-    def set_method(self, method: str) -> None:
-        self.method_combo.setCurrentIndex([m for m, _ in METHODS].index(method))
+    @property
+    def methods(self) -> list[str]:
+        """The methods in the method box, in its order (the registry's apps methods)."""
+        return [self.method_combo.itemData(i) for i in range(self.method_combo.count())]
 
-    def params(self) -> dict[str, float | int]:
+    def set_method(self, method: str) -> None:
+        index = self.method_combo.findData(str(method).lower())
+        if index < 0:
+            raise ValueError(f"method: expected one of {self.methods}, got {method!r}.")
+        self.method_combo.setCurrentIndex(index)
+
+    def params(self) -> dict[str, Any]:
         """Parameters of the selected method as set in the widget."""
-        values: dict[str, float | int] = {k: float(s.value()) for k, s in self.sliders.items()}
-        values["min_size"] = int(self.min_size.value())
-        return {k: values[k] for k in METHOD_PARAMS[self.method]}
+        spec = get_post_method(self.method)
+        return {
+            p.name: _value(self._inputs[p.name], self._param(p.name)) for p in spec.tune_params()
+        }
+
+    def _param(self, name: str) -> Param:
+        return next(p for p in self.params_offered if p.name == name)
 
     def _inert_sliders(self) -> set[str]:
-        """Thresholds that cannot change the labels of the current probabilities: a
-        2-class model (background / cell) has no touching class, so γ2 (TH) and τ1 (WT)."""
+        """Parameters that cannot change the labels of the current probabilities (their
+        registry entry's ``classes``): a 2-class model (background / cell) has no touching
+        class, so γ2 (TH) and τ1 (WT)."""
         result = self.state.result
-        if result is not None and result.probs.shape[0] == 2:
-            return {"gamma2", "tau1"}
-        return set()
+        if result is None:
+            return set()
+        n = int(result.probs.shape[0])
+        return {p.name for p in self.params_offered if n not in p.classes}
 
     def _show_rows(self) -> None:
-        used = METHOD_PARAMS[self.method]
+        used = method_params(self.method)
         inert = self._inert_sliders()
         for key, (label, slider) in self._rows.items():
             label.setVisible(key in used)
@@ -427,7 +502,8 @@ class TuneWidget(QWidget):
 
     # ------------------------------------------------------------------ optimise
     def optimise(self) -> None:
-        """Grid-search the thresholds of TH or WT against the reference layer."""
+        """Grid-search the thresholds of the selected method (its registry grid; TH for a
+        method without thresholds) against the reference layer."""
         if self.search_worker is not None:
             return
         result = self.state.result
@@ -456,9 +532,18 @@ class TuneWidget(QWidget):
             self.search_info.setText(str(err))
             return
         method = self.method
-        if method == "map":
-            method = "th"
-            self.search_info.setText("MAP has no thresholds: optimising TH(γ1, γ2).")
+        if not get_post_method(method).grid:
+            method = SEARCH_FALLBACK
+            self.search_info.setText(
+                f"{self.method.upper()} has no thresholds: optimising "
+                f"{get_post_method(method).label.split(':')[0]}({_symbols(method)})."
+            )
+        spec = get_post_method(method)
+        fixed = {
+            p.name: _value(self._inputs[p.name], self._param(p.name))
+            for p in spec.tune_params()
+            if p.name not in spec.grid and p.name in self._inputs
+        }
         self.progress.setMaximum(1)
         self.progress.setValue(0)
         self.progress.setFormat("%v / %m rows of the grid")
@@ -470,7 +555,7 @@ class TuneWidget(QWidget):
             reference,
             result.spatial_dims,
             method,
-            int(self.min_size.value()),
+            fixed,
             self.objective,
             yielded=self._search_progress,
             returned=self._searched,
@@ -496,33 +581,32 @@ class TuneWidget(QWidget):
         self.last_search = out
         name = out.objective.upper()
         self.plot.ylabel = name
-        first, second = list(out.grid)
-        i = int(np.argmin(np.abs(out.grid[first] - out.best[first])))
-        j = int(np.argmin(np.abs(out.grid[second] - out.best[second])))
+        spec = get_post_method(out.method)
+        names = list(out.grid)
+        index = [int(np.argmin(np.abs(out.grid[k] - out.best[k]))) for k in names]
+        lines = []
+        for axis, key in enumerate(names):
+            cut = tuple(slice(None) if a == axis else i for a, i in enumerate(index))
+            others = ", ".join(
+                f"{spec.param(k).symbol}={out.best[k]:.2f}" for k in names if k != key
+            )
+            label = spec.param(key).symbol + (f" ({others})" if others else "")
+            lines.append((out.grid[key], out.scores[cut], label))
+        low = min(float(np.min(y)) for _, y, _ in lines)
         self.plot.plot_lines(
-            [
-                (
-                    out.grid[first],
-                    out.scores[:, j],
-                    f"{SYMBOL[first]} ({SYMBOL[second]}={out.best[second]:.2f})",
-                ),
-                (
-                    out.grid[second],
-                    out.scores[i, :],
-                    f"{SYMBOL[second]} ({SYMBOL[first]}={out.best[first]:.2f})",
-                ),
-            ],
+            lines,
             title=f"{name} vs threshold (best {out.best_score:.3f})",
-            ylim=(max(0.0, min(out.scores[:, j].min(), out.scores[i, :].min()) - 0.05), 1.01),
+            ylim=(max(0.0, low - 0.05), 1.01),
         )
         result = self.state.result
         self._plotted_for = result.generation if result is not None else None
         self.set_method(out.method)
         for key, value in out.best.items():
-            self.sliders[key].setValue(value)
+            if key in self._inputs:
+                _set_value(self._inputs[key], self._param(key), value)
+        at = ", ".join(f"{spec.param(k).symbol} = {out.best[k]:.2f}" for k in names)
         text = (
-            f"Best {name} {out.best_score:.3f} at {SYMBOL[first]} = {out.best[first]:.2f}, "
-            f"{SYMBOL[second]} = {out.best[second]:.2f} ({out.scores.size} settings tried "
+            f"Best {name} {out.best_score:.3f} at {at} ({out.scores.size} settings tried "
             f"against '{self.reference.currentText()}'). Sliders moved there."
         )
         self.search_info.setText(text)
