@@ -247,12 +247,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="2 (background / cell: UNET2), 3 (adds touching) or 4 (adds gap) classes",
     )
-    p.add_argument("--loss", choices=("wce", "j3", "j4", "jaccard"), default=None)
+    # choices and help from the registries (engine.loss_methods, core.weight_methods:
+    # standard library only, so the parser loads neither torch nor scipy)
+    from napari_cellfocus.core.weight_methods import cli_weight_methods
+    from napari_cellfocus.engine.loss_methods import cli_loss_methods
+
+    losses, weights = cli_loss_methods(), cli_weight_methods()
+    p.add_argument(
+        "--loss",
+        choices=tuple(m.key for m in losses),
+        default=None,
+        help="training loss (default wce): " + "; ".join(f"{m.key}: {m.summary}" for m in losses),
+    )
     p.add_argument(
         "--weights",
-        choices=("saw", "dwm", "unet", "balance", "overcrowding", "none"),
+        choices=tuple(m.key for m in weights),
         default=None,
-        help="weight map for the loss (ignored with --weak, which uses W3)",
+        help="weight map for the loss (ignored with --weak, which uses W3): "
+        + "; ".join(f"{m.key}: {m.summary}" for m in weights),
     )
     p.add_argument("--steps", type=int, default=None, help="optimisation steps")
     p.add_argument("--batch-size", type=int, default=None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from napari_cellfocus.core.targets import (
     class_target,
 )
 from napari_cellfocus.core.validation import check_labels, check_same_shape
+from napari_cellfocus.core.weight_methods import WEIGHT_METHODS, get_weight_method
 
 __all__ = [
     "WEIGHT_MAPS",
@@ -43,6 +45,7 @@ __all__ = [
     "shape_aware_weight_map",
     "triplex_weight_map",
     "unet_weight_map",
+    "uniform_weights",
     "weight_map",
 ]
 
@@ -528,15 +531,29 @@ def overcrowding_map(
     return w.astype(np.float32)
 
 
+def uniform_weights(labels: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
+    """Weight 1 on every pixel (the ``"none"`` weight map: a plain mean of the loss)."""
+    return np.ones(check_labels(labels).shape, np.float32)
+
+
 # --------------------------------------------------------------------------- dispatch
-WEIGHT_MAPS: dict[str, Any] = {
-    "balance": class_balance_weights,
-    "unet": unet_weight_map,
-    "dwm": distance_weight_map,
-    "saw": shape_aware_weight_map,
-    "w3": triplex_weight_map,
-    "overcrowding": overcrowding_map,
-}
+class _Functions(Mapping):
+    """Read-only ``{key: function}`` view of ``core.weight_methods.WEIGHT_METHODS``."""
+
+    def __getitem__(self, key: str) -> Any:
+        return WEIGHT_METHODS[key].function
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(WEIGHT_METHODS)
+
+    def __len__(self) -> int:
+        return len(WEIGHT_METHODS)
+
+
+#: Weight maps by name, ``{key: function}``: a view of the registry
+#: :data:`napari_cellfocus.core.weight_methods.WEIGHT_METHODS`, where each is declared
+#: (:func:`~napari_cellfocus.core.weight_methods.register_weight_method` adds one).
+WEIGHT_MAPS: Mapping[str, Any] = _Functions()
 
 
 def weight_map(name: str, labels: np.ndarray, **params: Any) -> np.ndarray:
@@ -544,11 +561,12 @@ def weight_map(name: str, labels: np.ndarray, **params: Any) -> np.ndarray:
 
     Parameters
     ----------
-    name : {"balance", "unet", "dwm", "saw", "w3", "overcrowding"}
-        ``"balance"`` builds the class map with
+    name : a key of the registry (``core.weight_methods.WEIGHT_METHODS``)
+        "balance", "unet", "dwm", "saw", "w3", "overcrowding", "none" or one registered
+        later. A map whose entry takes the class map (``input="target"``, as
+        ``"balance"``) gets it built with
         :func:`~napari_cellfocus.core.targets.class_target` (``n_classes`` param, default 3;
-        or pass ``target=``) and returns :func:`class_balance_weights` of it; the other names
-        call the function of the same map with ``labels``.
+        or pass ``target=``); the others are called with ``labels``.
     labels : int array (Y, X) or (Z, Y, X)
     **params
         Keyword parameters of the chosen function.
@@ -558,15 +576,13 @@ def weight_map(name: str, labels: np.ndarray, **params: Any) -> np.ndarray:
     np.ndarray
         ``float32`` weight map, same shape as ``labels``.
     """
-    key = str(name).lower()
-    if key not in WEIGHT_MAPS:
-        raise ValueError(f"unknown weight map {name!r}; expected one of {sorted(WEIGHT_MAPS)}.")
-    if key == "balance":
+    spec = get_weight_method(name)
+    if spec.input == "target":
         n_classes = int(params.pop("n_classes", 3))
         target = params.pop("target", None)
         if target is None:
             target = class_target(labels, n_classes)
         else:
             check_same_shape(target, check_labels(labels), "target", "labels")
-        return class_balance_weights(target, n_classes=n_classes, **params)
-    return WEIGHT_MAPS[key](labels, **params)
+        return spec.function(target, n_classes=n_classes, **params)
+    return spec.function(labels, **params)

@@ -21,11 +21,12 @@ functions for image segmentation" (soft Jaccard); **D** section 5 (MAE for the D
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
+
+from napari_cellfocus.engine.loss_methods import LOSS_METHODS, get_loss_method
 
 __all__ = [
     "LOSSES",
@@ -549,15 +550,25 @@ def bce_loss(
 # --------------------------------------------------------------------------------------
 LossFn = Callable[..., torch.Tensor]
 
-#: Loss functions by name. Every entry is called as ``fn(output, target, weight=None)``.
-LOSSES: dict[str, LossFn] = {
-    "wce": weighted_cross_entropy,
-    "j3": partial(ce_youden_loss, n_classes=3),
-    "j4": partial(ce_youden_loss, n_classes=4),
-    "jaccard": soft_jaccard_loss,
-    "mae": mae_loss,
-    "bce": bce_loss,
-}
+
+class _Functions(Mapping):
+    """Read-only ``{key: function}`` view of ``engine.loss_methods.LOSS_METHODS``."""
+
+    def __getitem__(self, key: str) -> LossFn:
+        return LOSS_METHODS[key].function
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(LOSS_METHODS)
+
+    def __len__(self) -> int:
+        return len(LOSS_METHODS)
+
+
+#: Loss functions by name, a view of the registry
+#: :data:`napari_cellfocus.engine.loss_methods.LOSS_METHODS` (where each loss is declared,
+#: with how training calls it; ``register_loss_method`` adds one). Every entry is called
+#: as ``fn(output, target, weight=None)``.
+LOSSES: Mapping[str, LossFn] = _Functions()
 
 
 def get_loss(name: str) -> LossFn:
@@ -568,7 +579,4 @@ def get_loss(name: str) -> LossFn:
     ValueError
         Unknown name (the message lists the valid ones).
     """
-    key = name.lower() if isinstance(name, str) else name
-    if key not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}.")
-    return LOSSES[key]
+    return get_loss_method(name).function
