@@ -1,12 +1,20 @@
 """Multi-focus fusion benchmark: every method of the package and external peers, one run.
 
-    .venv/bin/python benchmarks/bench_fusion.py [--quick]
+    .venv/bin/python benchmarks/bench_fusion.py [--quick] [--real-data DIR]
+        [--model KIND=PATH ...] [--baseline KIND=PATH ...]
 
 Stacks (the same for every method):
 
 * simulated focus stacks with ground truth (``core.simulate.simulate_focus_stack``): nuclei
   at random depths, fresh shot and read noise in every slice, 8- and 16-bit; seeds not
   used in training;
+* real-content focus stacks with ground truth (``core.fusion_data.real_focus_stack``):
+  held-out images of ``--real-data`` (default ``../shared/data/dsb2018-train`` next to the
+  repository; the last images of the validation part of ``real_image_split``, seed 0,
+  which training never saw and its model selection did not use), each nucleus at its own
+  depth, a smooth background depth, Gaussian / disc / mixed defocus, 8/16-bit,
+  Poisson-Gaussian noise, bleaching and lateral shifts; skipped with a note when the
+  folder is absent;
 * a real fluorescence z-stack without ground truth: ``stardist/data/images/img3d.tif``
   from the StarDist wheel on PyPI (fetched with ``pip download`` into a cache, used for
   evaluation only; skipped with a note when it cannot be fetched).
@@ -22,11 +30,18 @@ Reported: SSIM and PSNR to the ground truth where it exists, the no-reference me
 megapixel per slice on this machine's CPU and, when one is present, GPU (the classical
 methods in numpy and in torch on every device, the networks on every device). Writes
 ``benchmarks/results/fusion.json``, ``docs/fusion.md`` and ``docs/images/fusion_*.png``.
+
+``--model KIND=PATH`` runs the learned rows of ``KIND`` with that checkpoint instead of the
+shipped one; ``--baseline KIND=PATH`` adds rows ``KIND (baseline)`` (e.g. the previously
+shipped model) to compare old and new in one run. The page records the command, the
+commit, the date and the SHA-256 of every model file.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import json
 import os
 import platform
@@ -42,9 +57,15 @@ import numpy as np
 import tifffile
 import torch
 
+from napari_cellfocus.core.fusion_data import load_real_image, real_focus_stack, real_image_split
 from napari_cellfocus.core.fusion_metrics import NO_REFERENCE, fusion_metrics
 from napari_cellfocus.core.simulate import simulate_focus_stack
-from napari_cellfocus.engine.fusion import DEFAULT_METHOD, FusionModel, fuse_stack
+from napari_cellfocus.engine.fusion import (
+    DEFAULT_METHOD,
+    FusionModel,
+    default_fusion_model_path,
+    fuse_stack,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "fusion.json"
@@ -71,6 +92,24 @@ SIM_STACKS = {
         "density": 0.12,
     },
 }
+#: Real-content stacks: name -> (index from the END of the held-out validation list,
+#: real_focus_stack keyword arguments, seed). Model selection during training used the
+#: first validation images (scripts/train_fusion_real.py), these come from the other end.
+REAL_STACKS = {
+    "real-8bit-7z-gauss": (1, {"n_slices": 7, "psf": "gaussian", "defocus_per_slice": 1.5,
+                               "bit_depth": 8, "photons": 150.0, "read_noise": 1.0}, 201),
+    "real-16bit-9z-disc-bleach": (2, {"n_slices": 9, "psf": "disc", "defocus_per_slice": 2.0,
+                                      "bit_depth": 16, "photons": 400.0, "read_noise": 2.0,
+                                      "bleach": 0.02}, 202),
+    "real-8bit-5z-lowsnr-shift": (3, {"n_slices": 5, "psf": "mixed", "defocus_per_slice": 2.5,
+                                      "bit_depth": 8, "photons": 30.0, "read_noise": 2.0,
+                                      "shift_std": 0.4}, 203),
+    "real-16bit-7z-shift-bleach": (4, {"n_slices": 7, "psf": "gaussian",
+                                       "defocus_per_slice": 1.0, "bit_depth": 16,
+                                       "photons": 1000.0, "read_noise": 1.0, "bleach": 0.04,
+                                       "shift_std": 0.5}, 204),
+}  # fmt: skip
+DEFAULT_REAL_DATA = ROOT.parent / "shared" / "data" / "dsb2018-train"
 OURS = {
     "hf-reg": ("hf-reg", {}),
     "hf-reg+near": ("hf-reg", {"near_post": True}),
@@ -114,8 +153,31 @@ def simulated_stacks(size: int) -> dict[str, dict]:
             "truth": scene.all_in_focus,
             "depth": scene.depth,
             "params": {k: v for k, v in kw.items()},
+            "family": "sim",
         }
     return out
+
+
+def real_content_stacks(root: Path, quick: bool) -> tuple[dict[str, dict], str | None]:
+    """The real-content family (see REAL_STACKS), or ({}, why not)."""
+    if not (root / "index.json").exists():
+        return {}, f"real-content stacks skipped: {root} not found"
+    _, val = real_image_split(root)
+    out = {}
+    for name, (back, kw, seed) in REAL_STACKS.items():
+        file = val[-back]
+        image, labels = load_real_image(root, file)
+        side = 128 if quick else 320
+        image, labels = image[:side, :side], labels[:side, :side]
+        st = real_focus_stack(image, labels, seed, **kw)
+        out[name] = {
+            "stack": st.stack,
+            "truth": st.truth,
+            "depth": st.depth,
+            "params": {**kw, "seed": seed, "image": file},
+            "family": "real",
+        }
+    return out, None
 
 
 def _pip(*args: str) -> bool:
@@ -156,7 +218,12 @@ def run_openfocus(stack: np.ndarray, method: str, work: Path) -> tuple[np.ndarra
     for i, s in enumerate(stack):
         tifffile.imwrite(src / f"s{i:03d}.tif", s)
     out = work / f"of_{method}.tif"
-    env = dict(os.environ, PYTHONPATH=str(OPENFOCUS_SITE), KMP_DUPLICATE_LIB_OK="TRUE")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(OPENFOCUS_SITE),
+        KMP_DUPLICATE_LIB_OK="TRUE",
+        OMP_NUM_THREADS=str(torch.get_num_threads()),  # the threads our methods get
+    )
     # OpenFocus's own CLI, with its fusion call run twice (the first warms up, as ours do)
     # and the second timed with perf_counter.
     driver = (
@@ -274,10 +341,30 @@ def agreement(entry: dict, ref, result) -> dict:
     }
 
 
-def run_all(quick: bool) -> dict:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+def _rel(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_all(
+    quick: bool,
+    real_root: Path = DEFAULT_REAL_DATA,
+    model_paths: dict[str, Path] | None = None,
+    baselines: dict[str, Path] | None = None,
+    threads: int | None = None,
+) -> dict:
+    torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
     size = 160 if quick else 320
     stacks = simulated_stacks(size)
+    notes: dict[str, str] = {}
+    real_family, why = real_content_stacks(Path(real_root), quick)
+    stacks.update(real_family)
+    if why:
+        notes["real-content"] = why
     real, real_source = real_stack()
     if real is not None:
         stacks["real-stardist-nuclei"] = {
@@ -285,14 +372,25 @@ def run_all(quick: bool) -> dict:
             "truth": None,
             "depth": None,
             "params": {"source": real_source},
+            "family": "noref",
         }
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    models = {
-        (k, d): FusionModel("default", kind=k, device=d)
+    model_paths = {
+        k: Path((model_paths or {}).get(k, default_fusion_model_path(k)))
         for k in ("hf-seg", "hf-reg")
+    }
+    baselines = {k: Path(v) for k, v in (baselines or {}).items()}
+    models = {
+        (k, d, tag): FusionModel(path, kind=k, device=d)
+        for tag, paths in (("", model_paths), (" (baseline)", baselines))
+        for k, path in paths.items()
         for d in devices
     }
-    notes: dict[str, str] = {}
+    rows = dict(OURS)
+    for kind in baselines:
+        for label, (method, kw) in OURS.items():
+            if method == kind:
+                rows[f"{label} (baseline)"] = (method, {**kw, "_tag": " (baseline)"})
     of_problem = ensure_openfocus()
     if of_problem:
         notes["openfocus"] = of_problem
@@ -308,13 +406,15 @@ def run_all(quick: bool) -> dict:
         depths[sname] = {}
         stack = entry["stack"]
         ref = None
-        for label, (method, kw) in OURS.items():
+        for label, (method, kw) in rows.items():
+            kw = dict(kw)
+            tag = kw.pop("_tag", "")
             learned = method in ("hf-seg", "hf-reg")
             # classical methods: the numpy reference ("numpy", row named by the method
             # alone), then the torch implementation on every device of the run
             for dev in devices if learned else ["numpy", *devices]:
                 if learned:
-                    extra = {"model": models[(method, dev)], **kw}
+                    extra = {"model": models[(method, dev, tag)], **kw}
                     key = label if dev == "cpu" else f"{label} ({dev})"
                 else:
                     extra = {"device": dev, **kw}
@@ -363,8 +463,18 @@ def run_all(quick: bool) -> dict:
     meta = {
         "size": size,
         "stacks": {
-            k: {"shape": list(v["stack"].shape), "dtype": str(v["stack"].dtype), **v["params"]}
+            k: {
+                "shape": list(v["stack"].shape),
+                "dtype": str(v["stack"].dtype),
+                "family": v["family"],
+                **v["params"],
+            }
             for k, v in stacks.items()
+        },
+        "models": {
+            f"{k}{tag}": {"file": _rel(p), "sha256": _sha256(p)}
+            for tag, paths in (("", model_paths), (" (baseline)", baselines))
+            for k, p in paths.items()
         },
         "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
@@ -494,6 +604,36 @@ def figures(run: dict) -> dict[str, str]:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     out["depth"] = path.name
+    reals = [k for k, v in run["_stacks"].items() if v.get("family") == "real"]
+    if reals:
+        sname = reals[0]
+        entry = run["_stacks"][sname]
+        fused = run["_fused"][sname]
+        ny, nx = entry["truth"].shape
+        c = min(ny, nx, 160)
+        crop = (slice((ny - c) // 2, (ny - c) // 2 + c), slice((nx - c) // 2, (nx - c) // 2 + c))
+        panels = [
+            ("ground truth", entry["truth"]),
+            ("middle slice", entry["stack"][len(entry["stack"]) // 2]),
+        ]
+        for m in ("hf-seg", "hf-seg (baseline)", "hf-reg", "gff", "OpenFocus stackmffv3",
+                  "OpenFocus guided_filter", "enfuse", "max-focus"):  # fmt: skip
+            if m in fused:
+                panels.append((m, fused[m]))
+        cols = 5
+        rows_n = int(np.ceil(len(panels) / cols))
+        fig, axes = plt.subplots(rows_n, cols, figsize=(3 * cols, 3.2 * rows_n))
+        lo, hi = np.percentile(entry["truth"], [0.5, 99.8])
+        for ax, (title, img) in zip(axes.ravel(), panels, strict=False):
+            ax.imshow(img[crop], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_title(title, fontsize=10)
+        for ax in axes.ravel():
+            ax.axis("off")
+        fig.tight_layout()
+        path = IMAGES / "fusion_realcontent_crops.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        out["realcontent"] = path.name
     if "real-stardist-nuclei" in run["_fused"]:
         entry = run["_stacks"]["real-stardist-nuclei"]
         fused = run["_fused"]["real-stardist-nuclei"]
@@ -515,49 +655,136 @@ def figures(run: dict) -> dict[str, str]:
     return out
 
 
-def write_doc(run: dict, figs: dict[str, str]) -> None:
+def _family(run: dict, family: str) -> list[str]:
+    return [k for k, v in run["meta"]["stacks"].items() if v.get("family") == family]
+
+
+def _is_variant(method: str, default: str) -> bool:
+    """Rows that are the default method itself, not peers: its own row, its runs on other
+    devices and the previously shipped model of it (``… (baseline)``)."""
+    return method == default or method.startswith(f"{default} (")
+
+
+def done_when(run: dict) -> list[str]:
+    """The Done-when lines of issue 14, each with its figures and whether it holds."""
     res = run["results"]
-    meta = run["meta"]
-    sims = [k for k in res if k.startswith("sim")]
-    sim_table = mean_table(res, sims)
-    keys = (*METRICS, "s_per_mp_per_slice")
-    default = meta["default_method"]
-    ranked = sorted(
-        (
-            (row["SSIM"], m)
-            for m, row in sim_table.items()
-            if "SSIM" in row and m != "best single slice"
-        ),
-        reverse=True,
-    )
-    best_ssim = ranked[0][1]
-    losses = []
-    for k in keys:
-        vals = [
-            (row[k], m) for m, row in sim_table.items() if k in row and m != "best single slice"
-        ]
-        if not vals or k not in sim_table.get(default, {}):
+    default = run["meta"]["default_method"]
+    lines = []
+    for family, rule in (("real", "above every peer by >= 0.01"), ("sim", "best or within 0.005")):
+        names = _family(run, family)
+        if not names:
+            lines.append(f"- {family}: no stacks in this run.")
             continue
-        win = (min if k == "s_per_mp_per_slice" else max)(vals)
-        if win[1] != default:
-            losses.append(
-                f"{k} (best: {win[1]}, {_fmt(win[0])}; {default}: {_fmt(sim_table[default][k])})"
-            )
-    per_stack = []
-    for s in sims:
+        table = mean_table(res, names)
+        ours = table.get(default, {}).get("SSIM")
+        peers = {
+            m: row["SSIM"]
+            for m, row in table.items()
+            if "SSIM" in row and not _is_variant(m, default) and m != "best single slice"
+        }
+        top = max(peers, key=peers.get)
+        margin = ours - peers[top]
+        holds = margin >= 0.01 if family == "real" else margin >= -0.005
+        per = []
+        for n in names:
+            row = {m: r.get("SSIM") for m, r in res[n].items() if r.get("SSIM") is not None}
+            p = {m: v for m, v in row.items() if not _is_variant(m, default)}
+            p.pop("best single slice", None)
+            t = max(p, key=p.get)
+            per.append(f"{n}: {row.get(default, float('nan')):.3f} vs {t} {p[t]:.3f}")
+        label = "real-content" if family == "real" else "simulated"
+        lines.append(
+            f"- {label} stacks ({rule}): mean SSIM of `{default}` {ours:.3f}, best peer "
+            f"{top} {peers[top]:.3f}, margin {margin:+.3f}: **{'holds' if holds else 'does not hold'}**"
+            f" (per stack: {'; '.join(per)})."
+        )
+    return lines
+
+
+def _per_stack_rows(run: dict, names: list[str], default: str) -> list[str]:
+    res, meta = run["results"], run["meta"]
+    out = []
+    for s in names:
         ssims = {
             m: r.get("SSIM")
             for m, r in res[s].items()
             if r.get("SSIM") is not None and m != "best single slice"
         }
         top = max(ssims, key=ssims.get)
-        per_stack.append(
-            f"| {s} | {' x '.join(map(str, meta['stacks'][s]['shape']))} "
-            f"{meta['stacks'][s]['dtype']} | {top} ({ssims[top]:.3f}) | "
+        shape = " x ".join(map(str, meta["stacks"][s]["shape"]))
+        out.append(
+            f"| {s} | {shape} {meta['stacks'][s]['dtype']} | {top} ({ssims[top]:.3f}) | "
             f"{ssims.get(default, float('nan')):.3f} |"
         )
-    real_names = [k for k in res if k.startswith("real")]
+    return out
+
+
+def _losses(table: dict, default: str, keys: tuple[str, ...]) -> list[str]:
+    out = []
+    for k in keys:
+        vals = [(row[k], m) for m, row in table.items() if k in row and m != "best single slice"]
+        if not vals or k not in table.get(default, {}):
+            continue
+        win = (min if k == "s_per_mp_per_slice" else max)(vals)
+        if win[1] != default:
+            out.append(
+                f"{k} (best: {win[1]}, {_fmt(win[0])}; {default}: {_fmt(table[default][k])})"
+            )
+    return out
+
+
+def _training_table() -> list[str]:
+    training = ROOT / "benchmarks" / "results" / "fusion_training.json"
+    if not training.exists():
+        return []
+    lines = [
+        "| model | steps | wall time on the CPU (s) | final loss | best validation SSIM | data |",
+        "|---|---|---|---|---|---|",
+    ]
+    entries = json.loads(training.read_text())
+    for e in entries:
+        val = e.get("best_val_ssim")
+        lines.append(
+            f"| {e['kind']} | {e['steps']} | {e['seconds']} | {e['final_loss']:.3f} | "
+            f"{'—' if val is None else f'{val:.3f}'} | {e.get('data', '')} |"
+        )
+    notes = [f"{e['kind']}: {e['selection']}" for e in entries if e.get("selection")]
+    return [*lines, "", *([("Model selection. " + "; ".join(notes) + "."), ""] if notes else [])]
+
+
+def _hf_reg_note(run: dict) -> str:
+    """Where HF-Reg stands against the classical methods and the peers, per family."""
+    parts = []
+    for family in ("sim", "real"):
+        names = _family(run, family)
+        if not names:
+            continue
+        table = mean_table(run["results"], names)
+        reg = table.get("hf-reg", {}).get("SSIM")
+        others = {
+            m: r["SSIM"]
+            for m, r in table.items()
+            if "SSIM" in r and not m.startswith(("hf-", "best single"))
+        }
+        if reg is None or not others:
+            continue
+        top = max(others, key=others.get)
+        word = "above" if reg > others[top] else "below"
+        parts.append(
+            f"{'simulated' if family == 'sim' else 'real-content'} stacks: HF-Reg SSIM "
+            f"{reg:.3f}, {word} the best classical / external method ({top}, {others[top]:.3f})"
+        )
+    return ("Mean SSIM on the " + "; ".join(parts) + ".") if parts else ""
+
+
+def write_doc(run: dict, figs: dict[str, str]) -> None:
+    res = run["results"]
+    meta = run["meta"]
+    keys = (*METRICS, "s_per_mp_per_slice")
+    default = meta["default_method"]
+    sims, reals, norefs = (_family(run, f) for f in ("sim", "real", "noref"))
     notes = meta["notes"]
+    models = meta.get("models", {})
     lines = [
         "# Multi-focus fusion",
         "",
@@ -567,6 +794,13 @@ def write_doc(run: dict, figs: dict[str, str]) -> None:
         "as the stack: 8/16-bit stay 8/16-bit) plus a depth map (slice index of every pixel, "
         'float32). "Fuse then segment" hands the fused layer to **Segment**.',
         "",
+        "![The Fuse dock on the simulated focus stack](images/widget_fuse.png)",
+        "",
+        "*The Fuse dock on the simulated 7-slice focus stack (File > Open Sample > CellFocus), "
+        "with the default method. Its Device row says where the method runs (a learned method "
+        "on the device chosen; a classical one in numpy on the CPU, or in torch on a CUDA GPU "
+        "when there is one) and the memory in use.*",
+        "",
         "## Methods",
         "",
         "| method | what | source |",
@@ -574,11 +808,12 @@ def write_doc(run: dict, figs: dict[str, str]) -> None:
         "| `hf-seg` (default) | U-Net predicts the 2-class focus map z of a pair (2C input "
         "channels); fused z0·xA + z1·xB (eq. 6.2); BCE (eq. 6.3); for n slices by default a "
         "*direct* whole-stack focus map: each slice against the stack mean, softmax over "
-        "slices of the log-odds that the slice is the sharper (our extension), else "
-        "`--mode pairwise` | T 6.2.2, eq. 6.2-6.3 |",
+        "slices of the log-odds that the slice is the sharper (our extension, trained end to "
+        "end, see below), else `--mode pairwise` | T 6.2.2, eq. 6.2-6.3 |",
         "| `hf-reg` | U-Net regresses the all-in-focus image from the two sources "
         "(2C channels); NPS loss (α = 6) + per-channel min/max terms; trained with noisy "
-        "sources, so it also denoises (joint denoising) | thesis T 6.2.2, eq. 6.4-6.5, 6.3.8 |",
+        "sources, meant to denoise as it fuses (joint denoising; see the benchmark for how "
+        "far ours gets) | thesis T 6.2.2, eq. 6.4-6.5, 6.3.8 |",
         "| `hf-reg` + Near | each pixel snapped to the nearest source value (eq. 6.6): source "
         "pixels only | T eq. 6.6 |",
         "| n slices | iterated pairwise fusion f(f(x0, x1), x2)… (HF-Reg always, HF-Seg with "
@@ -592,108 +827,144 @@ def write_doc(run: dict, figs: dict[str, str]) -> None:
         "| `wavelet` | Haar DWT, area-based max-abs selection, 3×3 majority consistency check "
         "| Li, Manjunath, Mitra 1995 |",
         "",
-        "## Built-in models (trained on simulated data only)",
+        "## Built-in models",
         "",
-        "Both networks are U-Nets of depth 4 and width 8 (~120 k parameters, about 0.5 MB each), "
-        "trained on the CPU of this 2-core machine by `scripts/train_default_fusion_model.py` "
-        "(seed 0) on endless simulated pairs (`core.fusion_data.FusionPairSampler`): half "
-        "two-plane focus stacks of the simulator (nuclei at random depths between the planes, "
-        "defocus 0.75-4 px per slice, the simulator's shot and read noise; ground truth = the "
-        "noiseless all-in-focus image), half eq. 6.1 pairs (a random subset of the nuclei and "
-        "the background blurred with σ ~ U(1, 5)) with Poisson-Gaussian camera noise; 96 px "
-        "crops, 4 pairs per step, each in both source orders (commutativity, T 6.2.3); Adam, "
-        "lr 2e-3 with cosine decay. HF-Reg adds the mean of the two sources to the U-Net "
-        "output (a global skip; our change, meant to speed up learning within the CPU budget; "
-        "HF-Reg is still undertrained, see Limits). The HF-Seg target is the focus map of "
-        "source A (1 = take A; 0.5 where both slices are equally good, e.g. flat background). "
-        "Files: `data/default_fusion_model.pt` (HF-Seg) and "
-        "`data/default_fusion_model_hfreg.pt` (HF-Reg). Steps and times: `benchmarks/results/fusion_training.json`.",
+        "Both networks are U-Nets of depth 4, width 12 with batch norm behind a 2x "
+        "space-to-depth step (`build_fusion_model(space_to_depth=2)`: the 2C-channel pair is "
+        "rearranged losslessly into 8C channels at half resolution and the outputs are put "
+        "back to full resolution with a pixel shuffle), so the U-Net runs on a quarter of "
+        "the pixels; at inference every batch norm is folded into its convolution "
+        "(`engine.fusion.fold_batchnorm`, same outputs to float tolerance). About 275 k "
+        "parameters, 1.1 MB per file. Trained on the CPU of the shared 2-core machine by "
+        "`scripts/train_fusion_real.py` on **real-content** focus stacks and pairs "
+        "(`core.fusion_data`: crops of the training part of dsb2018-train, split by image "
+        "with `real_image_split`, seed 0, 86 of 428 images held out; every nucleus at its "
+        "own depth, a smooth background depth map, Gaussian / disc / mixed defocus of "
+        "0.5-3 px per slice, 3-9 slices, 8/16-bit, Poisson-Gaussian noise of 15-2000 "
+        "photons, bleaching, lateral shifts) mixed with the simulator's stacks and pairs. "
+        "HF-Seg (`engine.fusion_stack.StackFusionTrainer`) is trained on its default direct "
+        "whole-stack mode end to end: cross-entropy of the softmax over slices against the "
+        "slices whose noiseless image is nearest the truth, plus the L1 error of the fused "
+        "image, plus the eq. 6.3 BCE of pairs in both orders (T 6.2.3) so the pairwise mode "
+        "keeps its meaning. HF-Reg (`FusionTrainer`, eq. 6.4) adds the source mean to the "
+        "U-Net output (a global skip, its last convolution starting at zero). Model "
+        "selection: the validation SSIM on four stacks of the first held-out images (the "
+        "benchmark's real-content stacks come from the other end of the held-out list). "
+        "Steps and times: `benchmarks/results/fusion_training.json`.",
         "",
-    ]
-    training = ROOT / "benchmarks" / "results" / "fusion_training.json"
-    if training.exists():
-        lines += ["| model | steps | wall time on the CPU (s) | final loss |", "|---|---|---|---|"]
-        for e in json.loads(training.read_text()):
-            lines.append(
-                f"| {e['kind']} | {e['steps']} | {e['seconds']} | {e['final_loss']:.3f} |"
-            )
-        lines.append("")
-    lines += [
+        *_training_table(),
         "## Benchmark",
         "",
-        f"`benchmarks/bench_fusion.py`, one run, the same stacks for every method. CPU: "
-        f"{meta['cpu']} with {meta['cpu_threads']} torch threads (a shared 2-core machine, so "
-        "times are noisy); "
+        f"Command: `{meta.get('command', 'python benchmarks/bench_fusion.py')}`; commit "
+        f"{meta.get('commit', 'unknown')}; {meta.get('date', '')}. One run, the same stacks "
+        f"for every method. CPU: {meta['cpu']} with {meta['cpu_threads']} torch threads (a "
+        "shared 2-core machine, loaded by other jobs during the run, so times are noisy; "
+        "compare them within the table); "
         + (
             f"GPU: {meta['gpu']}."
             if meta["gpu"]
             else "no GPU was available for this run, so no GPU timings are reported."
         )
         + " Time is the fusion alone (no file I/O) per megapixel per slice, the fastest of up to "
-        "three runs for our methods; for OpenFocus the "
-        "second of two calls of its fusion step inside its own CLI (timed with perf_counter), "
-        "for enfuse the wall time of the process "
-        "(including reading and writing TIFFs).",
-        "",
-        "Simulated stacks (ground truth known; nuclei at random depths, fresh noise in every "
-        "slice):",
-        "",
-        "| stack | shape | best SSIM | default (" + default + ") SSIM |",
-        "|---|---|---|---|",
-        *per_stack,
-        "",
-        "Mean over the simulated stacks (higher is better except time; bold = best, the "
-        "single best slice excluded):",
-        "",
-        markdown_table(sim_table, keys),
+        "three runs for our methods; for OpenFocus the second of two calls of its fusion step "
+        "inside its own CLI (timed with perf_counter), for enfuse the wall time of the "
+        "process (including reading and writing TIFFs).",
         "",
     ]
-    if best_ssim == default:
-        lines.append(
-            f"The default method `{default}` has the best mean SSIM on the simulated stacks."
-        )
-    else:
-        lines.append(
-            f"**The default method `{default}` does not have the best mean SSIM on the "
-            f"simulated stacks: `{best_ssim}` has.**"
-        )
-    if losses:
+    if models:
+        shipped = {}
+        for kind in ("hf-seg", "hf-reg"):
+            path = default_fusion_model_path(kind)
+            if path.exists():
+                shipped[_sha256(path)] = _rel(path)
+
+        def where(v: dict) -> str:
+            now = shipped.get(v["sha256"])
+            return f" = the shipped `{now}`" if now and now != v["file"] else ""
+
         lines += [
+            "Models: "
+            + "; ".join(
+                f"`{k}` = `{v['file']}` (sha256 {v['sha256'][:12]}{where(v)})"
+                for k, v in models.items()
+            )
+            + ". Rows `… (baseline)` are the previously shipped models (trained on simulated "
+            "data only, full-resolution width-8 U-Nets), run in the same benchmark.",
             "",
-            f"Where `{default}` loses (mean over simulated stacks): " + "; ".join(losses) + ".",
         ]
+    lines += ["### Done when (issue 14)", "", *done_when(run), ""]
+    for family, names, title, blurb in (
+        ("sim", sims, "Simulated stacks", "ground truth known; the simulator's nuclei at "
+         "random depths, fresh noise in every slice"),
+        ("real", reals, "Real-content stacks", "held-out dsb2018-train images (never used "
+         "in training or model selection) made into focus stacks by "
+         "`core.fusion_data.real_focus_stack`; ground truth = the real image"),
+    ):  # fmt: skip
+        if not names:
+            continue
+        table = mean_table(res, names)
+        lines += [
+            f"### {title}",
+            "",
+            f"{blurb}:",
+            "",
+            "| stack | shape | best SSIM | default (" + default + ") SSIM |",
+            "|---|---|---|---|",
+            *_per_stack_rows(run, names, default),
+            "",
+        ]
+        if family == "real":
+            lines += [
+                "| stack | image | PSF | defocus px/slice | photons | read e- | bleach | "
+                "shift σ px |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for n in names:
+                p = meta["stacks"][n]
+                lines.append(
+                    f"| {n} | {p['image']} | {p['psf']} | {p['defocus_per_slice']} | "
+                    f"{p['photons']:g} | {p['read_noise']:g} | {p.get('bleach', 0):g} | "
+                    f"{p.get('shift_std', 0):g} |"
+                )
+            lines.append("")
+        lines += [
+            f"Mean over the {title.lower()} (higher is better except time; bold = best, the "
+            "single best slice excluded):",
+            "",
+            markdown_table(table, keys),
+            "",
+        ]
+        losses = _losses(table, default, keys)
+        if losses:
+            lines += [f"Where `{default}` loses here: " + "; ".join(losses) + ".", ""]
     lines += [
-        "",
         "Reading the no-reference metrics: they reward agreement with the *sources*, blurred "
-        "and noisy parts included (T 6.3.2, Fig. 47): a method that denoises (HF-Reg) moves "
-        "away from every noisy slice and scores lower on Q_MI / Q_TE / Q_NCIE / Q_S although "
-        "it is closer to the truth (SSIM, PSNR); the single best slice scores high on several "
-        "of them. Our Q_TE normalisation differs from Liu 2012 and our Q_P is a simplified "
-        "version (global correlations), see `core/fusion_metrics.py`; values are not "
-        "comparable with the thesis tables.",
+        "and noisy parts included (T 6.3.2, Fig. 47): a method that denoises or averages "
+        "slices moves away from every noisy slice and scores lower on Q_MI / Q_TE / Q_NCIE / "
+        "Q_S although it is closer to the truth (SSIM, PSNR); the single best slice scores "
+        "high on several of them. Our Q_TE normalisation differs from Liu 2012 and our Q_P "
+        "is a simplified version (global correlations), see `core/fusion_metrics.py`; values "
+        "are not comparable with the thesis tables.",
         "",
     ]
-    if real_names:
-        rn = real_names[0]
+    if norefs:
+        rn = norefs[0]
         lines += [
-            f"Real fluorescence z-stack without ground truth ({meta['stacks'][rn]['source']}, "
+            "### Real fluorescence z-stack without ground truth",
+            "",
+            f"{meta['stacks'][rn]['source']}, "
             f"{' x '.join(map(str, meta['stacks'][rn]['shape']))} "
-            f"{meta['stacks'][rn]['dtype']}; a small stack of nuclei, evaluation only):",
+            f"{meta['stacks'][rn]['dtype']}; a small stack of nuclei, evaluation only:",
             "",
             markdown_table(mean_table(res, [rn]), (*NO_REFERENCE, "s_per_mp_per_slice")),
             "",
             "On this tiny stack the per-megapixel times of the networks are dominated by "
             "per-call overhead, and with 31 sources Q_NCIE is set by the correlations among "
-            "the slices, so it does not separate the methods. The learned models never saw "
-            "real data: their soft focus maps average the slices where they are unsure, "
-            "which gives a smoother, less sharp image than enfuse or a single slice here "
-            "(figure below); judge them on your own stacks against the classical methods.",
+            "the slices, so it does not separate the methods.",
             "",
         ]
-    else:
-        lines += ["No real fluorescence z-stack was available offline for this run.", ""]
     if notes:
-        lines += ["Peers not run: " + "; ".join(f"{k}: {v}" for k, v in notes.items()) + ".", ""]
+        lines += ["Not run: " + "; ".join(f"{k}: {v}" for k, v in notes.items()) + ".", ""]
     errors = sorted(
         {f"{m}: {r['error']}" for s in res.values() for m, r in s.items() if "error" in r}
     )
@@ -702,6 +973,8 @@ def write_doc(run: dict, figs: dict[str, str]) -> None:
     lines += [
         "## Example crops",
         "",
+        "Simulated stack:",
+        "",
         f"![fused crops]({'images/' + figs['crops']})",
         "",
         "Depth maps (slice index, turbo colour map):",
@@ -709,21 +982,27 @@ def write_doc(run: dict, figs: dict[str, str]) -> None:
         f"![depth maps]({'images/' + figs['depth']})",
         "",
     ]
+    if "realcontent" in figs:
+        lines += [
+            "Real-content stack (held-out image):",
+            "",
+            f"![real-content crops]({'images/' + figs['realcontent']})",
+            "",
+        ]
     if "real" in figs:
-        lines += ["Real stack:", "", f"![real stack]({'images/' + figs['real']})", ""]
+        lines += ["Real z-stack:", "", f"![real stack]({'images/' + figs['real']})", ""]
     lines += [
         "## Limits",
         "",
-        "- The models are trained on simulated nuclei only; on other samples (cytoplasm, "
-        "tissue, brightfield) the classical methods may do better: compare them in the widget.",
-        "- HF-Reg changes intensities (it denoises); use Near, HF-Seg or a classical method "
-        "when every output pixel must be a measured value.",
-        "- " + CLASSICAL_IMPLEMENTATIONS + " On this CPU the networks are several times "
-        "(3-20x) slower than the classical methods per slice, and times on the shared 2-core machine "
-        "vary by a factor of 3 or more between runs.",
-        "- HF-Reg, trained for 251 CPU steps, is the weakest method here (blurred nuclei, "
-        "halos): it is kept for completeness and for its joint denoising; HF-Seg is the "
-        "default.",
+        "- The models are trained on fluorescent nuclei (real dsb2018 images and the "
+        "simulator); on other samples (cytoplasm, tissue, brightfield) the classical methods "
+        "may do better: compare them in the widget.",
+        "- The real-content stacks are real images with *simulated* defocus, noise, bleaching "
+        "and shifts (the image itself is the truth); a real acquisition also has scattering, "
+        "out-of-focus haze from above and below the field and a depth-dependent PSF.",
+        "- HF-Reg changes intensities (it averages and smooths); use Near, HF-Seg or a "
+        "classical method when every output pixel must be a measured value. " + _hf_reg_note(run),
+        "- " + CLASSICAL_IMPLEMENTATIONS,
         "",
     ]
     # Keep the CPU/GPU speed section that bench_fusion_speed.py writes into this page.
@@ -734,11 +1013,76 @@ def write_doc(run: dict, figs: dict[str, str]) -> None:
     DOC.write_text("\n".join(lines))
 
 
+def _commit() -> str:
+    """The repository's HEAD commit (short), "+ local changes" when the tree differs."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src", "benchmarks/bench_fusion.py"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head} + local changes" if dirty else head
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small stacks (smoke test)")
+    parser.add_argument(
+        "--real-data",
+        type=Path,
+        default=DEFAULT_REAL_DATA,
+        help="dsb2018-train folder (images/, masks/, index.json) for the real-content stacks",
+    )
+    parser.add_argument("--model", action="append", default=[], metavar="KIND=PATH")
+    parser.add_argument("--baseline", action="append", default=[], metavar="KIND=PATH")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))"
+    )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render docs/fusion.md from benchmarks/results/fusion.json (no fusion run)",
+    )
     args = parser.parse_args()
-    run = run_all(args.quick)
+    if args.render_only:
+        saved = json.loads(RESULTS.read_text())
+        figs = {
+            key: name
+            for key, name in (
+                ("crops", "fusion_crops.png"),
+                ("depth", "fusion_depth.png"),
+                ("realcontent", "fusion_realcontent_crops.png"),
+                ("real", "fusion_real.png"),
+            )
+            if (IMAGES / name).exists()
+        }
+        write_doc(saved, figs)
+        print(f"wrote {DOC} from {RESULTS}")
+        return
+
+    def pairs(items: list[str]) -> dict[str, Path]:
+        out = {}
+        for item in items:
+            kind, _, path = item.partition("=")
+            if kind not in ("hf-seg", "hf-reg") or not path:
+                parser.error(f"expected hf-seg=PATH or hf-reg=PATH, got {item!r}")
+            out[kind] = Path(path)
+        return out
+
+    run = run_all(
+        args.quick, args.real_data, pairs(args.model), pairs(args.baseline), args.threads
+    )
+    run["meta"]["command"] = "python benchmarks/bench_fusion.py " + " ".join(sys.argv[1:])
+    run["meta"]["date"] = datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC"
+    )
+    run["meta"]["commit"] = _commit()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"meta": run["meta"], "results": run["results"]}, indent=1))
     figs = figures(run)

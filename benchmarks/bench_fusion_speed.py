@@ -2,6 +2,7 @@
 
     python benchmarks/bench_fusion_speed.py            # 8 x 1024 x 1024 stack
     python benchmarks/bench_fusion_speed.py --quick    # 4 x 256 x 256 (smoke test)
+        [--threads N] [--baseline hf-seg=OLD.pt]       # rows "hf-seg (baseline)"
 
 One simulated 8-bit focus stack (the simulator's nuclei at different depths, per-slice
 camera noise); each method is timed in every implementation this machine has: the classical
@@ -55,7 +56,9 @@ def timed(stack: np.ndarray, method: str, repeats: int, **kwargs) -> float:
     return seconds
 
 
-def run(quick: bool) -> dict:
+def run(quick: bool, baselines: dict[str, Path] | None = None) -> dict:
+    """Time every method; ``baselines`` (kind -> checkpoint) adds rows ``KIND (baseline)``
+    with that model instead of the shipped one (e.g. the previously shipped model)."""
     n, side = (4, 256) if quick else (8, 1024)
     stack = simulate_focus_stack((side, side), n_slices=n, seed=7).stack
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -82,6 +85,12 @@ def run(quick: bool) -> dict:
         for dev in devices:
             repeats = 1 if dev == "cpu" and not quick else 2
             add(method, "torch", dev, timed(stack, method, repeats, device=dev, **kw))
+            if method in (baselines or {}):
+                from napari_cellfocus.engine.fusion import FusionModel
+
+                fm = FusionModel(baselines[method], kind=method, device=dev)
+                seconds = timed(stack, method, repeats, model=fm, **kw)
+                add(f"{method} (baseline)", "torch", dev, seconds)
     return {
         "meta": {
             "command": "python benchmarks/bench_fusion_speed.py" + (" --quick" if quick else ""),
@@ -167,8 +176,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small stack, docs untouched")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--baseline", action="append", default=[], metavar="KIND=PATH")
     args = parser.parse_args()
-    result = run(args.quick)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    baselines = {}
+    for item in args.baseline:
+        kind, _, path = item.partition("=")
+        if kind not in LEARNED or not path:
+            parser.error(f"expected hf-seg=PATH or hf-reg=PATH, got {item!r}")
+        baselines[kind] = Path(path)
+    result = run(args.quick, baselines)
+    result["meta"]["command"] = "python benchmarks/bench_fusion_speed.py " + " ".join(sys.argv[1:])
     kind = "cuda" if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"fusion_speed_{kind}{'_quick' if args.quick else ''}.json"

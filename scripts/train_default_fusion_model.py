@@ -1,4 +1,9 @@
-"""Train the built-in fusion models on simulated data only (thesis T 6.2.1-6.2.3).
+"""Train fusion models on simulated data only (thesis T 6.2.1-6.2.3): the earlier recipe.
+
+The shipped models now come from ``scripts/train_fusion_real.py`` (real-content stacks
+mixed with the simulator's, a space-to-depth network; see docs/fusion.md). This script
+is kept to reproduce the earlier simulated-only models; it writes into the package's
+data folder, so run it with care.
 
     .venv/bin/python scripts/train_default_fusion_model.py [--minutes 7] [--steps 2000]
 

@@ -224,7 +224,7 @@ def add_fuse_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument(
         "--near", action="store_true", help="hf-reg: 'Near' post-processing (source pixels only)"
     )
-    p.add_argument("--tile-size", type=int, default=512, help="learned methods: tile side (512)")
+    p.add_argument("--tile-size", type=int, default=1024, help="learned methods: tile side (1024)")
     p.add_argument(
         "--device",
         default=None,

@@ -106,8 +106,15 @@ def test_shipped_models_are_fusion_checkpoints(kind):
     assert path.exists(), f"{path} missing"
     model, info = load_checkpoint(path, task="fusion")
     assert info.task == "fusion" and info.training["kind"] == kind
-    assert model.config["in_channels"] == 2
+    s2d = int(info.training.get("space_to_depth", 1))
+    assert model.config["in_channels"] == 2 * s2d**2  # one grey channel per source
     assert path.stat().st_size < 5_000_000
+    fm = FusionModel("default", kind=kind, device="cpu")
+    assert fm.channels == 1 and fm.space_to_depth == s2d
+    stack = np.random.default_rng(0).integers(0, 255, (3, 45, 38)).astype(np.uint8)
+    result = fuse_stack(stack, kind, model=fm)
+    assert result.fused.shape == (45, 38) and result.fused.dtype == np.uint8
+    assert result.depth.shape == (45, 38)
     with pytest.raises(CheckpointError, match="a segmentation model is needed"):
         load_checkpoint(path, task="segmentation")
 

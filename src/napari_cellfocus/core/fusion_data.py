@@ -29,6 +29,17 @@ approximation), drawn independently per source; the target stays noiseless.
 All arrays of a :class:`FusionSample` are float32 and normalised together by the
 percentile stretch of the sources (as at inference, where the whole stack shares one
 stretch).
+
+3. **Real-content focus stacks** (issue 14; the thesis's eq. 6.1 idea, blurring the
+   objects of real images, carried to whole stacks): :func:`real_focus_stack` turns a
+   real sharp image and its instance mask into a multi-slice stack: a depth per object,
+   a smooth background depth map, depth-variant defocus from a PSF family (Gaussian,
+   disc, mixed; :func:`defocus`) growing with ``|slice - depth|``, bleaching between
+   slices, small lateral shifts, Poisson-Gaussian noise, 8- or 16-bit. The real data set
+   is split **by image** with :func:`real_image_split` (fixed seed: the validation images
+   are never seen in training); :class:`RealImagePool` crops training images and
+   :class:`RealStackPairSampler` mixes real eq. 6.1 pairs, real stack pairs and the
+   simulator's pairs. Everything is deterministic given the seed / generator.
 """
 
 from __future__ import annotations
@@ -43,11 +54,22 @@ from scipy import ndimage as ndi
 from napari_cellfocus.core.validation import check_labels
 
 __all__ = [
+    "PSF_KINDS",
     "FusionPairSampler",
     "FusionSample",
+    "RealImagePool",
+    "RealStack",
+    "RealStackPairSampler",
     "add_camera_noise",
+    "defocus",
+    "focus_target",
     "instance_blur_pair",
+    "load_real_image",
     "normalise_sample",
+    "random_stack_params",
+    "real_focus_stack",
+    "real_image_split",
+    "smooth_depth_map",
     "stack_pair",
 ]
 
@@ -282,3 +304,371 @@ class FusionPairSampler:
                 xa = add_camera_noise(xa, rng, k, read)
             xb = add_camera_noise(xb, rng, k, read)
         return normalise_sample(xa, xb, y, 1.0 - gb)
+
+
+# --------------------------------------------------------------------------- real content
+#: Point-spread-function families of :func:`defocus` (see its docstring).
+PSF_KINDS = ("gaussian", "disc", "mixed")
+
+
+def _disc_kernel(radius: float) -> np.ndarray:
+    """Normalised pill-box kernel of ``radius`` px, anti-aliased by 4x4 supersampling."""
+    half = int(np.ceil(radius + 0.5))
+    sub = (np.arange(4) + 0.5) / 4.0 - 0.5
+    grid = np.arange(-half, half + 1, dtype=np.float64)
+    fine = (grid[:, None] + sub[None, :]).ravel()
+    inside = (fine[:, None] ** 2 + fine[None, :] ** 2) <= radius**2
+    k = inside.reshape(len(grid), 4, len(grid), 4).mean(axis=(1, 3))
+    return (k / k.sum()).astype(np.float32)
+
+
+def defocus(image: np.ndarray, kind: str, amount: float) -> np.ndarray:
+    """Blur a (Y, X) float image by a defocus PSF of size ``amount`` px (reflect borders).
+
+    ``kind``: "gaussian" (sigma = ``amount``), "disc" (geometric-optics defocus, a
+    pill-box of radius ``amount``), "mixed" (a disc of radius ``amount`` then a Gaussian
+    of sigma ``0.3 * amount``: a disc softened by aberrations). ``amount < 0.25`` returns
+    the image unchanged. Every kernel sums to 1 (intensity is kept).
+    """
+    if kind not in PSF_KINDS:
+        raise ValueError(f"kind: expected one of {PSF_KINDS}, got {kind!r}.")
+    img = np.asarray(image, dtype=np.float32)
+    if amount < 0.25:
+        return img.copy()
+    if kind == "gaussian":
+        return ndi.gaussian_filter(img, float(amount), mode="reflect")
+    from scipy.signal import fftconvolve
+
+    k = _disc_kernel(float(amount))
+    h = k.shape[0] // 2
+    padded = np.pad(img, h, mode="reflect") if h < min(img.shape) else np.pad(img, h, "edge")
+    out = fftconvolve(padded, k, mode="valid").astype(np.float32)
+    if kind == "mixed":
+        out = ndi.gaussian_filter(out, 0.3 * float(amount), mode="reflect")
+    return out
+
+
+def smooth_depth_map(
+    shape: tuple[int, int], rng: np.random.Generator, low: float, high: float
+) -> np.ndarray:
+    """A smooth random (Y, X) float32 field spanning ``[low, high]`` (slice units): white
+    noise low-passed by a Gaussian of sigma ``max(shape) / 4``, stretched to the range
+    (a tilted / curved coverslip or tissue surface)."""
+    noise = rng.standard_normal(shape).astype(np.float32)
+    field = ndi.gaussian_filter(noise, max(shape) / 4.0, mode="reflect")
+    span = float(field.max() - field.min())
+    unit = (field - field.min()) / span if span > 0 else np.zeros(shape, np.float32)
+    return (low + (high - low) * unit).astype(np.float32)
+
+
+@dataclass
+class RealStack:
+    """A focus stack built from a real sharp image.
+
+    stack : (Z, Y, X) uint8 / uint16 noisy slices (camera ADU).
+    truth : (Y, X) float32 noiseless, unbleached, unshifted all-in-focus image on the
+        stack's ADU scale (offset + gain * photons * sharp image).
+    depth : (Y, X) float32 in-focus depth of every pixel (slice units; objects at their
+        own depth, the background on a smooth map).
+    labels : (Y, X) the instance mask used for the object depths.
+    params : what was drawn (psf, defocus_per_slice, photons, read_noise, gain, offset,
+        bleach, shifts (Z, 2) px, object_depths ...).
+    clean : (Z, Y, X) float32 noiseless slices (defocused, bleached, shifted) on the
+        sharp image's scale (``truth = offset + gain * photons * sharp``).
+    sharp : (Y, X) float32 the sharp image scaled to [0, 1].
+    """
+
+    stack: np.ndarray
+    truth: np.ndarray
+    depth: np.ndarray
+    labels: np.ndarray
+    params: dict[str, Any]
+    clean: np.ndarray
+    sharp: np.ndarray
+
+
+def random_stack_params(rng: np.random.Generator) -> dict[str, Any]:
+    """Draw the acquisition parameters of :func:`real_focus_stack` (the training family):
+    3-9 slices, any PSF kind, defocus 0.5-3 px per slice, 8- or 16-bit, 15-2000 photons
+    at the brightest pixel (log-uniform), read noise 0-4 e-, bleaching 0-6 % per slice
+    with probability 1/2, lateral shifts of sigma 0-0.7 px with probability 1/2."""
+    return {
+        "n_slices": int(rng.integers(3, 10)),
+        "psf": str(rng.choice(PSF_KINDS)),
+        "defocus_per_slice": float(rng.uniform(0.5, 3.0)),
+        "bit_depth": 8 if rng.random() < 0.6 else 16,
+        "photons": float(np.exp(rng.uniform(np.log(15.0), np.log(2000.0)))),
+        "read_noise": float(rng.uniform(0.0, 4.0)),
+        "bleach": float(rng.uniform(0.0, 0.06)) if rng.random() < 0.5 else 0.0,
+        "shift_std": float(rng.uniform(0.0, 0.7)) if rng.random() < 0.5 else 0.0,
+    }
+
+
+def _layered_slice(
+    sharp: np.ndarray, amount: np.ndarray, kind: str, step: float = 0.18
+) -> np.ndarray:
+    """Depth-variant defocus of an additive (fluorescence) scene: every pixel's light is
+    spread by the PSF of its own ``amount`` (px). Amounts are quantised on a log scale
+    (relative step ``step``, exact below 0.25 px = sharp) and each level's pixels blurred
+    once, then summed."""
+    level = np.where(amount < 0.25, -1, np.round(np.log(np.maximum(amount, 0.25)) / step))
+    out = np.zeros_like(sharp)
+    for lv in np.unique(level):
+        mask = level == lv
+        layer = np.where(mask, sharp, 0.0).astype(np.float32)
+        out += layer if lv < 0 else defocus(layer, kind, float(np.exp(lv * step)))
+    return out
+
+
+def real_focus_stack(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator | int | None = None,
+    *,
+    n_slices: int = 7,
+    psf: str = "gaussian",
+    defocus_per_slice: float = 1.5,
+    bit_depth: int = 8,
+    photons: float = 200.0,
+    read_noise: float = 1.0,
+    bleach: float = 0.0,
+    shift_std: float = 0.0,
+    object_depths: dict[int, float] | None = None,
+    background_depth: float | np.ndarray | None = None,
+) -> RealStack:
+    """A multi-slice focus stack from a real sharp image and its instance mask.
+
+    Every object (label > 0) gets an in-focus depth ``~ U(0, n_slices - 1)`` (slice
+    units), the background a smooth depth map (:func:`smooth_depth_map` over a random
+    sub-range). Slice ``k`` is the sharp image with every pixel's light spread by the PSF
+    ``psf`` of size ``defocus_per_slice * |k - depth|`` px (additive, as fluorescence;
+    :func:`defocus`), dimmed by bleaching ``exp(-bleach * k)``, shifted laterally by
+    ``shifts[k] ~ N(0, shift_std)`` px (bilinear, reflect), then detected: Poisson photon
+    noise (``photons`` = expected photons at the sharp image's maximum; ``inf`` = none),
+    Gaussian read noise (``read_noise`` e-), gain and offset, quantised to ``bit_depth``
+    (8 or 16) with saturation.
+
+    Parameters
+    ----------
+    image : (Y, X) real sharp image (any numeric dtype; scaled by its maximum).
+    labels : (Y, X) int instance mask of ``image``.
+    rng : generator or seed: the same seed gives the same stack.
+    object_depths : fix the depth of objects by label (others drawn).
+    background_depth : a constant or a (Y, X) map instead of the smooth random map.
+
+    Returns
+    -------
+    RealStack
+    """
+    lab = check_labels(labels, name="labels", ndim=(2,))
+    img = np.asarray(image, dtype=np.float32)
+    if img.shape != lab.shape:
+        raise ValueError(f"image and labels shapes differ: {img.shape} and {lab.shape}.")
+    if n_slices < 1 or bit_depth not in (8, 16) or psf not in PSF_KINDS:
+        raise ValueError(
+            f"expected n_slices >= 1, bit_depth 8 or 16, psf in {PSF_KINDS}; got "
+            f"{n_slices}, {bit_depth}, {psf!r}."
+        )
+    if defocus_per_slice < 0 or read_noise < 0 or bleach < 0 or shift_std < 0 or photons <= 0:
+        raise ValueError("defocus_per_slice, read_noise, bleach, shift_std >= 0, photons > 0.")
+    rng = np.random.default_rng(rng)
+    sharp = np.clip(img - img.min(), 0, None)
+    sharp /= max(float(sharp.max()), 1e-12)
+    top = float(n_slices - 1)
+    if background_depth is None:
+        lo, hi = np.sort(rng.uniform(0.0, top, 2))
+        bg = smooth_depth_map(lab.shape, rng, float(lo), float(hi))
+    else:
+        bg = np.broadcast_to(np.asarray(background_depth, np.float32), lab.shape).copy()
+    ids = [int(i) for i in np.unique(lab) if i > 0]
+    drawn = rng.uniform(0.0, top, len(ids)) if ids else np.zeros(0)
+    depths = {i: float(d) for i, d in zip(ids, drawn, strict=True)}
+    depths.update({int(k): float(v) for k, v in (object_depths or {}).items()})
+    depth = bg.copy()
+    if ids:
+        lut = np.zeros(int(lab.max()) + 1, np.float32)
+        for i, d in depths.items():
+            if i <= lab.max():
+                lut[i] = d
+        depth = np.where(lab > 0, lut[lab], bg).astype(np.float32)
+    full = 255.0 if bit_depth == 8 else 65535.0
+    fill = float(rng.uniform(0.5, 0.9)) if bit_depth == 8 else float(rng.uniform(0.05, 0.6))
+    offset = float(rng.uniform(0.0, 8.0)) if bit_depth == 8 else float(rng.uniform(100.0, 500.0))
+    finite = bool(np.isfinite(photons))
+    gain = fill * full / (photons if finite else 1.0)
+    shifts = (
+        rng.normal(0.0, shift_std, (n_slices, 2)) if shift_std > 0 else np.zeros((n_slices, 2))
+    )
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    slices, cleans = [], []
+    for k in range(n_slices):
+        s = _layered_slice(sharp, defocus_per_slice * np.abs(k - depth), psf)
+        s *= np.float32(np.exp(-bleach * k))
+        if shifts[k].any():
+            s = ndi.shift(s, shifts[k], order=1, mode="reflect")
+        cleans.append(s)
+        e = np.maximum(s, 0.0) * (photons if finite else 1.0)
+        if finite:
+            e = rng.poisson(e).astype(np.float32)
+        if read_noise > 0:
+            e = e + np.float32(read_noise) * rng.standard_normal(e.shape).astype(np.float32)
+        adu = offset + gain * e
+        slices.append(np.clip(np.round(adu), 0, full).astype(dtype))
+    truth = (offset + gain * sharp * (photons if finite else 1.0)).astype(np.float32)
+    params = {
+        "n_slices": int(n_slices),
+        "psf": psf,
+        "defocus_per_slice": float(defocus_per_slice),
+        "bit_depth": int(bit_depth),
+        "photons": float(photons),
+        "read_noise": float(read_noise),
+        "gain": gain,
+        "offset": offset,
+        "bleach": float(bleach),
+        "shift_std": float(shift_std),
+        "shifts": shifts.tolist(),
+        "object_depths": depths,
+    }
+    return RealStack(
+        np.stack(slices), np.minimum(truth, full), depth, lab, params, np.stack(cleans), sharp
+    )
+
+
+# --------------------------------------------------------------------------- real data set
+def real_image_split(
+    index: Sequence[dict[str, Any]] | str | Any, seed: int = 0, val_fraction: float = 0.2
+) -> tuple[list[str], list[str]]:
+    """Split a real data set *by image* into (train, validation) file names.
+
+    ``index``: the list of entries of ``index.json`` (each with a ``"file"``), or the data
+    folder holding ``index.json``. Files are sorted, permuted by
+    ``default_rng(seed)`` and the first ``round(val_fraction * n)`` are the validation
+    (held-out) images: the same seed always gives the same split. For
+    ``dsb2018-train`` (428 images), seed 0 and fraction 0.2 hold out 86 images.
+    """
+    import json
+    from pathlib import Path
+
+    if not isinstance(index, (list, tuple)):
+        index = json.loads((Path(index) / "index.json").read_text())
+    files = sorted(str(e["file"]) for e in index)
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction: expected (0, 1), got {val_fraction!r}.")
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_val = round(val_fraction * len(files))
+    val = sorted(files[i] for i in order[:n_val])
+    train = sorted(files[i] for i in order[n_val:])
+    return train, val
+
+
+def load_real_image(root: Any, file: str) -> tuple[np.ndarray, np.ndarray]:
+    """Image (Y, X) and instance mask (Y, X) of ``file`` in a folder with ``images/``
+    and ``masks/`` (the dsb2018-train layout)."""
+    from pathlib import Path
+
+    import tifffile
+
+    root = Path(root)
+    image = tifffile.imread(root / "images" / file)
+    if image.ndim == 3:  # colour: grey by channel mean
+        image = image[..., :3].mean(axis=-1)
+    return np.asarray(image), np.asarray(tifffile.imread(root / "masks" / file))
+
+
+def _crop(image: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator):
+    ny, nx = labels.shape
+    y0 = int(rng.integers(0, max(1, ny - size + 1)))
+    x0 = int(rng.integers(0, max(1, nx - size + 1)))
+    win = (slice(y0, y0 + size), slice(x0, x0 + size))
+    img, lab = image[win], labels[win]
+    if img.shape != (size, size):  # smaller than the crop: reflect up to it
+        pad = ((0, size - img.shape[0]), (0, size - img.shape[1]))
+        img, lab = np.pad(img, pad, mode="reflect"), np.pad(lab, pad, mode="reflect")
+    k = int(rng.integers(4))
+    img, lab = np.rot90(img, k), np.rot90(lab, k)
+    if rng.random() < 0.5:
+        img, lab = img[:, ::-1], lab[:, ::-1]
+    return np.ascontiguousarray(img), np.ascontiguousarray(lab)
+
+
+class RealImagePool:
+    """Real sharp images with their instance masks, loaded once, cropped at random.
+
+    root : data folder (``images/``, ``masks/``); files : the names to use (e.g. the
+    training part of :func:`real_image_split`).
+    """
+
+    def __init__(self, root: Any, files: Sequence[str]) -> None:
+        if not files:
+            raise ValueError("files: expected at least one image.")
+        self.items = [load_real_image(root, f) for f in files]
+
+    def crop(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """A random ``size`` x ``size`` crop (rotated / mirrored) of a random image."""
+        image, labels = self.items[int(rng.integers(len(self.items)))]
+        return _crop(image, labels, size, rng)
+
+
+def focus_target(stack_clean: np.ndarray, truth: np.ndarray, tie: float) -> np.ndarray:
+    """Per-slice target distribution (Z, Y, X) float32 for a whole-stack focus map: the
+    slices whose noiseless image is within ``tie`` (absolute units) of the best one's
+    smoothed error to ``truth`` share the weight equally (all of them in flat regions).
+    """
+    err = np.stack([ndi.gaussian_filter(np.abs(s - truth), 1.0) for s in stack_clean])
+    good = (err <= err.min(axis=0, keepdims=True) + tie).astype(np.float32)
+    return good / good.sum(axis=0, keepdims=True)
+
+
+class RealStackPairSampler:
+    """Training pairs (T 6.2.1) from real images, mixed with the simulator's.
+
+    Each call draws (probabilities in this order): a simulator pair
+    (:class:`FusionPairSampler`, ``sim_fraction``), an eq. 6.1 pair on a real crop with
+    a Gaussian or disc blur of size ``U(1, 5)`` and camera noise (``pair_fraction``), or
+    two slices of a :func:`real_focus_stack` of the crop (the rest), whose focus map is
+    1 / 0 where the noiseless slice A / B is nearer the truth and 0.5 at ties.
+    """
+
+    def __init__(
+        self,
+        pool: RealImagePool,
+        shape: tuple[int, int] = (96, 96),
+        sim_fraction: float = 0.25,
+        pair_fraction: float = 0.35,
+    ) -> None:
+        self.pool = pool
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.sim = FusionPairSampler(self.shape)
+        self.sim_fraction = float(sim_fraction)
+        self.pair_fraction = float(pair_fraction)
+
+    def __call__(self, rng: np.random.Generator) -> FusionSample:
+        u = rng.random()
+        if u < self.sim_fraction:
+            return self.sim(rng)
+        image, labels = self.pool.crop(rng, self.shape[0])
+        y = image.astype(np.float32) / max(float(image.max()), 1.0)
+        if u < self.sim_fraction + self.pair_fraction:
+            kind = "gaussian" if rng.random() < 0.5 else str(rng.choice(["disc", "mixed"]))
+            ids = np.unique(labels)
+            chosen = ids[rng.random(len(ids)) < 0.5]
+            gb = np.isin(labels, chosen).astype(np.float32)
+            ybar = defocus(y, kind, float(rng.uniform(1.0, 5.0)))
+            xa, xb = ybar * gb + y * (1 - gb), ybar * (1 - gb) + y * gb
+            k = float(np.exp(rng.uniform(np.log(1e-4), np.log(3e-2))))
+            read = float(rng.uniform(0.0, 0.02))
+            if rng.random() >= 0.25:
+                xa = add_camera_noise(xa, rng, k, read)
+            xb = add_camera_noise(xb, rng, k, read)
+            return normalise_sample(xa, xb, y, 1.0 - gb)
+        p = random_stack_params(rng)
+        p["n_slices"] = 2
+        st = real_focus_stack(image, labels, int(rng.integers(2**31)), **p)
+        tie = 0.01 * max(float(st.sharp.max()), 1e-6)
+        ea = ndi.gaussian_filter(np.abs(st.clean[0] - st.sharp), 1.0)
+        eb = ndi.gaussian_filter(np.abs(st.clean[1] - st.sharp), 1.0)
+        focus = np.full(st.sharp.shape, 0.5, np.float32)
+        focus[ea < eb - tie] = 1.0
+        focus[eb < ea - tie] = 0.0
+        a, b = (s.astype(np.float32) for s in st.stack)
+        return normalise_sample(a, b, st.truth, focus)

@@ -55,7 +55,10 @@ PLUGIN = "napari-cellfocus"
 #: Methods as offered in the combo: (label, method name).
 METHOD_CHOICES = (
     ("HF-Seg (learned focus map) — default", "hf-seg"),
-    ("HF-Reg (learned regression, denoises)", "hf-reg"),
+    (
+        "HF-Reg (learned regression; experimental: below HF-Seg and most classical methods)",
+        "hf-reg",
+    ),
     ("Max focus measure (Laplacian)", "max-focus"),
     ("Laplacian pyramid", "pyramid"),
     ("Guided filter (GFF)", "gff"),
@@ -213,7 +216,8 @@ class FuseWidget(QWidget):
         for label, name in METHOD_CHOICES:
             self.method_combo.addItem(label, name)
         self.method_combo.setToolTip(
-            "Learned methods use the built-in networks trained on simulated stacks; "
+            "Learned methods use the built-in networks trained on focus stacks made from real "
+            "nuclei images (dsb2018) and on simulated stacks; "
             "classical ones run in torch on a CUDA GPU when there is one, else in numpy "
             "on the CPU."
         )
@@ -226,7 +230,7 @@ class FuseWidget(QWidget):
         self.near_check = QCheckBox("Near (source pixels only)")
         self.near_check.setToolTip(
             "HF-Reg: snap every pixel to the nearest source value (thesis eq. 6.6); "
-            "turns the denoising off."
+            "turns the smoothing off."
         )
         self.device_picker = DevicePicker(
             "auto",
@@ -237,7 +241,7 @@ class FuseWidget(QWidget):
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(64, 8192)
         self.tile_spin.setSingleStep(64)
-        self.tile_spin.setValue(512)
+        self.tile_spin.setValue(1024)
         self.tile_spin.setSuffix(" px")
 
         self.run_button = QPushButton("Fuse")
