@@ -682,6 +682,8 @@ def _learned_passes(ps: PreparedStack, fm: FusionModel, mode: str) -> int:
         per_pair = ps.data.shape[-1]
     if fm.kind == "hf-seg" and mode == "direct":
         return n
+    if fm.kind == "hf-seg":  # pairwise: both source orders (see _iter_learned)
+        return 2 * (n - 1)
     return (n - 1) * per_pair
 
 
@@ -742,8 +744,11 @@ def _iter_learned(
             fused = x[0]
             depth = np.zeros(x.shape[2:], np.float32)
             for k in range(1, n):
+                # both source orders, averaged: f(a, b) = f(b, a) by construction (the
+                # commutativity of T 6.2.3, which training alone only approaches)
                 z = yield from pair_output(prep(fused), prep(x[k]))
-                wb = z[1]
+                zr = yield from pair_output(prep(x[k]), prep(fused))
+                wb = 0.5 * (z[1] + zr[0])
                 fused = (1.0 - wb)[None] * fused + wb[None] * x[k]
                 depth = (1.0 - wb) * depth + wb * np.float32(k)
     else:
@@ -869,7 +874,9 @@ def iter_fuse(
     mode : HF-Seg: "direct" (default: every slice against the stack mean, softmax over
         slices of the log-odds that the slice is the sharper one; ``n`` passes that do not
         depend on each other, no accumulation of errors) or "pairwise" (the n-th functional
-        power ``f(f(x0, x1), x2) ...`` of T 6.2). HF-Reg always fuses pairwise.
+        power ``f(f(x0, x1), x2) ...`` of T 6.2; each pair in both source orders, the
+        focus maps averaged, so ``f(a, b) = f(b, a)``: ``2 (n - 1)`` passes). HF-Reg
+        always fuses pairwise.
     near_post : HF-Reg: apply "Near" (T eq. 6.6) to each pairwise result (source pixels
         only, no denoising).
     tile_size : learned methods: tile side in pixels (halo and blend of 32 px); default
