@@ -36,6 +36,8 @@ DENSE_COVERAGE = 0.9
 NEAR_PX = 30
 #: Crop side of the quick fine-tune (engine.train.quick_finetune_config).
 MAX_CROP = 192
+#: Steps of the one-click fine-tune (engine.train.quick_finetune_config; 4 crops each).
+QUICK_STEPS = 30
 #: Smallest image side a fine-tune accepts (px).
 MIN_SIDE = 16
 #: Fine-tune modes: "auto" (from the annotations), "dense", "weak".
@@ -111,7 +113,7 @@ def plan_finetune(
     labels_name: str = "annotations",
     mode: str = "auto",
     from_segmentation: bool = False,
-    steps: int = 100,
+    steps: int = QUICK_STEPS,
     overrides: dict[str, Any] | None = None,
 ) -> FinetunePlan:
     """Check a fine-tune's inputs and plan it.

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from napari_cellfocus.engine.train import SteppedTraining, Trainer
+from napari_cellfocus.engine.train import SteppedTraining, Trainer, finite_parameters
 
 __all__ = ["GuardedTraining", "check_guard_settings", "finite_parameters"]
 
@@ -46,11 +46,6 @@ def check_guard_settings(
         )
     if not (divergence_factor == 0 or divergence_factor > 1):
         raise ValueError(f"divergence_factor must be > 1 (or 0 = off), got {divergence_factor}.")
-
-
-def finite_parameters(model: torch.nn.Module) -> bool:
-    """Whether every weight of ``model`` is a finite number."""
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 class GuardedTraining(SteppedTraining):
