@@ -74,6 +74,18 @@ def test_paint_then_finetune_updates_layers_and_model(
 
     state = seg.state
     assert state.model is not first_model and state.model.kind == "session"
+    # the one-click default trains the decoder: the encoder is the starting model's
+    assert widget.layers_combo.currentData() == "decoder"
+    new_model, new_info = state.model.spec
+    assert new_info.training["last_run"]["train_layers"] == "decoder"
+    start_model, _ = first_model.spec
+    start = start_model.encoder.state_dict()
+    for name, value in new_model.encoder.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), start[name].numpy())
+    assert any(
+        not np.array_equal(v.numpy(), start_model.decoder.state_dict()[k].numpy())
+        for k, v in new_model.decoder.state_dict().items()
+    )
     assert seg.model_combo.currentText() == state.model.name
     edited = viewer.layers[f"{LABELS} (edited)"]
     assert role_of(edited) is None
