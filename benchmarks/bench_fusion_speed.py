@@ -119,7 +119,8 @@ def markdown(result: dict) -> str:
         f"`{meta['command']}` ({meta['date']}, {where}; torch {meta['torch']}): one simulated "
         f"{n} x {side} x {side} 8-bit stack, seconds per megapixel per slice (fastest run, "
         "whole call including copies to and from the device). Speed-up: against numpy for "
-        "the classical methods, against the CPU for the learned ones.",
+        "the classical methods, against the CPU for the learned ones."
+        + (f" {meta['note']}" if meta.get("note") else ""),
         "",
         "| method | " + " | ".join(f"{impl} {dev}" for impl, dev in columns) + " | speed-up |",
         "|---|" + "---|" * (len(columns) + 1),
@@ -178,6 +179,7 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=DOC)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--baseline", action="append", default=[], metavar="KIND=PATH")
+    parser.add_argument("--note", default="", help="a sentence for the docs (e.g. the load)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,6 +191,8 @@ def main() -> None:
         baselines[kind] = Path(path)
     result = run(args.quick, baselines)
     result["meta"]["command"] = "python benchmarks/bench_fusion_speed.py " + " ".join(sys.argv[1:])
+    if args.note:
+        result["meta"]["note"] = args.note
     kind = "cuda" if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"fusion_speed_{kind}{'_quick' if args.quick else ''}.json"

@@ -56,7 +56,7 @@ PLUGIN = "napari-cellfocus"
 METHOD_CHOICES = (
     ("HF-Seg (learned focus map) — default", "hf-seg"),
     (
-        "HF-Reg (learned regression; experimental: below HF-Seg and most classical methods)",
+        "HF-Reg (learned regression; experimental: below HF-Seg and GFF on the benchmark)",
         "hf-reg",
     ),
     ("Max focus measure (Laplacian)", "max-focus"),
