@@ -142,3 +142,14 @@ def test_stack_sampler_simulated_target_is_a_distribution():
     z = s.x.shape[0]
     assert 3 <= z <= 4 and s.x.shape[1:] == (1, 32, 32) and s.truth.shape == (1, 32, 32)
     assert s.target.shape == (z, 32, 32) and np.allclose(s.target.sum(axis=0), 1.0)
+
+
+def test_pair_trainer_records_its_data_source():
+    from napari_cellfocus.engine.fusion import FusionTrainConfig, FusionTrainer
+
+    cfg = FusionTrainConfig(kind="hf-reg", steps=1, batch_size=1, crop_size=32)
+    default = FusionTrainer(cfg, network=TINY, device="cpu")
+    assert default.current_info().training["last_run"]["data"].startswith("simulated pairs")
+    custom = FusionTrainer(cfg, sampler=FusionPairSampler((32, 32)), network=TINY, device="cpu")
+    data = custom.current_info().training["last_run"]["data"]
+    assert data == "pairs from napari_cellfocus.core.fusion_data.FusionPairSampler"

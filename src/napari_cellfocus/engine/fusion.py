@@ -411,6 +411,12 @@ class FusionTrainer(GuardedTraining):
         self.sampler = sampler or FusionPairSampler(
             (cfg.crop_size, cfg.crop_size), cfg.stack_fraction, cfg.noise
         )
+        #: What the examples were (stored in ``training["last_run"]["data"]``).
+        self.data = (
+            "simulated pairs (core.fusion_data.FusionPairSampler)"
+            if sampler is None
+            else f"pairs from {type(sampler).__module__}.{type(sampler).__qualname__}"
+        )
         self.workers = example_threads(self.device, workers)
         self._pool = None
         if self.workers > 1:
@@ -503,7 +509,7 @@ class FusionTrainer(GuardedTraining):
                 **asdict(self.config),
                 **self.run_state(),
                 "device": str(self.device),
-                "data": "simulated pairs (core.fusion_data.FusionPairSampler)",
+                "data": self.data,
             },
         }
         return info
