@@ -5,8 +5,11 @@ it, so clean-up code (closing a training loop, giving GPU memory back) would not
 The widgets instead pass a :class:`threading.Event` to their job generator; the job
 checks it after every yield and *returns* a :class:`Cancelled` after cleaning up.
 Expected problems (bad input, a model that does not fit, out of memory, a diverged
-training) are returned as :class:`Failed` with a one-line message, so the widget
-shows a clear notification instead of a traceback.
+training, a file that cannot be read or written: :data:`EXPECTED_ERRORS`) end the
+job as :class:`Failed` with a one-line message, so the widget shows a clear
+notification instead of a traceback: a job returns ``Failed`` itself, or raises one
+of those errors and :func:`start_job` turns it into ``Failed``. The dock widgets run
+their jobs through :class:`~napari_cellfocus.widgets._job.JobPanel`.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from napari.qt.threading import GeneratorWorker, create_worker
 #: Nice value of the worker threads (and of the torch threads they start) on Linux.
 WORKER_NICE = 10
 
-#: Errors a job reports as a message (CheckpointError is a ValueError).
-EXPECTED_ERRORS = (ValueError, MemoryError, FloatingPointError, InterruptedError)
+#: Errors a job reports as a message, the same for every dock (CheckpointError is a
+#: ValueError; OSError: a file that cannot be read or written, a missing optional
+#: package is an ImportError the job words itself).
+EXPECTED_ERRORS = (ValueError, MemoryError, FloatingPointError, InterruptedError, OSError)
 
 
 @dataclass
@@ -65,19 +70,27 @@ def lower_thread_priority(nice: int = WORKER_NICE) -> bool:
     return True
 
 
-def _at_low_priority(job: Callable[..., Any]) -> Callable[..., Any]:
-    """``job`` run after :func:`lower_thread_priority` (a generator stays a generator)."""
+def _in_worker(job: Callable[..., Any]) -> Callable[..., Any]:
+    """``job`` run after :func:`lower_thread_priority`, an expected error it raises
+    (:data:`EXPECTED_ERRORS`) returned as :class:`Failed` (a generator stays a
+    generator)."""
     if inspect.isgeneratorfunction(job):
 
         def generator(*args: Any, **kwargs: Any) -> Any:
             lower_thread_priority()
-            return (yield from job(*args, **kwargs))
+            try:
+                return (yield from job(*args, **kwargs))
+            except EXPECTED_ERRORS as err:
+                return Failed(str(err))
 
         return generator
 
     def function(*args: Any, **kwargs: Any) -> Any:
         lower_thread_priority()
-        return job(*args, **kwargs)
+        try:
+            return job(*args, **kwargs)
+        except EXPECTED_ERRORS as err:
+            return Failed(str(err))
 
     return function
 
@@ -93,7 +106,8 @@ def start_job(
     """Start ``job(*args, cancel=event, **kwargs)`` in a worker thread, at a lower
     CPU priority than the Qt thread (:func:`lower_thread_priority`).
 
-    ``job`` is a generator function (its yields reach ``yielded``) or a plain function.
+    ``job`` is a generator function (its yields reach ``yielded``) or a plain function;
+    what it returns reaches ``returned`` (an expected error it raises as :class:`Failed`).
 
     Returns the worker and the cancel event (``event.set()`` asks the job to stop).
     Callbacks run on the Qt main thread.
@@ -118,7 +132,7 @@ def start_job(
         if callback is not None:
             connect[name] = guarded(callback)
     worker = create_worker(
-        _at_low_priority(job),
+        _in_worker(job),
         *args,
         cancel=cancel,
         _connect=connect,

@@ -23,15 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -41,6 +39,7 @@ from napari_cellfocus.core.methods import get_post_method
 from napari_cellfocus.core.validation import check_image
 from napari_cellfocus.widgets._device import DevicePicker
 from napari_cellfocus.widgets._inputs import ImageSource
+from napari_cellfocus.widgets._job import JobPanel, WorkerOf
 from napari_cellfocus.widgets._layers import (
     LayerQueue,
     move_to_top,
@@ -50,7 +49,6 @@ from napari_cellfocus.widgets._layers import (
     restore_outputs,
     snapshot_outputs,
 )
-from napari_cellfocus.widgets._progress import ProgressBar
 from napari_cellfocus.widgets._stack import (
     StackChoice,
     StackMode,
@@ -58,7 +56,7 @@ from napari_cellfocus.widgets._stack import (
     stack_options,
 )
 from napari_cellfocus.widgets._state import Segmentation, get_state, unwrap
-from napari_cellfocus.widgets._workers import Cancelled, Failed, start_job
+from napari_cellfocus.widgets._workers import Cancelled, Failed
 
 if TYPE_CHECKING:
     import napari
@@ -122,69 +120,68 @@ def segment_job(
     planes joined into 3D cells, frames linked; ``None``: each plane on its own); with
     its ``z_mode == "ortho"`` the model also sees the ZX and ZY slices of the volume
     resampled along z by ``z_scale`` (z step / pixel size, from the layer's scale) and
-    the three views' probabilities are averaged (``Segmenter.iter_predict_ortho``)."""
+    the three views' probabilities are averaged (``Segmenter.iter_predict_ortho``).
+    An expected error (a model file that cannot be used, memory) ends it as
+    :class:`Failed` (:func:`~napari_cellfocus.widgets._workers.start_job`)."""
     from napari_cellfocus.core.measure import frame_counts
     from napari_cellfocus.engine.segment import postprocess_planes
 
     start = time.perf_counter()
+    if callable(segmenter):
+        segmenter = segmenter()
+    problem = model_problem(segmenter) or image_problem(segmenter, image, name)
+    if problem:
+        return Failed(problem[0].upper() + problem[1:])
+    yield ModelReady(segmenter)
+    if cancel.is_set():
+        return Cancelled("before the prediction")
+    estimated = isinstance(diameter, str) or diameter is None
+    diam = segmenter.resolve_diameter(image, diameter, tile_size=tile_size, name=name)
+    yield DiameterFound(diam, estimated)
+    if cancel.is_set():
+        return Cancelled("before the prediction")
+    ortho = stack is not None and stack.z_mode == "ortho" and segmenter.spatial_dims == 2
+    problem = memory_problem(segmenter, image, diam, name, z_scale if ortho else None)
+    if problem:
+        return Failed(problem)
+    if method is None:
+        method, params = segmenter.post_settings(None, None, diam, z_scale if ortho else None)
+    if ortho:
+        tiles = segmenter.iter_predict_ortho(
+            image, diameter=diam, z_scale=z_scale, tile_size=tile_size, name=name
+        )
+    else:
+        tiles = segmenter.iter_predict(image, diameter=diam, tile_size=tile_size, name=name)
+    update = None
     try:
-        if callable(segmenter):
-            segmenter = segmenter()
-        problem = model_problem(segmenter) or image_problem(segmenter, image, name)
-        if problem:
-            return Failed(problem[0].upper() + problem[1:])
-        yield ModelReady(segmenter)
-        if cancel.is_set():
-            return Cancelled("before the prediction")
-        estimated = isinstance(diameter, str) or diameter is None
-        diam = segmenter.resolve_diameter(image, diameter, tile_size=tile_size, name=name)
-        yield DiameterFound(diam, estimated)
-        if cancel.is_set():
-            return Cancelled("before the prediction")
-        ortho = stack is not None and stack.z_mode == "ortho" and segmenter.spatial_dims == 2
-        problem = memory_problem(segmenter, image, diam, name, z_scale if ortho else None)
-        if problem:
-            return Failed(problem)
-        if method is None:
-            method, params = segmenter.post_settings(None, None, diam, z_scale if ortho else None)
-        if ortho:
-            tiles = segmenter.iter_predict_ortho(
-                image, diameter=diam, z_scale=z_scale, tile_size=tile_size, name=name
-            )
-        else:
-            tiles = segmenter.iter_predict(image, diameter=diam, tile_size=tile_size, name=name)
-        update = None
-        try:
-            for update in tiles:
-                yield update
-                if cancel.is_set():
-                    return Cancelled(f"after {update.done} of {update.total} tiles")
-        finally:
-            tiles.close()
-        if update is None:
-            return Failed(f"'{name}': nothing to segment (empty image).")
-        if segmenter.spatial_dims != 2:
-            stack = None  # a 3D model makes 3D cells itself
-        labels, count = postprocess_planes(
-            update.probs, segmenter.spatial_dims, method, params, **stack_options(stack, image)
-        )
-        frames = None
-        if stack is not None and stack.axes.startswith("T"):
-            frames = frame_counts(labels)
-        return SegmentDone(
-            update.probs,
-            labels,
-            count,
-            update.total,
-            time.perf_counter() - start,
-            diam,
-            method,
-            params,
-            stack,
-            frames,
-        )
-    except (ValueError, MemoryError) as err:
-        return Failed(str(err))
+        for update in tiles:
+            yield update
+            if cancel.is_set():
+                return Cancelled(f"after {update.done} of {update.total} tiles")
+    finally:
+        tiles.close()
+    if update is None:
+        return Failed(f"'{name}': nothing to segment (empty image).")
+    if segmenter.spatial_dims != 2:
+        stack = None  # a 3D model makes 3D cells itself
+    labels, count = postprocess_planes(
+        update.probs, segmenter.spatial_dims, method, params, **stack_options(stack, image)
+    )
+    frames = None
+    if stack is not None and stack.axes.startswith("T"):
+        frames = frame_counts(labels)
+    return SegmentDone(
+        update.probs,
+        labels,
+        count,
+        update.total,
+        time.perf_counter() - start,
+        diam,
+        method,
+        params,
+        stack,
+        frames,
+    )
 
 
 def model_problem(segmenter: Segmenter) -> str | None:
@@ -284,12 +281,12 @@ def post_summary(method: str, params: dict[str, Any]) -> str:
 class SegmentWidget(QWidget):
     """Dock widget "Segment"."""
 
+    worker = WorkerOf("panel")  # the running segmentation, None when idle
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
         self.state = get_state(napari_viewer)
-        self.worker = None
-        self._cancel: threading.Event | None = None
         self._saved: dict = {}
         self._source_name: str | None = None
         self._run_probs: np.ndarray | None = None
@@ -339,21 +336,22 @@ class SegmentWidget(QWidget):
         self.diameter_label = QLabel("")
         self.post_label = QLabel()
         self.post_label.setWordWrap(True)
-        self.run_button = QPushButton("Run")
-        self.run_button.setToolTip("Segment the image; probabilities appear tile by tile.")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = ProgressBar()
-        self.progress.setFormat("")
-        self.progress.setMaximum(1)
-        self.progress.setValue(0)
+        self.panel = JobPanel(
+            "Run",
+            run_tip="Segment the image; probabilities appear tile by tile.",
+            cancelling="Cancelling after the current tile…",
+            device=self.device_picker,
+        )
+        self.run_button = self.panel.run_button
+        self.cancel_button = self.panel.cancel_button
+        self.progress = self.panel.progress
+        self.status = self.panel.status
         self.count_label = QLabel("Cells: —")
         font = self.count_label.font()
         font.setPointSize(font.pointSize() + 3)
         font.setBold(True)
         self.count_label.setFont(font)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.panel.add_widget(self.count_label)
 
         form = QFormLayout()
         form.addRow(self.source)
@@ -364,15 +362,9 @@ class SegmentWidget(QWidget):
         form.addRow("Diameter", self.diameter_spin)
         form.addRow("", self.diameter_label)
         form.addRow("Labels by", self.post_label)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.count_label)
-        layout.addWidget(self.status)
+        layout.addWidget(self.panel)
         layout.addStretch(1)
 
         self._fill_models()
@@ -380,7 +372,6 @@ class SegmentWidget(QWidget):
         self.model_combo.activated.connect(self._model_chosen)
         self.device_picker.changed.connect(self.state.set_device)
         self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         self.state.models_changed.connect(self._fill_models)
         self.state.post_changed.connect(self._show_post)
         self.state.count_changed.connect(self._show_count)
@@ -495,13 +486,12 @@ class SegmentWidget(QWidget):
 
     def run(self) -> None:
         """Start segmenting (shows a notification and changes nothing on bad input)."""
-        if self.worker is not None:
+        if self.panel.running:
             return
         try:
             segmenter, image = self._prepare()
         except ValueError as err:
-            show_error(str(err))
-            self.status.setText(str(err))
+            self.panel.report(str(err))
             return
         self._segmenter = None
         self._model_name = self.state.model.name
@@ -509,15 +499,8 @@ class SegmentWidget(QWidget):
         self._saved = snapshot_outputs(self.viewer, self._source_name)
         self._run_probs = None
         self._prob_layers = []
-        self.progress.setMaximum(1)
-        self.progress.setValue(0)
-        self.progress.setFormat("%v / %m tiles")
-        self.status.setText(f"Loading '{self._model_name}'…")
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.device_picker.job_started()
         self._z_scale = layer_z_scale(self._input.layer, self._input.scale)
-        self.worker, self._cancel = start_job(
+        self.panel.start(
             segment_job,
             segmenter,
             image,
@@ -528,16 +511,17 @@ class SegmentWidget(QWidget):
             diameter=self.diameter,
             stack=self._stack,
             z_scale=self._z_scale[0] if self._stack is not None else 1.0,
+            status=f"Loading '{self._model_name}'…",
+            progress_format="%v / %m tiles",
             yielded=self._on_tile,
-            returned=self._on_done,
-            finished=self._on_finished,
+            done=self._on_done,
+            stopped=self._on_stopped,
+            cancelled="Cancelled {}; the earlier layers were kept.",
         )
 
     def cancel(self) -> None:
         """Ask the running segmentation to stop after the current tile."""
-        if self._cancel is not None:
-            self._cancel.set()
-            self.status.setText("Cancelling after the current tile…")
+        self.panel.cancel()
 
     def _show_probs(self, probs: np.ndarray, queued: bool = False) -> None:
         """Show ``probs`` in the image's probability layers; ``queued``: new layers are
@@ -592,22 +576,12 @@ class SegmentWidget(QWidget):
         self.diameter_label.setText(text)
         self.last_diameter = found.diameter
 
-    def _on_done(self, result: Any) -> None:
-        self._queue.clear()  # layers not added yet: added below, or not at all
-        if isinstance(result, (Cancelled, Failed)):  # no stale "7 / 16 tiles" left behind
-            self.progress.setFormat("")
-            self.progress.set_progress(0, 1)
-        if isinstance(result, Cancelled):
-            restore_outputs(self.viewer, self._saved)
-            text = f"Cancelled {result.message}; the earlier layers were kept."
-            self.status.setText(text)
-            show_info(text)
-            return
-        if isinstance(result, Failed):
-            restore_outputs(self.viewer, self._saved)
-            show_error(result.message)
-            self.status.setText(result.message)
-            return
+    def _on_stopped(self, outcome: Cancelled | Failed) -> None:
+        self._queue.clear()  # layers not added yet: not at all
+        restore_outputs(self.viewer, self._saved)
+
+    def _on_done(self, result: SegmentDone) -> None:
+        self._queue.clear()  # layers not added yet: added below
         src = self._input
         self._show_probs(result.probs)
         for layer in self._prob_layers:
@@ -652,10 +626,3 @@ class SegmentWidget(QWidget):
             f"{result.seconds:.1f} s on {self._segmenter.device_name} "
             f"with {self._model_name}.{per_frame}"
         )
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._cancel = None
-        self.device_picker.job_finished()
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
