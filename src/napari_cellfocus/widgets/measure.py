@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QTableWidget,
@@ -51,6 +50,7 @@ from napari_cellfocus.core.measure import (
 )
 from napari_cellfocus.core.validation import check_labels
 from napari_cellfocus.widgets._inputs import ImageSource, LayerCombo
+from napari_cellfocus.widgets._job import JobPanel, WorkerOf
 from napari_cellfocus.widgets._layers import (
     BOXES_NAME,
     BOXES_ROLE,
@@ -64,7 +64,6 @@ from napari_cellfocus.widgets._layers import (
 from napari_cellfocus.widgets._plots import PlotCanvas
 from napari_cellfocus.widgets._stack import axis_kind, lead_axes_of
 from napari_cellfocus.widgets._state import get_state, unwrap
-from napari_cellfocus.widgets._workers import Failed, start_job
 
 if TYPE_CHECKING:
     import napari
@@ -101,33 +100,31 @@ def measure_job(
     translate: tuple[float, ...],
     cancel: threading.Event,
     frames: bool = False,
-) -> Measured | Failed:
+) -> Measured:
     """Worker function: the table, the metrics and the boxes. ``frames``: the first
     axis is time: rows, counts, metrics and boxes frame by frame (matching within each
-    frame), the metrics pooled over the frames."""
+    frame), the metrics pooled over the frames. A ValueError ends the job as
+    :class:`~napari_cellfocus.widgets._workers.Failed` (``start_job``)."""
     from napari_cellfocus.core.metrics import evaluate, evaluate_frames, match_instances
 
-    try:
-        counts = frame_metrics = None
-        metrics = shapes = status = None
-        if frames:
-            table = frame_table(labels, intensity)
-            counts = frame_counts(labels)
-            if gt is not None:
-                scores = evaluate_frames(gt, labels, iou_threshold=iou_threshold)
-                metrics, frame_metrics = scores["pooled"], scores["frames"]
-                if want_boxes:
-                    shapes, status = frame_boxes(gt, labels, iou_threshold)
-        else:
-            table = cell_table(labels, intensity)
-            if gt is not None:
-                metrics = evaluate(gt, labels, iou_threshold=iou_threshold)
-                if want_boxes:
-                    shapes, status = match_boxes(
-                        gt, labels, match_instances(gt, labels, iou_threshold)
-                    )
-    except ValueError as err:
-        return Failed(str(err))
+    counts = frame_metrics = None
+    metrics = shapes = status = None
+    if frames:
+        table = frame_table(labels, intensity)
+        counts = frame_counts(labels)
+        if gt is not None:
+            scores = evaluate_frames(gt, labels, iou_threshold=iou_threshold)
+            metrics, frame_metrics = scores["pooled"], scores["frames"]
+            if want_boxes:
+                shapes, status = frame_boxes(gt, labels, iou_threshold)
+    else:
+        table = cell_table(labels, intensity)
+        if gt is not None:
+            metrics = evaluate(gt, labels, iou_threshold=iou_threshold)
+            if want_boxes:
+                shapes, status = match_boxes(
+                    gt, labels, match_instances(gt, labels, iou_threshold)
+                )
     return Measured(
         table,
         metrics,
@@ -161,10 +158,11 @@ def _prefer_truth(layers: list) -> Any:
 class MeasureWidget(QWidget):
     """Dock widget "Measure"."""
 
+    worker = WorkerOf("panel")  # the running measurement, None when idle
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
-        self.worker = None
         self.result: Measured | None = None
 
         self.state = get_state(napari_viewer)
@@ -185,9 +183,12 @@ class MeasureWidget(QWidget):
         self.iou.setToolTip("A cell and a true cell match when their IoU is above this.")
         self.boxes_check = QCheckBox("Boxes: TP green, FP red, FN yellow")
         self.boxes_check.setToolTip("Add a Shapes layer of coloured boxes (needs ground truth).")
-        self.measure_button = QPushButton("Measure")
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
+        self.panel = JobPanel(
+            "Measure", buttons=[self.export_button], cancellable=False, progress=False
+        )
+        self.measure_button = self.panel.run_button
         self.count_label = QLabel("Cells: —")
         font = self.count_label.font()
         font.setPointSize(font.pointSize() + 3)
@@ -205,8 +206,7 @@ class MeasureWidget(QWidget):
         self.cells_table.setToolTip("Click a cell to select it in the labels and go to it.")
         self.frames_plot = PlotCanvas("cells per frame", "frame", "cells")
         self.frames_plot.setVisible(False)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = self.panel.status
 
         form = QFormLayout()
         form.addRow("Labels", self.labels)
@@ -214,19 +214,15 @@ class MeasureWidget(QWidget):
         form.addRow("Ground truth", self.gt)
         form.addRow("IoU threshold", self.iou)
         form.addRow(self.boxes_check)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.measure_button)
-        buttons.addWidget(self.export_button)
+        self.panel.add_widget(self.count_label)
+        self.panel.add_widget(QLabel("Metrics against ground truth"))
+        self.panel.add_widget(self.metrics_table)
+        self.panel.add_widget(QLabel("Cells"))
+        self.panel.add_widget(self.cells_table, 1)
+        self.panel.add_widget(self.frames_plot)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.count_label)
-        layout.addWidget(QLabel("Metrics against ground truth"))
-        layout.addWidget(self.metrics_table)
-        layout.addWidget(QLabel("Cells"))
-        layout.addWidget(self.cells_table, 1)
-        layout.addWidget(self.frames_plot)
-        layout.addWidget(self.status)
+        layout.addWidget(self.panel, 1)
 
         self.measure_button.clicked.connect(self.measure)
         self.export_button.clicked.connect(self._export_clicked)
@@ -314,17 +310,14 @@ class MeasureWidget(QWidget):
 
     def measure(self) -> None:
         """Compute the table (and metrics); shows an error and changes nothing on bad input."""
-        if self.worker is not None:
+        if self.panel.running:
             return
         try:
             layer, labels, intensity, gt = self._inputs()
         except ValueError as err:
-            show_error(str(err))
-            self.status.setText(str(err))
+            self.panel.report(str(err))
             return
-        self.measure_button.setEnabled(False)
-        self.status.setText(f"Measuring '{layer.name}'…")
-        self.worker, _ = start_job(
+        self.panel.start(
             measure_job,
             labels,
             intensity,
@@ -334,16 +327,12 @@ class MeasureWidget(QWidget):
             layer.name,
             tuple(layer.scale),
             tuple(layer.translate),
-            returned=self._measured,
-            finished=self._finished,
+            status=f"Measuring '{layer.name}'…",
+            done=self._measured,
             frames=self.is_time_series(layer),
         )
 
-    def _measured(self, out: Any) -> None:
-        if isinstance(out, Failed):
-            show_error(out.message)
-            self.status.setText(out.message)
-            return
+    def _measured(self, out: Measured) -> None:
         self.result = out
         n = len(out.table["label"])
         self.count_label.setText(f"Cells: {n}")
@@ -384,10 +373,6 @@ class MeasureWidget(QWidget):
                 f"(TP {m['tp']}, FP {m['fp']}, FN {m['fn']})"
             )
         self.status.setText(text + ".")
-
-    def _finished(self) -> None:
-        self.worker = None
-        self.measure_button.setEnabled(True)
 
     def _fill_cells(self, table: dict[str, np.ndarray]) -> None:
         names = list(table)
