@@ -25,16 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -44,12 +42,12 @@ from superqt import QLabeledDoubleSlider
 from napari_cellfocus.core.methods import Param, PostMethod, app_methods, get_post_method
 from napari_cellfocus.core.validation import check_labels
 from napari_cellfocus.widgets._inputs import LayerCombo
+from napari_cellfocus.widgets._job import Job, JobPanel, WorkerOf
 from napari_cellfocus.widgets._layers import put_labels, role_of
 from napari_cellfocus.widgets._plots import PlotCanvas
-from napari_cellfocus.widgets._progress import ProgressBar
 from napari_cellfocus.widgets._stack import stack_options
 from napari_cellfocus.widgets._state import get_state, method_params, unwrap
-from napari_cellfocus.widgets._workers import Cancelled, Failed, start_job
+from napari_cellfocus.widgets._workers import Cancelled
 
 if TYPE_CHECKING:
     import napari
@@ -83,16 +81,13 @@ def relabel_job(
     generation: int,
     cancel: threading.Event,
     **stack: Any,
-) -> Relabelled | Failed:
+) -> Relabelled:
     """Worker function: post-process cached probabilities (no model involved); ``stack``:
     ``postprocess_planes``' axes / z_mode / link of the segmentation (see Segment)."""
     from napari_cellfocus.engine.segment import postprocess_planes
 
     start = time.perf_counter()
-    try:
-        labels, count = postprocess_planes(probs, spatial_dims, method, params, **stack)
-    except ValueError as err:
-        return Failed(str(err))
+    labels, count = postprocess_planes(probs, spatial_dims, method, params, **stack)
     return Relabelled(labels, count, 1000 * (time.perf_counter() - start), generation)
 
 
@@ -130,22 +125,19 @@ def optimise_job(
     else:
         planes, refs = probs, reference
     scores = np.zeros(tuple(v.size for v in grid.values()))
-    try:
-        for i, value in enumerate(grid[first]):
-            row = search_thresholds(
-                planes,
-                refs,
-                method=method,
-                grid={first: [float(value)], **{k: grid[k] for k in rest}},
-                objective=objective,
-                **fixed,
-            )
-            scores[i] = row.scores[0]
-            yield (i + 1, grid[first].size)
-            if cancel.is_set():
-                return Cancelled(f"after {i + 1} of {grid[first].size} rows")
-    except ValueError as err:
-        return Failed(str(err))
+    for i, value in enumerate(grid[first]):
+        row = search_thresholds(
+            planes,
+            refs,
+            method=method,
+            grid={first: [float(value)], **{k: grid[k] for k in rest}},
+            objective=objective,
+            **fixed,
+        )
+        scores[i] = row.scores[0]
+        yield (i + 1, grid[first].size)
+        if cancel.is_set():
+            return Cancelled(f"after {i + 1} of {grid[first].size} rows")
     index = best_grid_index(scores)
     best = {k: float(grid[k][j]) for k, j in zip(grid, index, strict=True)}
     return Optimised(method, grid, scores, best, float(scores[index]), objective)
@@ -227,14 +219,16 @@ def _set_value(widget: QWidget, param: Param, value: Any) -> None:
 class TuneWidget(QWidget):
     """Dock widget "Tune"."""
 
+    worker = WorkerOf("relabel_job")  # the running relabel, None when idle
+    search_worker = WorkerOf("search_panel")  # the running threshold search, None when idle
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
         self.state = get_state(napari_viewer)
-        self.worker = None
-        self.search_worker = None
+        #: The live relabel (no buttons: the sliders start it).
+        self.relabel_job = Job()
         self._pending = False
-        self._search_cancel: threading.Event | None = None
         self.last_relabel_ms: float | None = None
         #: Slider move to labels shown, ms (the post-processing, the worker, the layer).
         self.last_update_ms: float | None = None
@@ -295,33 +289,24 @@ class TuneWidget(QWidget):
             "counts cells found (IoU > 0.5), so its best thresholds can draw cells too "
             "large or too small."
         )
-        self.optimise_button = QPushButton("Optimise thresholds")
-        self.optimise_button.setToolTip(
-            "Try a grid of thresholds of the chosen method (TH, WT, ...) and keep the "
-            "setting with the best objective (PQ or F1) against the reference."
+        self.search_panel = JobPanel(
+            "Optimise thresholds",
+            run_tip="Try a grid of thresholds of the chosen method (TH, WT, ...) and keep "
+            "the setting with the best objective (PQ or F1) against the reference.",
         )
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = ProgressBar()
-        self.progress.setMaximum(1)
-        self.progress.setValue(0)
-        self.progress.setFormat("")
+        self.optimise_button = self.search_panel.run_button
+        self.cancel_button = self.search_panel.cancel_button
+        self.progress = self.search_panel.progress
+        self.search_info = self.search_panel.status
         self.plot = PlotCanvas("PQ vs threshold", "threshold", "PQ")
-        self.search_info = QLabel("")
-        self.search_info.setWordWrap(True)
+        self.search_panel.add_widget(self.plot)
         group = QGroupBox("Optimise thresholds")
         gl = QVBoxLayout(group)
         gform = QFormLayout()
         gform.addRow("Reference", self.reference)
         gform.addRow("Objective", self.objective_combo)
         gl.addLayout(gform)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.optimise_button)
-        buttons.addWidget(self.cancel_button)
-        gl.addLayout(buttons)
-        gl.addWidget(self.progress)
-        gl.addWidget(self.plot)
-        gl.addWidget(self.search_info)
+        gl.addWidget(self.search_panel)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -338,7 +323,6 @@ class TuneWidget(QWidget):
         self._show_rows()
         self.method_combo.currentIndexChanged.connect(self._method_changed)
         self.optimise_button.clicked.connect(self.optimise)
-        self.cancel_button.clicked.connect(self.cancel_search)
         self.state.result_changed.connect(self._result_changed)
         self.state.post_changed.connect(self._sync_from_state)
         self._result_changed()
@@ -457,28 +441,25 @@ class TuneWidget(QWidget):
         result = self.state.result
         if result is None:
             return
-        if self.worker is not None:
+        if self.relabel_job.running:
             self._pending = True
             return
         self._pending = False
         self._asked_at = time.perf_counter()
-        self.worker, _ = start_job(
+        self.relabel_job.start(
             relabel_job,
             result.probs,
             result.spatial_dims,
             method,
             params,
             result.generation,
-            returned=self._relabelled,
+            done=self._relabelled,
             finished=self._relabel_finished,
             # the planes become cells again as in the segmentation (joined across z...)
             **stack_options(result.stack if result.spatial_dims == 2 else None, result.image),
         )
 
-    def _relabelled(self, out: Any) -> None:
-        if isinstance(out, Failed):
-            show_error(out.message)
-            return
+    def _relabelled(self, out: Relabelled) -> None:
         result = self.state.result
         if result is None or out.generation != result.generation:
             return  # a newer segmentation arrived meanwhile
@@ -496,7 +477,6 @@ class TuneWidget(QWidget):
         )
 
     def _relabel_finished(self) -> None:
-        self.worker = None
         if self._pending:
             self.apply()
 
@@ -504,7 +484,7 @@ class TuneWidget(QWidget):
     def optimise(self) -> None:
         """Grid-search the thresholds of the selected method (its registry grid; TH for a
         method without thresholds) against the reference layer."""
-        if self.search_worker is not None:
+        if self.search_panel.running:
             return
         result = self.state.result
         layer = self.reference.layer()
@@ -528,8 +508,7 @@ class TuneWidget(QWidget):
             if not reference.any():
                 raise ValueError(f"Reference '{layer.name}' is empty: it holds no cell.")
         except ValueError as err:
-            show_error(str(err))
-            self.search_info.setText(str(err))
+            self.search_panel.report(str(err))
             return
         method = self.method
         if not get_post_method(method).grid:
@@ -544,12 +523,7 @@ class TuneWidget(QWidget):
             for p in spec.tune_params()
             if p.name not in spec.grid and p.name in self._inputs
         }
-        self.progress.setMaximum(1)
-        self.progress.setValue(0)
-        self.progress.setFormat("%v / %m rows of the grid")
-        self.optimise_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.search_worker, self._search_cancel = start_job(
+        self.search_panel.start(
             optimise_job,
             result.probs,
             reference,
@@ -557,27 +531,20 @@ class TuneWidget(QWidget):
             method,
             fixed,
             self.objective,
+            progress_format="%v / %m rows of the grid",
             yielded=self._search_progress,
-            returned=self._searched,
-            finished=self._search_finished,
+            done=self._searched,
+            cancelled="Optimisation cancelled {}.",
         )
 
     def cancel_search(self) -> None:
-        if self._search_cancel is not None:
-            self._search_cancel.set()
+        """Stop the threshold search after the current row of the grid."""
+        self.search_panel.cancel()
 
     def _search_progress(self, progress: tuple[int, int]) -> None:
-        done, total = progress
-        self.progress.set_progress(done, total)
+        self.search_panel.show_progress(*progress)
 
-    def _searched(self, out: Any) -> None:
-        if isinstance(out, Cancelled):
-            self.search_info.setText(f"Optimisation cancelled {out.message}.")
-            return
-        if isinstance(out, Failed):
-            show_error(out.message)
-            self.search_info.setText(out.message)
-            return
+    def _searched(self, out: Optimised) -> None:
         self.last_search = out
         name = out.objective.upper()
         self.plot.ylabel = name
@@ -612,9 +579,3 @@ class TuneWidget(QWidget):
         self.search_info.setText(text)
         show_info(text)
         self._schedule()
-
-    def _search_finished(self) -> None:
-        self.search_worker = None
-        self._search_cancel = None
-        self.optimise_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
