@@ -45,6 +45,7 @@ from napari_cellfocus.engine.finetune import QUICK_STEPS, plan_finetune
 from napari_cellfocus.engine.finetune import choose_mode as plan_choose_mode
 from napari_cellfocus.widgets._device import DevicePicker
 from napari_cellfocus.widgets._inputs import ImageSource, LayerCombo
+from napari_cellfocus.widgets._job import Job, JobPanel, WorkerOf
 from napari_cellfocus.widgets._layers import (
     FROM,
     FROM_IMAGE,
@@ -59,16 +60,9 @@ from napari_cellfocus.widgets._layers import (
     source_of,
 )
 from napari_cellfocus.widgets._plots import PlotCanvas
-from napari_cellfocus.widgets._progress import ProgressBar
 from napari_cellfocus.widgets._stack import stack_options
 from napari_cellfocus.widgets._state import Segmentation, get_state, unwrap
-from napari_cellfocus.widgets._workers import (
-    EXPECTED_ERRORS,
-    Cancelled,
-    Failed,
-    format_seconds,
-    start_job,
-)
+from napari_cellfocus.widgets._workers import Cancelled, Failed, format_seconds
 
 if TYPE_CHECKING:
     import napari
@@ -206,8 +200,8 @@ def finetune_job(
     ``plan``: ``load`` (a function giving the Segmenter of the starting model, or None
     for a new network), ``weak``, ``settings`` (TrainConfig overrides) and ``device``.
     Returns :class:`FinetuneDone` (with the scores on the annotations before and after),
-    :class:`Cancelled` (the new weights are dropped) or :class:`Failed`. GPU memory is
-    given back in every case.
+    :class:`Cancelled` (the new weights are dropped) or :class:`Failed` (also for an
+    expected error it raises, by ``start_job``). GPU memory is given back in every case.
     """
     from napari_cellfocus.engine.checkpoint import default_model_path
     from napari_cellfocus.engine.train import Trainer, quick_finetune_config
@@ -270,8 +264,6 @@ def finetune_job(
             before,
             annotation_scores(preview, final.labels),
         )
-    except EXPECTED_ERRORS as err:
-        return Failed(str(err))
     finally:
         if trainer is not None:
             trainer.release()
@@ -300,12 +292,13 @@ def closable(job: Any) -> tuple[Any, Any]:
 class FinetuneWidget(QWidget):
     """Dock widget "Correct and fine-tune"."""
 
+    worker = WorkerOf("panel")  # the running fine-tune, None when idle
+    export_worker = WorkerOf("export_job")  # the running export, None when idle
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer = unwrap(napari_viewer)
         self.state = get_state(napari_viewer)
-        self.worker = None
-        self._cancel: threading.Event | None = None
         self._saved: dict = {}
         self._saved_count: int | None = None
         self._run: dict[str, Any] = {}
@@ -370,14 +363,19 @@ class FinetuneWidget(QWidget):
         self.device_picker = DevicePicker(
             self.state.device, "Where the training runs: auto = CUDA GPU, then MPS, then CPU."
         )
-        self.train_button = QPushButton("Fine-tune")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = ProgressBar()
-        self.progress.setMaximum(1)
-        self.progress.setValue(0)
-        self.progress.setFormat("")
-        self.eta_label = QLabel("")
+        self.panel = JobPanel(
+            "Fine-tune",
+            eta=True,
+            cancelling="Cancelling after the current step…",
+            device=self.device_picker,
+        )
+        self.train_button = self.panel.run_button
+        self.cancel_button = self.panel.cancel_button
+        self.progress = self.panel.progress
+        self.eta_label = self.panel.eta
+        self.status = self.panel.status
+        #: The BioImage.IO export (no buttons of its own).
+        self.export_job = Job(self.status)
         self.plot = PlotCanvas("training loss", "step", "loss")
         self.keep_button = QPushButton("Keep previous model")
         self.keep_button.setEnabled(False)
@@ -389,14 +387,19 @@ class FinetuneWidget(QWidget):
         self.scores_label.setWordWrap(True)
         self.save_button = QPushButton("Save model…")
         self.save_button.setToolTip("Write the model in use to a .pt file.")
-        self.export_worker = None
         self.export_button = QPushButton("Export to BioImage.IO…")
         self.export_button.setToolTip(
             "Write the model in use as a BioImage Model Zoo package (.zip) for "
             "deepImageJ, ilastik or bioimageio.core (needs napari-cellfocus[bioimageio])."
         )
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        for widget in (
+            self.plot,
+            self.scores_label,
+            self.keep_button,
+            self.save_button,
+            self.export_button,
+        ):
+            self.panel.add_widget(widget)
 
         form = QFormLayout()
         form.addRow(self.source)
@@ -410,26 +413,14 @@ class FinetuneWidget(QWidget):
         form.addRow("Train", self.layers_combo)
         form.addRow("Live preview", self.preview_spin)
         form.addRow("Device", self.device_picker)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.train_button)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.eta_label)
-        layout.addWidget(self.plot)
-        layout.addWidget(self.scores_label)
-        layout.addWidget(self.keep_button)
-        layout.addWidget(self.save_button)
-        layout.addWidget(self.export_button)
-        layout.addWidget(self.status)
+        layout.addWidget(self.panel)
         layout.addStretch(1)
 
         self._fill_start()
         self.new_button.clicked.connect(self.new_annotation_layer)
         self.train_button.clicked.connect(self.start)
-        self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self._save_clicked)
         self.export_button.clicked.connect(self._export_clicked)
         self.keep_button.clicked.connect(self.keep_previous)
@@ -609,13 +600,12 @@ class FinetuneWidget(QWidget):
 
     def start(self) -> None:
         """Start fine-tuning (shows a notification and changes nothing on bad input)."""
-        if self.worker is not None:
+        if self.panel.running:
             return
         try:
             run = self._prepare()
         except ValueError as err:
-            show_error(str(err))
-            self.status.setText(str(err))
+            self.panel.report(str(err))
             return
         self._watch_window()
         self._run = run
@@ -628,16 +618,10 @@ class FinetuneWidget(QWidget):
         self.last_scores = None
         self.keep_button.setEnabled(False)
         self.plot.clear()
-        self.progress.setMaximum(run["steps"])
-        self.progress.setValue(0)
-        self.progress.setFormat("step %v / %m")
         self.eta_label.setText(f"loading '{run['start_model'].name}'…")
-        self.status.setText(f"Fine-tuning on {len(run['images'])} image(s), {run['reason']}.")
-        self.train_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.device_picker.job_started()
+        kept = run["start_model"].name
         job, close_job = closable(finetune_job)
-        self.worker, self._cancel = start_job(
+        self.panel.start(
             job,
             run["images"],
             run["labels"],
@@ -645,20 +629,24 @@ class FinetuneWidget(QWidget):
             run["names"],
             run["preview"],
             int(self.preview_spin.value()),
+            status=f"Fine-tuning on {len(run['images'])} image(s), {run['reason']}.",
+            total=run["steps"],
+            progress_format="step %v / %m",
             yielded=self._on_yield,
-            returned=self._on_done,
+            done=self._on_done,
+            stopped=self._on_stopped,
             finished=self._on_finished,
+            cancelled=f"Fine-tuning cancelled {{}}; still using {kept}.",
+            failed=f"Fine-tuning stopped: {{}} Still using {kept}.",
         )
         # napari quits the workers of a closing window (its task list): the worker then
         # drops the job without closing it, so its clean-up (Trainer.release) would not
         # run. Not a widget method: the widget may be deleted by then.
-        self.worker.finished.connect(close_job)
+        self.panel.worker.finished.connect(close_job)
 
     def cancel(self) -> None:
         """Stop after the current step; the previous model stays in use."""
-        if self._cancel is not None:
-            self._cancel.set()
-            self.status.setText("Cancelling after the current step…")
+        self.panel.cancel()
 
     # ------------------------------------------------------------------ viewer closing
     def _watch_window(self) -> None:
@@ -699,8 +687,7 @@ class FinetuneWidget(QWidget):
         self.closing = True
         self._queue.clear()
         self._unwatch_window()
-        if self._cancel is not None:
-            self._cancel.set()
+        self.panel.detach()  # its result, if it comes, touches no layer
 
     # ------------------------------------------------------------------ progress
     def _on_yield(self, item: Any) -> None:
@@ -724,10 +711,12 @@ class FinetuneWidget(QWidget):
     def _on_step(self, progress: Any) -> None:
         self.last_progress = progress
         self._losses.append((progress.step, progress.loss))
-        self.progress.set_progress(progress.step, progress.total)
-        self.eta_label.setText(
-            f"loss {progress.loss:.4f} · {format_seconds(progress.elapsed_s)} elapsed · "
-            f"ETA {format_seconds(progress.eta_s)}"
+        self.panel.show_progress(
+            progress.step,
+            progress.total,
+            f"loss {progress.loss:.4f}",
+            elapsed_s=progress.elapsed_s,
+            eta_s=progress.eta_s,
         )
         now = time.perf_counter()
         if now - self._last_plot > PLOT_EVERY_S or progress.step == progress.total:
@@ -767,25 +756,16 @@ class FinetuneWidget(QWidget):
         return list(CLASS_NAMES[: self._run["config"].n_classes])
 
     # ------------------------------------------------------------------ end
-    def _on_done(self, result: Any) -> None:
+    def _on_stopped(self, outcome: Cancelled | Failed) -> None:
+        """Cancelled or failed: the layers and the count from before the fine-tune."""
+        self._queue.clear()  # preview layers not added yet: not at all
+        restore_outputs(self.viewer, self._saved)
+        if self._saved_count is not None:
+            self.state.set_count(self._saved_count)
+
+    def _on_done(self, result: FinetuneDone) -> None:
         self._queue.clear()  # preview layers not added yet: the final ones come below
         if self.closing:
-            return
-        if isinstance(result, (Cancelled, Failed)):
-            self.progress.setFormat("")  # no stale step count and ETA left behind
-            self.progress.set_progress(0, 1)
-            self.eta_label.setText("")
-            restore_outputs(self.viewer, self._saved)
-            if self._saved_count is not None:
-                self.state.set_count(self._saved_count)
-            kept = self._run["start_model"].name
-            if isinstance(result, Cancelled):
-                text = f"Fine-tuning cancelled {result.message}; still using {kept}."
-                show_info(text)
-            else:
-                text = f"Fine-tuning stopped: {result.message} Still using {kept}."
-                show_error(text)
-            self.status.setText(text)
             return
         run = self._run
         mode = "weak" if run["weak"] else "dense"
@@ -863,12 +843,7 @@ class FinetuneWidget(QWidget):
         show_info(text)
 
     def _on_finished(self) -> None:
-        self.worker = None
-        self._cancel = None
         self._unwatch_window()  # watched only while a job runs
-        self.device_picker.job_finished()
-        self.train_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
         self._fill_start()
 
     # ------------------------------------------------------------------ save
@@ -893,30 +868,24 @@ class FinetuneWidget(QWidget):
         from napari_cellfocus.engine import model_zoo
 
         entry = self.state.model
-        if entry.kind != "session" or self.export_worker is not None:
+        if entry.kind != "session" or self.export_job.running:
             return
         path = Path(path)
 
         def job(cancel: threading.Event) -> Path | Failed:
-            try:
+            try:  # ValueError, OSError: start_job's expected errors
                 return model_zoo.export_package(entry.spec, path, overwrite=True)
-            except (model_zoo.MissingExtraError, ValueError, OSError) as err:
+            except model_zoo.MissingExtraError as err:
                 return Failed(str(err))
 
-        def returned(result: Path | Failed) -> None:
-            if isinstance(result, Failed):
-                show_error(f"Could not export the model: {result.message}")
-                self.status.setText(f"Export failed: {result.message}")
-            else:
-                self.status.setText(f"Model exported to {result} (BioImage.IO package).")
-
-        def finished() -> None:
-            self.export_worker = None
-            self._fill_start()
+        def done(written: Path) -> None:
+            self.status.setText(f"Model exported to {written} (BioImage.IO package).")
 
         self.export_button.setEnabled(False)
         self.status.setText(f"Exporting to {path}…")
-        self.export_worker, _ = start_job(job, returned=returned, finished=finished)
+        self.export_job.start(
+            job, done=done, finished=self._fill_start, failed="Export failed: {}"
+        )
 
     def save_model(self, path: str | Path) -> Path | None:
         """Write the model in use (one trained in this session) to ``path``."""
