@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
-    QHBoxLayout,
-    QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -37,10 +35,10 @@ from qtpy.QtWidgets import (
 
 from napari_cellfocus.widgets._device import DevicePicker
 from napari_cellfocus.widgets._inputs import LayerCombo, layer_array
+from napari_cellfocus.widgets._job import JobPanel, WorkerOf
 from napari_cellfocus.widgets._layers import put_image
-from napari_cellfocus.widgets._progress import ProgressBar
 from napari_cellfocus.widgets._state import unwrap
-from napari_cellfocus.widgets._workers import EXPECTED_ERRORS, Cancelled, Failed, start_job
+from napari_cellfocus.widgets._workers import Cancelled, Failed
 
 if TYPE_CHECKING:
     import napari
@@ -87,28 +85,25 @@ def fuse_job(
     cancel: threading.Event,
 ) -> Iterator[Any]:
     """Worker generator: yield every :class:`FusionProgress`; return :class:`FuseDone`,
-    :class:`Cancelled` or :class:`Failed`."""
+    :class:`Cancelled` or :class:`Failed` (also for an expected error, by ``start_job``)."""
     from napari_cellfocus.engine.fusion import iter_fuse
 
     start = time.perf_counter()
+    gen = iter_fuse(stack, method, name=name, **kwargs)
+    result = None
     try:
-        gen = iter_fuse(stack, method, name=name, **kwargs)
-        result = None
-        try:
-            for update in gen:
-                if update.result is not None:
-                    result = update.result
-                yield update
-                if cancel.is_set():
-                    return Cancelled(f"after {update.done} of {update.total} steps")
-        finally:
-            gen.close()
-        if result is None:
-            return Failed(f"'{name}': nothing was fused.")
-        n = len(stack) if isinstance(stack, list) else int(np.shape(stack)[kwargs.get("axis", 0)])
-        return FuseDone(result.fused, result.depth, method, time.perf_counter() - start, n)
-    except EXPECTED_ERRORS as err:
-        return Failed(str(err))
+        for update in gen:
+            if update.result is not None:
+                result = update.result
+            yield update
+            if cancel.is_set():
+                return Cancelled(f"after {update.done} of {update.total} steps")
+    finally:
+        gen.close()
+    if result is None:
+        return Failed(f"'{name}': nothing was fused.")
+    n = len(stack) if isinstance(stack, list) else int(np.shape(stack)[kwargs.get("axis", 0)])
+    return FuseDone(result.fused, result.depth, method, time.perf_counter() - start, n)
 
 
 class LayerChecklist(QListWidget):
@@ -179,13 +174,13 @@ def _classical_in_use() -> str:
 class FuseWidget(QWidget):
     """Dock widget "Fuse"."""
 
+    worker = WorkerOf("panel")  # the running fusion, None when idle
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         from napari.layers import Image
 
         self.viewer = napari_viewer = unwrap(napari_viewer)
-        self.worker = None
-        self._cancel: threading.Event | None = None
         self._geometry: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
         self._then_segment = False
         self.fused_layer: Layer | None = None
@@ -244,17 +239,21 @@ class FuseWidget(QWidget):
         self.tile_spin.setValue(1024)
         self.tile_spin.setSuffix(" px")
 
-        self.run_button = QPushButton("Fuse")
         self.segment_button = QPushButton("Fuse then segment")
         self.segment_button.setToolTip(
             "Fuse, then hand the fused layer to the Segment widget and segment it."
         )
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = ProgressBar()
-        self.progress.setValue(0)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.panel = JobPanel(
+            "Fuse",
+            buttons=[self.segment_button],
+            lock=[self.segment_button],
+            cancelling="Cancelling after the current tile…",
+            device=self.device_picker,
+        )
+        self.run_button = self.panel.run_button
+        self.cancel_button = self.panel.cancel_button
+        self.progress = self.panel.progress
+        self.status = self.panel.status
 
         form = QFormLayout()
         form.addRow("Input", self.mode_combo)
@@ -264,15 +263,9 @@ class FuseWidget(QWidget):
         form.addRow("", self.near_check)
         form.addRow("Device", self.device_picker)
         form.addRow("Tile size", self.tile_spin)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.segment_button)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
+        layout.addWidget(self.panel)
         layout.addStretch(1)
 
         self.mode_combo.currentIndexChanged.connect(self.pages.setCurrentIndex)
@@ -281,7 +274,6 @@ class FuseWidget(QWidget):
         napari_viewer.layers.events.inserted.connect(self._layer_added)
         self.run_button.clicked.connect(lambda: self.run(segment=False))
         self.segment_button.clicked.connect(lambda: self.run(segment=True))
-        self.cancel_button.clicked.connect(self.cancel)
         self._method_changed()
         self._stack_changed()
 
@@ -390,13 +382,12 @@ class FuseWidget(QWidget):
     # ------------------------------------------------------------------ run
     def run(self, segment: bool = False) -> None:
         """Start fusing (a notification and no change on bad input)."""
-        if self.worker is not None:
+        if self.panel.running:
             return
         try:
             stack, kwargs, name = self._gather()
         except ValueError as err:
-            show_error(str(err))
-            self.status.setText(str(err))
+            self.panel.report(str(err))
             return
         method = self.method
         if method in ("hf-seg", "hf-reg"):
@@ -409,43 +400,27 @@ class FuseWidget(QWidget):
             else:
                 kwargs["near_post"] = self.near_check.isChecked()
         self._then_segment = bool(segment)
-        self.progress.setMaximum(1)
-        self.progress.setValue(0)
-        self.status.setText(f"Fusing '{name}' with {method}…")
-        self.run_button.setEnabled(False)
-        self.segment_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.device_picker.job_started()
-        self.worker, self._cancel = start_job(
+        self.panel.start(
             fuse_job,
             stack,
             method,
             kwargs,
             name,
+            status=f"Fusing '{name}' with {method}…",
+            progress_format="%p%",
             yielded=self._on_progress,
-            returned=self._on_done,
-            finished=self._on_finished,
+            done=self._on_done,
+            cancelled="Fusion cancelled {}; no layer was changed.",
         )
 
     def cancel(self) -> None:
         """Ask the running fusion to stop after the current tile."""
-        if self._cancel is not None:
-            self._cancel.set()
-            self.status.setText("Cancelling after the current tile…")
+        self.panel.cancel()
 
     def _on_progress(self, update: Any) -> None:
-        self.progress.set_progress(update.done, max(1, update.total))
+        self.panel.show_progress(update.done, max(1, update.total))
 
-    def _on_done(self, result: Any) -> None:
-        if isinstance(result, Cancelled):
-            text = f"Fusion cancelled {result.message}; no layer was changed."
-            self.status.setText(text)
-            show_info(text)
-            return
-        if isinstance(result, Failed):
-            show_error(result.message)
-            self.status.setText(result.message)
-            return
+    def _on_done(self, result: FuseDone) -> None:
         scale, translate = self._geometry
         self.fused_layer = put_image(
             self.viewer, FUSED_ROLE, result.fused, FUSED_NAME, scale, translate, colormap="gray"
@@ -468,14 +443,6 @@ class FuseWidget(QWidget):
         )
         if self._then_segment:
             self.segment_fused()
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._cancel = None
-        self.device_picker.job_finished()
-        self.run_button.setEnabled(True)
-        self.segment_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
 
     # ------------------------------------------------------------------ hand-over
     def segment_widget(self) -> Any:
