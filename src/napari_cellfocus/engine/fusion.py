@@ -34,7 +34,6 @@ widget for the learned *and* the classical methods, which run in numpy
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -466,39 +465,9 @@ class FusionTrainer(GuardedTraining):
     def steps(self) -> Iterator[TrainProgress]:
         """Train, yielding after every step. Closing the generator cancels (weights kept
         and written to ``out``); a diverged run raises TrainingDiverged."""
-        cfg = self.config
-        start = time.perf_counter()
-        first = self.step
-        self.model.train()
-        try:
-            while self.step < cfg.steps:
-                x, y, g = self.batch()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = self.loss(x, y, g)
-                value = float(loss.detach())
-                self.check_loss(value)
-                loss.backward()
-                if cfg.lr_schedule == "cosine":
-                    frac = self.step / max(1, cfg.steps - 1)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-                self.optimizer.step()
-                self.step += 1
-                self.check_weights()
-                self.history.append({"step": len(self.history) + 1, "loss": value})
-                if self.checkpoint_due():
-                    self._checkpoint()
-                elapsed = time.perf_counter() - start
-                rate = elapsed / max(1, self.step - first)
-                yield TrainProgress(
-                    self.step, cfg.steps, value, elapsed, rate * (cfg.steps - self.step)
-                )
-            self.finished = True
-        except (GeneratorExit, KeyboardInterrupt):
-            self.cancelled = True
-            raise
-        finally:
-            self.finish()
+        yield from self.guarded_steps(
+            lambda: self.loss(*self.batch()), cosine=self.config.lr_schedule == "cosine"
+        )
 
     def current_info(self) -> ModelInfo:
         info = copy.deepcopy(self.info)

@@ -26,8 +26,6 @@ random_stack_params`, or, with probability ``sim_fraction``, the simulator's
 from __future__ import annotations
 
 import copy
-import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -256,39 +254,12 @@ class StackFusionTrainer(GuardedTraining):
 
     def steps(self) -> Iterator[TrainProgress]:
         """Train, yielding after every step; closing the generator cancels (the weights
-        of the last good step kept and written to ``out``)."""
-        cfg = self.config
-        start = time.perf_counter()
-        first = self.step
-        self.model.train()
-        try:
-            while self.step < cfg.steps:
-                rng = np.random.default_rng([cfg.seed, self.step])
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = self.loss(rng)
-                value = float(loss.detach())
-                self.check_loss(value)
-                loss.backward()
-                frac = self.step / max(1, cfg.steps - 1)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-                self.optimizer.step()
-                self.step += 1
-                self.check_weights()
-                self.history.append({"step": len(self.history) + 1, "loss": value})
-                if self.checkpoint_due():
-                    self._checkpoint()
-                elapsed = time.perf_counter() - start
-                rate = elapsed / max(1, self.step - first)
-                yield TrainProgress(
-                    self.step, cfg.steps, value, elapsed, rate * (cfg.steps - self.step)
-                )
-            self.finished = True
-        except (GeneratorExit, KeyboardInterrupt):
-            self.cancelled = True
-            raise
-        finally:
-            self.finish()
+        of the last good step kept and written to ``out``). The examples of step ``s`` are
+        drawn with the seed ``[seed, s]``."""
+        seed = self.config.seed
+        yield from self.guarded_steps(
+            lambda: self.loss(np.random.default_rng([seed, self.step])), cosine=True
+        )
 
     def current_info(self) -> ModelInfo:
         info = copy.deepcopy(self.info)

@@ -26,11 +26,17 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from napari_cellfocus.engine.train import SteppedTraining, Trainer, finite_parameters
+from napari_cellfocus.engine.train import (
+    SteppedTraining,
+    Trainer,
+    TrainProgress,
+    finite_parameters,
+)
 
 __all__ = ["GuardedTraining", "check_guard_settings", "finite_parameters"]
 
@@ -103,6 +109,47 @@ class GuardedTraining(SteppedTraining):
             self.step -= 1
             raise self._diverge(self.step + 1, "the weights became non-finite")
         self._good_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def guarded_steps(
+        self, step_loss: Callable[[], torch.Tensor], cosine: bool = True
+    ) -> Iterator[TrainProgress]:
+        """The training loop of a guarded trainer, yielding after every step: ``step_loss()``
+        gives the loss of the next step (its batch drawn inside); with ``cosine`` the
+        learning rate decays from ``lr`` to 5 % of it over ``steps``. Every step's loss and
+        weights are checked, checkpoints are written when due, and closing the generator
+        cancels (the last good weights kept and written to ``out``)."""
+        cfg = self.config
+        start = time.perf_counter()
+        first = self.step
+        self.model.train()
+        try:
+            while self.step < cfg.steps:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = step_loss()
+                value = float(loss.detach())
+                self.check_loss(value)
+                loss.backward()
+                if cosine:
+                    frac = self.step / max(1, cfg.steps - 1)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+                self.optimizer.step()
+                self.step += 1
+                self.check_weights()
+                self.history.append({"step": len(self.history) + 1, "loss": value})
+                if self.checkpoint_due():
+                    self._checkpoint()
+                elapsed = time.perf_counter() - start
+                rate = elapsed / max(1, self.step - first)
+                yield TrainProgress(
+                    self.step, cfg.steps, value, elapsed, rate * (cfg.steps - self.step)
+                )
+            self.finished = True
+        except (GeneratorExit, KeyboardInterrupt):
+            self.cancelled = True
+            raise
+        finally:
+            self.finish()
 
     def checkpoint_due(self) -> bool:
         """Whether to write ``out`` now: every ``checkpoint_every`` steps or
