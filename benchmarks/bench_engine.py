@@ -49,7 +49,7 @@ import torch
 
 from napari_cellfocus.core.metrics import evaluate
 from napari_cellfocus.core.postprocess import postprocess
-from napari_cellfocus.core.simulate import simulate_cells
+from napari_cellfocus.core.simulate import SimulatedScene, simulate_cells
 from napari_cellfocus.engine.device import autocast
 from napari_cellfocus.engine.inference import inference_copy
 from napari_cellfocus.engine.predict import model_logits
@@ -195,9 +195,10 @@ def bench_memory(side: int, device: str) -> dict:
     return rec
 
 
-def bench_finetune(device: str, steps: int | None) -> dict:
-    """One-click fine-tune on an unfamiliar domain; PQ on unannotated cells before/after."""
-    scene = simulate_cells(
+def unfamiliar_scene() -> SimulatedScene:
+    """The 512 x 512 fine-tune image of a domain the default model was not trained on:
+    large, elongated, dim, clumped and touching nuclei (also used by bench_finetune.py)."""
+    return simulate_cells(
         shape=(512, 512),
         seed=11,
         radius=(16, 24),
@@ -208,6 +209,11 @@ def bench_finetune(device: str, steps: int | None) -> dict:
         photons=30,
         texture=0.8,
     )
+
+
+def bench_finetune(device: str, steps: int | None) -> dict:
+    """One-click fine-tune on an unfamiliar domain; PQ on unannotated cells before/after."""
+    scene = unfamiliar_scene()
     labels = scene.labels
     n = int(labels.max())
     annotated = np.random.default_rng(0).permutation(np.arange(1, n + 1))[:10]

@@ -47,7 +47,6 @@ import numpy as np
 import torch
 
 from napari_cellfocus.core.metrics import evaluate
-from napari_cellfocus.core.simulate import simulate_cells
 from napari_cellfocus.core.size import median_diameter
 from napari_cellfocus.engine.segment import Segmenter
 from napari_cellfocus.engine.train import Trainer, quick_finetune_config
@@ -75,18 +74,9 @@ def simulated_cases() -> list[dict[str, Any]]:
     """The two simulated cases: image, ground truth and the annotated cell ids."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import bench_papers as bp
+    from bench_engine import unfamiliar_scene
 
-    scene = simulate_cells(
-        shape=(512, 512),
-        seed=11,
-        radius=(16, 24),
-        elongation=0.6,
-        density=0.45,
-        cluster_fraction=0.9,
-        touching=0.9,
-        photons=30,
-        texture=0.8,
-    )
+    scene = unfamiliar_scene()
     n = int(scene.labels.max())
     cases = [
         {
